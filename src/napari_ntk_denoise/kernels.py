@@ -1,0 +1,258 @@
+"""Closed-form kernels of the vanilla ReLU CNN (paper eqs. 11-16), evaluated block by block.
+
+The kernel of a network with ``L`` weight layers (see :mod:`napari_ntk_denoise.networks` for the
+architecture and parameterisation) is built by the recursion
+
+.. math::
+
+    \\Sigma^1 = \\sigma_w^2 \\, \\mathcal{A}(x x^T) / C, \\qquad \\Theta^1 = \\Sigma^1,
+
+    \\Sigma^\\ell = \\mathcal{A}(V(\\Sigma^{\\ell-1})), \\qquad
+    \\Theta^\\ell = \\Sigma^\\ell + \\mathcal{A}(V'(\\Sigma^{\\ell-1}) \\circ \\Theta^{\\ell-1})
+    \\quad (\\ell = 2, \\dots, L-1),
+
+and the ``1 x 1`` output layer gives ``K = V(Sigma^{L-1}) + V'(Sigma^{L-1}) o Theta^{L-1}``
+(``kind="ntk"``, every layer trained) or ``K = V(Sigma^{L-1})`` (``kind="nngp"``, output layer
+only; this is the paper's eq. 12/16 for ``L = 2``).  ``A`` averages over the ``r x r`` offsets,
+the same offset on both sides, with reflected indices at the border; ``V`` and ``V'`` are the
+arc-cosine (ReLU) expectations scaled by ``sigma_w^2``.
+
+A column of a deep kernel needs neighbourhoods of columns at lower layers; :class:`CNNKernel`
+evaluates any block ``K[rows, cols]`` by expanding both index sets layer by layer, so that memory
+is bounded by the block size rather than by ``d x d``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["CNNKernel", "relu_expectations"]
+
+
+def relu_expectations(
+    sigma: torch.Tensor, diag_rows: torch.Tensor, diag_cols: torch.Tensor, sigma_w2: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Arc-cosine maps ``V(Sigma)`` and ``V'(Sigma)`` of the ReLU (paper eqs. 14-15).
+
+    Parameters
+    ----------
+    sigma : torch.Tensor
+        Block ``Sigma[rows, cols]`` of a covariance.
+    diag_rows, diag_cols : torch.Tensor
+        ``Sigma_ii`` for the rows and ``Sigma_jj`` for the columns.
+    sigma_w2 : float
+        Weight variance factor multiplying both expectations.
+
+    Returns
+    -------
+    V, Vprime : torch.Tensor
+        ``sigma_w^2/(2 pi) sqrt(S_ii S_jj) (sin t + (pi - t) cos t)`` and
+        ``sigma_w^2/(2 pi) (pi - t)`` with ``t = arccos(S_ij / sqrt(S_ii S_jj))``.
+    """
+    nr = diag_rows.clamp_min(0).sqrt()
+    nc = diag_cols.clamp_min(0).sqrt()
+    norm = nr[:, None] * nc[None, :]
+    rho = (sigma / norm.clamp_min(torch.finfo(sigma.dtype).tiny)).clamp(-1.0, 1.0)
+    theta = torch.acos(rho)
+    s = sigma_w2 / (2 * math.pi)
+    vprime = s * (math.pi - theta)
+    v = s * norm * (torch.sqrt((1 - rho * rho).clamp_min(0)) + (math.pi - theta) * rho)
+    return v, vprime
+
+
+def _reflect(v: torch.Tensor, n: int) -> torch.Tensor:
+    """Reflect indices into ``[0, n)`` without repeating the edge (torch's ``reflect`` mode)."""
+    v = torch.where(v < 0, -v, v)
+    return torch.where(v >= n, 2 * (n - 1) - v, v)
+
+
+@dataclass(frozen=True)
+class CNNKernel:
+    """Analytic kernel of the vanilla ReLU CNN of :class:`~napari_ntk_denoise.networks.VanillaCNN`.
+
+    Parameters
+    ----------
+    depth : int
+        Number of weight layers ``L >= 2``.
+    kernel_size : int
+        Odd convolution size ``r`` (3 to 15 are typical).
+    kind : {"ntk", "nngp"}
+        Full neural tangent kernel, or the output-layer-only (NNGP) kernel of eq. 12/16.
+    sigma_w2 : float
+        He factor ``sigma_w^2``.
+
+    Notes
+    -----
+    For ``L = 2`` and ``sigma_w^2 = 2`` the NTK between patches ``p, q`` is
+    ``|p||q|/pi (sin t + 2 (pi - t) cos t) * 2/(r^2 C)`` and the NNGP kernel is eq. 16 of
+    Tachella et al. (2021), ``|p||q|/pi (sin t + (pi - t) cos t)``, up to the same constant.
+    """
+
+    depth: int = 2
+    kernel_size: int = 11
+    kind: Literal["ntk", "nngp"] = "ntk"
+    sigma_w2: float = 2.0
+
+    def __post_init__(self) -> None:
+        if int(self.depth) != self.depth or self.depth < 2:
+            raise ValueError(f"depth must be an integer >= 2, got {self.depth}")
+        if int(self.kernel_size) != self.kernel_size or self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd integer, got {self.kernel_size}")
+        if self.kind not in ("ntk", "nngp"):
+            raise ValueError(f"kind must be 'ntk' or 'nngp', got {self.kind!r}")
+
+    @property
+    def receptive_field(self) -> int:
+        """Side of the square receptive field, ``(r - 1)(L - 1) + 1``."""
+        return (self.kernel_size - 1) * (self.depth - 1) + 1
+
+    # ------------------------------------------------------------------ geometry
+    def _offsets(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.kernel_size // 2
+        ar = torch.arange(-p, p + 1, device=device)
+        dy, dx = torch.meshgrid(ar, ar, indexing="ij")
+        return dy.reshape(-1), dx.reshape(-1)
+
+    def _neighbours(self, idx: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+        """Flat indices of the reflected ``r x r`` neighbourhood of each pixel: ``(n, r^2)``."""
+        h, w = shape
+        dy, dx = self._offsets(idx.device)
+        yy = _reflect(idx[:, None] // w + dy[None, :], h)
+        xx = _reflect(idx[:, None] % w + dx[None, :], w)
+        return yy * w + xx
+
+    def _patches(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Reflect-padded ``r x r`` patches of ``x`` (C, H, W) at flat pixels ``idx``: ``(n, C r^2)``."""
+        c, h, w = x.shape
+        nb = self._neighbours(idx, (h, w))
+        return x.reshape(c, -1)[:, nb].permute(1, 0, 2).reshape(len(idx), -1)
+
+    def _box(self, img: torch.Tensor) -> torch.Tensor:
+        """``A`` on a diagonal: reflect-padded ``r x r`` mean filter of an (H, W) map."""
+        p = self.kernel_size // 2
+        if p == 0:
+            return img
+        padded = F.pad(img[None, None], (p, p, p, p), mode="reflect")
+        return F.avg_pool2d(padded, self.kernel_size, stride=1)[0, 0]
+
+    def check_image(self, shape: tuple[int, int]) -> None:
+        """Raise ``ValueError`` if a ``(H, W)`` image is too small for reflect padding."""
+        p = self.kernel_size // 2
+        if min(shape) <= p:
+            raise ValueError(
+                f"image of shape {tuple(shape)} is smaller than the kernel: kernel_size "
+                f"{self.kernel_size} needs at least {p + 1} pixels along each axis"
+            )
+
+    # ------------------------------------------------------------------ kernels
+    def diagonals(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """Diagonals of every layer's covariance and NTK, and of the final kernel.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Input image ``(C, H, W)``.
+
+        Returns
+        -------
+        sigmas, thetas : list of torch.Tensor
+            ``Sigma^l_ii`` and ``Theta^l_ii`` as ``(H, W)`` maps for ``l = 1 .. L-1``.
+        k_diag : torch.Tensor
+            ``K_ii`` as an ``(H, W)`` map.
+        """
+        c = x.shape[0]
+        s1 = self.sigma_w2 * self._box((x * x).sum(0)) / c
+        sigmas, thetas = [s1], [s1]
+        half = self.sigma_w2 / 2  # V(S)_ii = V'(S)_ii * S_ii = sigma_w^2 / 2 * S_ii
+        for _ in range(2, self.depth):
+            s = self._box(half * sigmas[-1])
+            sigmas.append(s)
+            thetas.append(s + self._box(half * thetas[-1]))
+        k = half * sigmas[-1]
+        if self.kind == "ntk":
+            k = k + half * thetas[-1]
+        return sigmas, thetas, k
+
+    def block(
+        self,
+        x: torch.Tensor,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        diagonals: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Kernel block ``K[rows, cols]`` for flat pixel indices ``rows`` and ``cols``.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Input image ``(C, H, W)`` (float32 or float64) on the compute device.
+        rows, cols : torch.Tensor
+            1-D integer tensors of flat pixel indices.
+        diagonals : tuple, optional
+            Output of :meth:`diagonals` for ``x`` (recomputed when omitted).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(len(rows), len(cols))`` block of the kernel.
+        """
+        c, h, w = x.shape
+        self.check_image((h, w))
+        sigmas, thetas, _ = diagonals if diagonals is not None else self.diagonals(x)
+        # index sets per layer, from layer L-1 (the requested ones) down to layer 1
+        row_sets, col_sets, row_maps, col_maps = [rows], [cols], [], []
+        for _ in range(self.depth - 2):
+            for sets, maps in ((row_sets, row_maps), (col_sets, col_maps)):
+                nb = self._neighbours(sets[-1], (h, w))
+                uniq, inv = torch.unique(nb, return_inverse=True)
+                sets.append(uniq)
+                maps.append(inv)
+        r1, c1 = row_sets[-1], col_sets[-1]
+        sigma = self._patches(x, r1) @ self._patches(x, c1).T
+        sigma *= self.sigma_w2 / (c * self.kernel_size**2)
+        theta = sigma
+        for layer in range(1, self.depth - 1):  # builds Sigma^{layer+1}
+            level = self.depth - 2 - layer  # position of layer+1's sets in the lists
+            dr = sigmas[layer - 1].reshape(-1)[row_sets[level + 1]]
+            dc = sigmas[layer - 1].reshape(-1)[col_sets[level + 1]]
+            v, vp = relu_expectations(sigma, dr, dc, self.sigma_w2)
+            pr, pc = row_maps[level], col_maps[level]
+            sigma = self._average(v, pr, pc)
+            theta = sigma + self._average(vp.mul_(theta), pr, pc) if self.kind == "ntk" else sigma
+        dr = sigmas[-1].reshape(-1)[rows]
+        dc = sigmas[-1].reshape(-1)[cols]
+        if self.depth == 2:
+            return self._top_shallow(sigma, dr, dc)
+        v, vp = relu_expectations(sigma, dr, dc, self.sigma_w2)
+        return v.add_(vp.mul_(theta)) if self.kind == "ntk" else v
+
+    @staticmethod
+    def _average(m: torch.Tensor, pr: torch.Tensor, pc: torch.Tensor) -> torch.Tensor:
+        """``A``: ``out[i, j] = mean_a m[pr[i, a], pc[j, a]]``."""
+        out = torch.zeros(pr.shape[0], pc.shape[0], dtype=m.dtype, device=m.device)
+        for a in range(pr.shape[1]):
+            out += m.index_select(0, pr[:, a]).index_select(1, pc[:, a])
+        return out.div_(pr.shape[1])
+
+    def _top_shallow(self, sigma: torch.Tensor, dr: torch.Tensor, dc: torch.Tensor) -> torch.Tensor:
+        """Output layer of an ``L = 2`` kernel, fused and in place on the Gram block ``sigma``.
+
+        ``K = s |p||q| (sin t + k (pi - t) cos t)`` with ``s = sigma_w^2 / (2 pi)``, ``k = 2``
+        (NTK: ``V + V' o Sigma``) or ``k = 1`` (NNGP: ``V``).
+        """
+        tiny = torch.finfo(sigma.dtype).tiny
+        nr = dr.clamp_min(0).sqrt()
+        nc = dc.clamp_min(0).sqrt()
+        rho = sigma.mul_(1 / nr.clamp_min(tiny)[:, None]).mul_(1 / nc.clamp_min(tiny)[None, :])
+        rho.clamp_(-1.0, 1.0)
+        out = torch.acos(rho).neg_().add_(math.pi).mul_(rho)
+        if self.kind == "ntk":
+            out.mul_(2.0)
+        out.add_(rho.mul_(rho).neg_().add_(1.0).clamp_min_(0).sqrt_())
+        scale = self.sigma_w2 / (2 * math.pi)
+        return out.mul_((scale * nr)[:, None]).mul_(nc[None, :])
