@@ -1,0 +1,127 @@
+"""Benchmark of the closed-form NTK denoiser (issue: 512x512 RGB in <= 10 s and <= 2 GB).
+
+Default run: the 512x512 RGB astronaut with sigma = 25/255 noise (seed 0), default settings with
+Monte-Carlo SURE: wall time (first call in this process, which includes compiling the fused
+kernels, and a second call), peak RSS, PSNR at the SURE step and at the oracle step; scikit-image's
+``denoise_nl_means`` timed in the same run as the baseline.
+
+``--datasets set12,mcmaster`` adds the mean PSNR (auto-stopped and oracle, unguided and guided)
+over the images of ``../shared/data`` (sigma = 25/255, seed 0; PSNR on outputs clipped to [0, 1]).
+
+Usage::
+
+    python benchmarks/bench_ntk.py [--datasets set12,mcmaster] [--limit N] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_ntk_denoise import denoise_ntk
+from napari_ntk_denoise.imageio import read_image
+from napari_ntk_denoise.samples import SIGMA, add_noise, clean_sample
+from napari_ntk_denoise.stopping import psnr
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def peak_rss_gb() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def run_ntk(noisy, clean, axis, **kw):
+    t0 = time.perf_counter()
+    out, res = denoise_ntk(noisy, SIGMA, channel_axis=axis, reference=clean, **kw)
+    elapsed = time.perf_counter() - t0
+    auto = psnr(np.clip(out, 0, 1), clean, 1.0)
+    oracle_t = int(res.t_grid[int(np.argmax(res.psnr))])
+    oracle = psnr(np.clip(res.render(oracle_t), 0, 1), clean, 1.0)
+    return dict(time=elapsed, psnr=auto, oracle=oracle, t=res.t, oracle_t=oracle_t, res=res)
+
+
+def run_nlm(noisy, clean, axis):
+    from skimage.restoration import denoise_nl_means
+
+    t0 = time.perf_counter()
+    out = denoise_nl_means(noisy, h=0.8 * SIGMA, sigma=SIGMA, patch_size=5, patch_distance=6, fast_mode=True,
+                           channel_axis=axis)
+    return dict(time=time.perf_counter() - t0, psnr=psnr(np.clip(out, 0, 1), clean, 1.0))
+
+
+def astronaut(device) -> None:
+    clean = clean_sample("astronaut")
+    noisy = add_noise(clean, SIGMA, seed=0)
+    print(f"## 512x512 RGB astronaut, sigma = 25/255, default settings, MC-SURE ({device or 'auto'})\n")
+    first = run_ntk(noisy, clean, -1, device=device)
+    rss = peak_rss_gb()
+    second = run_ntk(noisy, clean, -1, device=device)
+    res = first["res"]
+    nlm = run_nlm(noisy, clean, -1)
+    print("| method | wall time (s) | peak RSS (GB) | PSNR (dB) | t |")
+    print("|---|---|---|---|---|")
+    print(f"| noisy input | | | {psnr(noisy, clean, 1.0):.2f} | |")
+    print(f"| NTK, MC-SURE, first call (incl. kernel compilation) | {first['time']:.2f} | {rss:.2f} | "
+          f"{first['psnr']:.2f} | {first['t']} |")
+    print(f"| NTK, MC-SURE, second call | {second['time']:.2f} | {peak_rss_gb():.2f} | {second['psnr']:.2f} | "
+          f"{second['t']} |")
+    print(f"| NTK, oracle t (same run) | | | {first['oracle']:.2f} | {first['oracle_t']} |")
+    print(f"| skimage denoise_nl_means (fast, 5x5/13x13, h = 0.8 sigma) | {nlm['time']:.2f} | | {nlm['psnr']:.2f} | |")
+    print(f"\nrank {res.filter.rank}, anchors {res.params['n_anchors']}, timings {({k: round(v, 2) for k, v in res.timings.items()})}\n")
+
+
+def dataset(name: str, limit: int | None, device) -> None:
+    folder = DATA / name
+    if not folder.is_dir():
+        print(f"skipping {name}: {folder} not found (../shared/data beside the repository)")
+        return
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".tif", ".tiff"))[:limit]
+    rows = []
+    for path in files:
+        img = read_image(path)
+        clean = img.astype(np.float64) / (255.0 if img.dtype == np.uint8 else float(np.iinfo(img.dtype).max))
+        axis = -1 if clean.ndim == 3 else None
+        noisy = add_noise(clean, SIGMA, seed=0)
+        plain = run_ntk(noisy, clean, axis, device=device)
+        guided = run_ntk(noisy, clean, axis, device=device, guided=True)
+        nlm = run_nlm(noisy, clean, axis)
+        rows.append((plain["psnr"], plain["oracle"], guided["psnr"], guided["oracle"], nlm["psnr"],
+                     plain["time"], guided["time"]))
+        print(f"{name}/{path.name}: auto {plain['psnr']:.2f} oracle {plain['oracle']:.2f} | guided auto "
+              f"{guided['psnr']:.2f} oracle {guided['oracle']:.2f} | NLM {nlm['psnr']:.2f} | "
+              f"{plain['time']:.1f} s / {guided['time']:.1f} s", flush=True)
+    m = np.mean(rows, axis=0)
+    print(f"\n| {name} ({len(rows)} images) | auto (SURE) | oracle | gap |\n|---|---|---|---|")
+    print(f"| NTK | {m[0]:.2f} | {m[1]:.2f} | {m[1] - m[0]:.2f} |")
+    print(f"| NTK guided | {m[2]:.2f} | {m[3]:.2f} | {m[3] - m[2]:.2f} |")
+    print(f"| guided - unguided | {m[2] - m[0]:+.2f} | {m[3] - m[1]:+.2f} | |")
+    print(f"| skimage NLM | {m[4]:.2f} | | |")
+    print(f"\nmean seconds per image: {m[5]:.1f} (unguided), {m[6]:.1f} (guided)\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", default="", help="comma-separated: set12,mcmaster")
+    p.add_argument("--limit", type=int, default=None, help="images per dataset")
+    p.add_argument("--device", default=None)
+    p.add_argument("--skip-astronaut", action="store_true")
+    args = p.parse_args(argv)
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, python {sys.version.split()[0]}\n")
+    if not args.skip_astronaut:
+        astronaut(args.device)
+    for name in filter(None, args.datasets.split(",")):
+        dataset(name, args.limit, args.device)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
