@@ -113,12 +113,12 @@ def test_block_fast_pair_matches_two_exact_blocks(depth):
     d, de = kern.diagonals(x), kern.diagonals(x_eps)
     exact = kern.block(x.double(), rows, cols)
     exact_eps = kern.block(x_eps.double(), rows, cols)
-    k, dk = kern.block_fast(x, rows, cols, d, x_eps, de)
+    k, dk = kern.block_fast(x, rows, kern.columns(x, cols, d, x_eps, de))
     torch.testing.assert_close(k.double(), exact, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(dk.double(), exact_eps - exact, rtol=2e-2, atol=2e-6)
     if depth == 2:  # bfloat16 products with a float32 principal part stay close
         basis = kern.patch_basis(x, cols)
-        kb, dkb = kern.block_fast(x, rows, cols, d, x_eps, de, torch.bfloat16, basis)
+        kb, dkb = kern.block_fast(x, rows, kern.columns(x, cols, d, x_eps, de, torch.bfloat16, basis))
         torch.testing.assert_close(kb.double(), exact, rtol=2e-3, atol=1e-4)
         torch.testing.assert_close(dkb.double(), exact_eps - exact, rtol=5e-2, atol=2e-5)
 

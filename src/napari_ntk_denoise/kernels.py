@@ -129,10 +129,22 @@ class CNNKernel:
         return yy * w + xx
 
     def _patches(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Reflect-padded ``r x r`` patches of ``x`` (C, H, W) at flat pixels ``idx``: ``(n, C r^2)``."""
+        """Reflect-padded ``r x r`` patches of ``x`` (C, H, W) at flat pixels ``idx``: ``(n, C r^2)``.
+
+        A run of whole image rows (what the Nyström sweep asks for) is unfolded from a padded band;
+        any other set of pixels is gathered through reflected neighbour indices.
+        """
         c, h, w = x.shape
+        n = len(idx)
+        first = int(idx[0]) if n else 0
+        if n and first % w == 0 and n % w == 0 and int(idx[-1]) == first + n - 1:
+            p = self.kernel_size // 2
+            r0, r1 = first // w, (first + n) // w
+            rows = _reflect(torch.arange(r0 - p, r1 + p, device=x.device), h)
+            band = F.pad(x[:, rows], (p, p), mode="reflect") if p else x[:, rows]
+            return F.unfold(band[None], self.kernel_size)[0].T
         nb = self._neighbours(idx, (h, w))
-        return x.reshape(c, -1)[:, nb].permute(1, 0, 2).reshape(len(idx), -1)
+        return x.reshape(c, -1)[:, nb].permute(1, 0, 2).reshape(n, -1)
 
     def _box(self, img: torch.Tensor) -> torch.Tensor:
         """``A`` on a diagonal: reflect-padded ``r x r`` mean filter of an (H, W) map."""
@@ -239,10 +251,6 @@ class CNNKernel:
             out += m.index_select(0, pr[:, a]).index_select(1, pc[:, a])
         return out.div_(pr.shape[1])
 
-    def _shallow_gram(self, x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor):
-        """Patches at rows/cols (float32) and ``Sigma^1`` scale for an ``L = 2`` block."""
-        return self._patches(x, rows), self._patches(x, cols), self.sigma_w2 / (x.shape[0] * self.kernel_size**2)
-
     def _output_factor(self) -> float:
         """``k`` in ``sin t + k (pi - t) cos t``: 2 for the NTK (``V + V' o Sigma``), 1 for NNGP."""
         return 2.0 if self.kind == "ntk" else 1.0
@@ -256,60 +264,87 @@ class CNNKernel:
         _, vec = torch.linalg.eigh(p.T @ p)
         return vec[:, -min(q, vec.shape[1]) :].to(x.dtype)
 
-    def _gram(self, pr: torch.Tensor, pc: torch.Tensor, dtype: torch.dtype, basis: torch.Tensor | None) -> torch.Tensor:
-        """``pr @ pc.T``; in a low-precision ``dtype`` the leading principal part runs in float32.
-
-        A bfloat16 product rounds its *output* to 8 bits, too coarse for patch angles; splitting
-        ``p = p V V^T + p_res`` makes the exact ``(p V)(q V)^T`` carry most of the energy, and only
-        the small residual product is rounded.
-        """
-        if dtype in (torch.float32, torch.float64) or basis is None:
-            return (pr.to(dtype) @ pc.to(dtype).T).to(pr.dtype)
-        ar, ac = pr @ basis, pc @ basis
-        rr, rc = pr - ar @ basis.T, pc - ac @ basis.T
-        return torch.addmm((rr.to(dtype) @ rc.to(dtype).T).to(pr.dtype), ar, ac.T)
-
-    def block_fast(
+    def columns(
         self,
         x: torch.Tensor,
-        rows: torch.Tensor,
         cols: torch.Tensor,
         diagonals: tuple,
         x_eps: torch.Tensor | None = None,
         diagonals_eps: tuple | None = None,
         gemm_dtype: torch.dtype = torch.float32,
         basis: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``K[rows, cols]`` and, for a perturbed input ``x_eps``, ``K_eps - K`` computed stably.
+    ) -> "ColumnSide":
+        """Everything about the columns (anchors) that :meth:`block_fast` reuses for every row block.
 
-        For ``L = 2`` the patch Gram matrices may run in a low-precision ``gemm_dtype``
-        (bfloat16 is ~4x faster on CPUs with AVX512-BF16 and on GPUs), with the principal part in
-        float32 (``basis`` from :meth:`patch_basis`, see :meth:`_gram`); pixels that are both a
-        row and a column get their exact diagonal (see :meth:`_exact_self_pairs`).  The perturbed Gram is
-        ``G + dG`` with ``dG = P_d P_S^T + P_eps P_{d,S}^T`` (``P_d = P_eps - P``) computed on its
-        own, so that the difference of the two kernels keeps its precision however the products
-        round.  The arc-cosine output layer is one fused elementwise kernel (compiled when
-        possible).  Deeper kernels use :meth:`block` in float64 for both inputs.
+        Parameters
+        ----------
+        x, x_eps : torch.Tensor
+            Input image ``(C, H, W)`` and, for Monte-Carlo SURE, its perturbed version.
+        cols : torch.Tensor
+            Flat column indices.
+        diagonals, diagonals_eps : tuple
+            :meth:`diagonals` of ``x`` and ``x_eps``.
+        gemm_dtype : torch.dtype
+            Precision of the patch Gram products (``L = 2``).  bfloat16 rounds the *output* of a
+            product to 8 bits, too coarse for patch angles, so with a ``basis`` of principal
+            directions (:meth:`patch_basis`) the principal part ``(p V)(q V)^T`` runs in float32
+            and only the small residual in ``gemm_dtype``.
+        basis : torch.Tensor, optional
+            Principal directions for the low-precision split.
         """
+        side = ColumnSide(cols, diagonals, x_eps, diagonals_eps, gemm_dtype, basis)
+        if self.depth > 2:
+            return side
+        pc = self._patches(x, cols)
+        side.scale = self.sigma_w2 / (x.shape[0] * self.kernel_size**2)
+        side.norms = self._norms(diagonals, cols)
+        if basis is not None:
+            side.principal = pc @ basis
+            pc_low = pc - side.principal @ basis.T
+        else:
+            pc_low = pc
+        side.low = pc_low.to(gemm_dtype).T.contiguous()
+        if x_eps is not None:
+            pce = self._patches(x_eps, cols)
+            side.norms_eps = self._norms(diagonals_eps, cols)
+            side.delta = torch.cat([pc, pce - pc], dim=1).to(gemm_dtype).T.contiguous()
+        return side
+
+    def block_fast(self, x: torch.Tensor, rows: torch.Tensor, side: "ColumnSide") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``K[rows, cols]`` and, with a perturbed input, ``K_eps - K`` computed stably.
+
+        The perturbed Gram is ``G + dG`` with ``dG = P_d P_S^T + P_eps P_{d,S}^T``
+        (``P_d = P_eps - P``) computed on its own, so that the difference of the two kernels keeps
+        its precision however the products round.  The arc-cosine output layer is one fused
+        elementwise kernel (compiled when possible); pixels that are both a row and a column get
+        their exact diagonal (:meth:`_exact_self_pairs`).  Deeper kernels use :meth:`block` in
+        float64 for both inputs.  ``rows`` must be sorted.
+        """
+        cols, x_eps = side.cols, side.x_eps
         if self.depth > 2:  # float64: self-pairs (cos t = 1) sit at every layer of the recursion
             k = self.block(x.double(), rows, cols)
             if x_eps is None:
                 return k.to(x.dtype), None
             return k.to(x.dtype), (self.block(x_eps.double(), rows, cols) - k).to(x.dtype)
-        pr, pc, scale = self._shallow_gram(x, rows, cols)
-        g = self._gram(pr, pc, gemm_dtype, basis)
-        nr, nc = self._norms(diagonals, rows), self._norms(diagonals, cols)
+        pr = self._patches(x, rows)
+        if side.basis is not None:  # principal part exact, residual in low precision (summed in the fused op)
+            ar = pr @ side.basis
+            g_low = (pr - ar @ side.basis.T).to(side.gemm_dtype) @ side.low
+            g_hi = ar @ side.principal.T
+        else:
+            g_low = pr.to(side.gemm_dtype) @ side.low
+            g_hi = torch.zeros((), dtype=x.dtype, device=x.device)
+        nr = self._norms(side.diagonals, rows)
         factor = self._output_factor()
         if x_eps is None:
-            k = _fused("single")(g, nr, nc, scale, factor, self.sigma_w2)
-            return self._exact_self_pairs(k, None, rows, cols, diagonals, None)
-        pre, pce, _ = self._shallow_gram(x_eps, rows, cols)
-        lhs = torch.cat([pre - pr, pre], dim=1).to(gemm_dtype)
-        rhs = torch.cat([pc, pce - pc], dim=1).to(gemm_dtype)
-        dg = (lhs @ rhs.T).to(x.dtype)
-        nre, nce = self._norms(diagonals_eps, rows), self._norms(diagonals_eps, cols)
-        k, dk = _fused("pair")(g, dg, nr, nc, nre, nce, scale, factor, self.sigma_w2)
-        return self._exact_self_pairs(k, dk, rows, cols, diagonals, diagonals_eps)
+            k = _fused("single")(g_hi, g_low, nr, side.norms, side.scale, factor, self.sigma_w2)
+            return self._exact_self_pairs(k, None, rows, cols, side.diagonals, None)
+        pre = self._patches(x_eps, rows)
+        dg = torch.cat([pre - pr, pre], dim=1).to(side.gemm_dtype) @ side.delta
+        nre = self._norms(side.diagonals_eps, rows)
+        k, dk = _fused("pair")(g_hi, g_low, dg, nr, side.norms, nre, side.norms_eps, side.scale, factor,
+                               self.sigma_w2)
+        return self._exact_self_pairs(k, dk, rows, cols, side.diagonals, side.diagonals_eps)
 
     @staticmethod
     def _exact_self_pairs(k, dk, rows, cols, diagonals, diagonals_eps):
@@ -326,8 +361,26 @@ class CNNKernel:
             kd = diagonals[2].reshape(-1)[cols[hit]].to(k.dtype)
             k[ri, ci] = kd
             if dk is not None:
-                dk[ri, ci] = diagonals_eps[2].reshape(-1)[cols[hit]].to(k.dtype) - kd
+                dk[ri, ci] = (diagonals_eps[2].reshape(-1)[cols[hit]].to(k.dtype) - kd).to(dk.dtype)
         return k, dk
+
+
+@dataclass
+class ColumnSide:
+    """Column-side data of :meth:`CNNKernel.block_fast`, built once by :meth:`CNNKernel.columns`."""
+
+    cols: torch.Tensor
+    diagonals: tuple
+    x_eps: torch.Tensor | None
+    diagonals_eps: tuple | None
+    gemm_dtype: torch.dtype
+    basis: torch.Tensor | None
+    scale: float = 1.0
+    norms: torch.Tensor | None = None
+    norms_eps: torch.Tensor | None = None
+    principal: torch.Tensor | None = None
+    low: torch.Tensor | None = None
+    delta: torch.Tensor | None = None
 
 
 def _arccos_output(g: torch.Tensor, nr: torch.Tensor, nc: torch.Tensor, scale: float, factor: float, sigma_w2: float):
@@ -338,13 +391,21 @@ def _arccos_output(g: torch.Tensor, nr: torch.Tensor, nc: torch.Tensor, scale: f
     return val * norm * (sigma_w2 / (2 * math.pi))
 
 
-def _arccos_pair(g, dg, nr, nc, nre, nce, scale: float, factor: float, sigma_w2: float):
-    """Kernel block and its change ``K(G + dG) - K(G)`` in one pass."""
+def _arccos_single(g_hi, g_low, nr, nc, scale: float, factor: float, sigma_w2: float):
+    """Kernel block from a Gram given as a float32 part plus a low-precision part."""
+    return _arccos_output(g_hi + g_low.to(nr.dtype), nr, nc, scale, factor, sigma_w2)
+
+
+def _arccos_pair(g_hi, g_low, dg, nr, nc, nre, nce, scale: float, factor: float, sigma_w2: float):
+    """Kernel block and its change ``K(G + dG) - K(G)`` in one pass; the change is returned in
+    ``dg``'s (possibly low) precision, ready for the next low-precision product."""
+    g = g_hi + g_low.to(nr.dtype)
     k = _arccos_output(g, nr, nc, scale, factor, sigma_w2)
-    return k, _arccos_output(g + dg, nre, nce, scale, factor, sigma_w2) - k
+    dk = _arccos_output(g + dg.to(nr.dtype), nre, nce, scale, factor, sigma_w2) - k
+    return k, dk.to(dg.dtype)
 
 
-_EAGER = {"single": _arccos_output, "pair": _arccos_pair}
+_EAGER = {"single": _arccos_single, "pair": _arccos_pair}
 _COMPILED: dict[str, object] = {}
 
 

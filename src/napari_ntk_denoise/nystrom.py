@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .events import Progress
-from .kernels import CNNKernel
+from .kernels import CNNKernel, ColumnSide
 from .twicing import twicing_factors, twicing_output
 
 __all__ = ["LowRankFilter", "sample_anchors", "iter_nystrom", "NystromPass", "estimate_bytes"]
@@ -97,26 +97,19 @@ def estimate_bytes(d: int, channels: int, m: int, rank: int, kernel: CNNKernel, 
 
 
 def _kernel_rows(
-    kernel: CNNKernel,
-    x: torch.Tensor,
-    rows: torch.Tensor,
-    anchors: torch.Tensor,
-    diags: tuple,
-    chunk: int,
-    x_eps: torch.Tensor | None = None,
-    diags_eps: tuple | None = None,
-    gemm_dtype: torch.dtype = torch.float32,
-    basis: torch.Tensor | None = None,
+    kernel: CNNKernel, x: torch.Tensor, rows: torch.Tensor, sides: list[ColumnSide]
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``K[rows, anchors]`` (and ``K_eps - K``), evaluated ``chunk`` anchors at a time."""
-    parts = [
-        kernel.block_fast(x, rows, anchors[j : j + chunk], diags, x_eps, diags_eps, gemm_dtype, basis)
-        for j in range(0, len(anchors), chunk)
-    ]
+    """``K[rows, anchors]`` (and ``K_eps - K``) over the anchor chunks described by ``sides``."""
+    parts = [kernel.block_fast(x, rows, side) for side in sides]
     if len(parts) == 1:
         return parts[0]
     k = torch.cat([p[0] for p in parts], dim=1)
-    return k, None if x_eps is None else torch.cat([p[1] for p in parts], dim=1)
+    return k, None if parts[0][1] is None else torch.cat([p[1] for p in parts], dim=1)
+
+
+def _column_sides(kernel, x, s, diags, chunk, x_eps=None, diags_eps=None, gemm_dtype=torch.float32, basis=None):
+    """One :class:`ColumnSide` per chunk of ``chunk`` anchors."""
+    return [kernel.columns(x, s[j : j + chunk], diags, x_eps, diags_eps, gemm_dtype, basis) for j in range(0, len(s), chunk)]
 
 
 def default_gemm_dtype(device: torch.device) -> torch.dtype:
@@ -261,8 +254,9 @@ class NystromPass:
 
 
 def _core(kernel, x, s, diags, n_rows, chunk, x_eps=None, diags_eps=None):
-    """Anchor core ``K[S, S]`` (and ``K_eps[S, S]``) in the input precision, symmetrised."""
-    parts = [_kernel_rows(kernel, x, s[i : i + n_rows], s, diags, chunk, x_eps, diags_eps) for i in range(0, len(s), n_rows)]
+    """Anchor core ``K[S, S]`` (and ``K_eps[S, S]``) in float32 products, symmetrised."""
+    sides = _column_sides(kernel, x, s, diags, chunk, x_eps, diags_eps)
+    parts = [_kernel_rows(kernel, x, s[i : i + n_rows], sides) for i in range(0, len(s), n_rows)]
     core = torch.cat([p[0] for p in parts])
     core_eps = None if x_eps is None else core + torch.cat([p[1] for p in parts])
     sym = [(c + c.T) / 2 if c is not None else None for c in (core, core_eps)]
@@ -340,6 +334,7 @@ def iter_nystrom(
     diags = kernel.diagonals(x)
     diags_eps = None if x_eps is None else kernel.diagonals(x_eps)
     n_rows, chunk = _block_sizes(kernel, len(s), d)
+    n_rows = max(w, n_rows // w * w)  # whole image rows: patches unfold from a band
     blocks = [(i, min(d, i + n_rows)) for i in range(0, d, n_rows)]
     total = len(blocks) + 1
     yield Progress(stage, 0, total, "anchor kernel")
@@ -358,10 +353,11 @@ def iter_nystrom(
         m_eps_low = proj_eps.to(gemm_dtype)
     del core, core_eps
     basis = kernel.patch_basis(x, s) if gemm_dtype not in (torch.float32, torch.float64) else None
+    sides = _column_sides(kernel, x, s, diags, chunk, x_eps, diags_eps, gemm_dtype, basis)
     yield Progress(stage, 1, total, "kernel columns")
     for b, (i0, i1) in enumerate(blocks):
         rows = torch.arange(i0, i1, device=dev)
-        kr, dk = _kernel_rows(kernel, x, rows, s, diags, chunk, x_eps, diags_eps, gemm_dtype, basis)
+        kr, dk = _kernel_rows(kernel, x, rows, sides)
         brows = kr @ proj_m  # float32: the trailing eigen-directions cancel strongly
         main.add(i0, i1, brows)
         if pert is not None:
