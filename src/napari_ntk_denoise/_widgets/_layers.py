@@ -17,7 +17,9 @@ import numpy as np
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["ImageSource", "InputError", "PlaneEvent", "iter_planes", "source_from_layer"]
+__all__ = [
+    "ImageSource", "InputError", "PlaneEvent", "iter_planes", "put_layer", "reference_from_layer", "source_from_layer",
+]
 
 #: Layer attributes that place a result exactly over its source.
 GEOMETRY = ("scale", "translate", "rotate", "shear", "units", "axis_labels")
@@ -204,6 +206,72 @@ def source_from_layer(layer: object, viewer: napari.viewer.Viewer) -> ImageSourc
     if min(src.plane_shape) < 8:
         raise InputError(f"'{layer.name}' planes are {src.plane_shape}; at least 8 x 8 pixels are needed.")
     return src
+
+
+def reference_from_layer(
+    layer: object, source: ImageSource, viewer: napari.viewer.Viewer
+) -> ImageSource | None:
+    """Check an optional reference (clean) layer against the image to process.
+
+    Parameters
+    ----------
+    layer : napari.layers.Image or None
+        The chosen reference, or ``None``.
+    source : ImageSource
+        The image to process.
+    viewer : napari.viewer.Viewer
+        The viewer.
+
+    Raises
+    ------
+    InputError
+        If the reference is the source itself or its planes differ in shape or colour.
+    """
+    if layer is None:
+        return None
+    reference = source_from_layer(layer, viewer)
+    if reference.layer is source.layer:
+        raise InputError("The reference must be a clean image, not the image being processed.")
+    if (reference.rgb, reference.stack_shape, reference.plane_shape) != (
+        source.rgb, source.stack_shape, source.plane_shape
+    ):
+        raise InputError(f"Reference '{reference.name}' has shape {reference.shape}, "
+                         f"but '{source.name}' has {source.shape}.")
+    return reference
+
+
+def put_layer(
+    viewer: napari.viewer.Viewer, layer: napari.layers.Image | None, data: np.ndarray, kwargs: dict[str, Any],
+    **style: Any,
+) -> napari.layers.Image:
+    """Add a result layer once, then update it in place.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        Where the layer lives.
+    layer : napari.layers.Image or None
+        The layer from an earlier call; a new one is added if it is ``None`` or was removed.
+    data : numpy.ndarray
+        The layer's data.
+    kwargs : dict
+        ``add_image`` keyword arguments; of these only ``metadata`` is updated later, so that the
+        user's display settings (contrast, colormap) survive updates.
+    **style
+        Display settings applied at every call.
+
+    Returns
+    -------
+    napari.layers.Image
+        The layer shown.
+    """
+    if layer is None or layer not in viewer.layers:
+        return viewer.add_image(data, **{**kwargs, **style})
+    layer.data = data
+    layer.metadata = kwargs["metadata"]
+    for key, value in style.items():
+        setattr(layer, key, value)
+    return layer
 
 
 def iter_planes(

@@ -21,7 +21,9 @@ from napari_ntk_denoise import NTKResult, TwicingStep, iter_denoise_ntk
 from napari_ntk_denoise.stopping import estimate_noise_sigma
 
 from ._filters import filters
-from ._layers import ImageSource, InputError, PlaneEvent, iter_planes, source_from_layer
+from ._layers import (
+    ImageSource, InputError, PlaneEvent, iter_planes, put_layer, reference_from_layer, source_from_layer,
+)
 from ._plots import CurvePlot
 from ._runner import StreamRunner, device_choices
 
@@ -64,8 +66,9 @@ class NTKFilterWidget(Container):
         self._sigma = FloatSpinBox(
             label="σ (noise)", min=0.0, max=1e9, step=1e-4,
             tooltip="Noise standard deviation in the image's units, estimated when the image is chosen. "
-            "Left at the estimate, it is estimated again for each plane.",
+            "Left at the estimate, or at 0 (auto), it is estimated for each plane.",
         )
+        self._sigma.native.setSpecialValueText("auto")
         self._depth = SpinBox(label="depth", value=2, min=2, max=8, tooltip="Weight layers of the CNN.")
         self._kernel_size = SpinBox(label="kernel size", value=11, min=1, max=31, step=2,
                                     tooltip="Convolution size r (the patch is r x r for depth 2).")
@@ -96,6 +99,7 @@ class NTKFilterWidget(Container):
         self._out: np.ndarray | None = None
         self._output: Image | None = None
         self._sigma_estimate: float | None = None
+        self._sigma_layer: Image | None = None
         self._run.changed.connect(self.run)
         self._image.changed.connect(self._estimate_sigma)
         self._t.changed.connect(self._render_t)
@@ -115,8 +119,15 @@ class NTKFilterWidget(Container):
             "guided": self._guided.value, "device": None if device == "auto" else device, "seed": 0,
         }
 
-    def _estimate_sigma(self, layer: Image | None = None) -> None:
+    def reset_choices(self, *args: Any) -> None:
+        """Refresh the layer lists (napari calls this); estimate σ if the image changed."""
+        super().reset_choices(*args)
+        if self._image.value is not self._sigma_layer:
+            self._estimate_sigma()
+
+    def _estimate_sigma(self, *args: Any) -> None:
         """Fill σ with the noise estimate of the shown plane of the chosen layer."""
+        self._sigma_layer = self._image.value
         try:
             source = source_from_layer(self._image.value, self._viewer)
         except InputError:
@@ -126,20 +137,6 @@ class NTKFilterWidget(Container):
             self._sigma.step = 10 ** (math.floor(math.log10(sigma)) - 2)
         self._sigma.value = sigma
         self._sigma_estimate = self._sigma.value
-
-    def _reference_source(self, source: ImageSource) -> ImageSource | None:
-        """The reference layer as a source of the same shape as ``source``, if one is chosen."""
-        if self._reference.value is None:
-            return None
-        reference = source_from_layer(self._reference.value, self._viewer)
-        if reference.layer is source.layer:
-            raise InputError("The reference must be a clean image, not the image to denoise.")
-        if (reference.rgb, reference.stack_shape, reference.plane_shape) != (
-            source.rgb, source.stack_shape, source.plane_shape
-        ):
-            raise InputError(f"Reference '{reference.name}' has shape {reference.shape}, "
-                             f"but '{source.name}' has {source.shape}.")
-        return reference
 
     def run(self) -> GeneratorWorker | None:
         """Start denoising the chosen layer; refused while a run is going.
@@ -153,11 +150,11 @@ class NTKFilterWidget(Container):
             return None
         try:
             source = source_from_layer(self._image.value, self._viewer)
-            reference = self._reference_source(source)
+            reference = reference_from_layer(self._reference.value, source, self._viewer)
         except InputError as exc:
             show_error(str(exc))
             return None
-        sigma = None if self._sigma.value == self._sigma_estimate else float(self._sigma.value)
+        sigma = None if self._sigma.value in (0.0, self._sigma_estimate) else float(self._sigma.value)
         params = self._params()
         self._source, self._results, self._output = source, {}, None
         self._out = source.empty_output()
@@ -173,12 +170,9 @@ class NTKFilterWidget(Container):
     def _show(self, metadata: dict[str, Any]) -> None:
         """Add the output layer once, then update its data and metadata in place."""
         assert self._source is not None and self._out is not None
-        if self._output is None or self._output not in self._viewer.layers:
-            self._output = self._viewer.add_image(self._out, **self._source.output_kwargs("NTK", metadata))
-            self._runner.watch(self._output)
-        else:
-            self._output.data = self._out
-            self._output.metadata = {"source": self._source.name, **metadata}
+        kwargs = self._source.output_kwargs("NTK", metadata)
+        self._output = put_layer(self._viewer, self._output, self._out, kwargs)
+        self._runner.watch(self._output)
 
     def _on_step(self, item: PlaneEvent) -> None:
         """Stream a twicing step of one plane into the output layer."""

@@ -82,10 +82,11 @@ class StreamRunner:
         self._watched: list[object] = []
         self._pbar: progress | None = None
         self._description = ""
+        self._closed = False
         stop_button.enabled = False
         stop_button.changed.connect(self.stop)
         viewer.layers.events.removed.connect(self._on_layer_removed)
-        native.destroyed.connect(lambda *_: self.stop())
+        native.destroyed.connect(self._on_destroyed)
 
     @property
     def running(self) -> bool:
@@ -154,11 +155,15 @@ class StreamRunner:
             else:
                 self._show_progress((item.position + state[0]) / n_planes, state[1])
 
+        def result(value: Any) -> None:
+            if not worker.abort_requested:  # a result queued before a stop request is dropped too
+                on_return(value)
+
         def done() -> None:
             self._finish(on_finished, worker.abort_requested)
 
         worker.yielded.connect(relay)
-        worker.returned.connect(on_return)
+        worker.returned.connect(result)
         worker.finished.connect(done)
         self.worker = worker
         self._run_button.enabled = False
@@ -168,7 +173,8 @@ class StreamRunner:
 
     def watch(self, layer: object) -> None:
         """Also stop the running worker when ``layer`` (e.g. its new output) is removed."""
-        self._watched.append(layer)
+        if self.running and not any(layer == w for w in self._watched):
+            self._watched.append(layer)
 
     def stop(self) -> None:
         """Ask the running worker to stop at its next event (no-op when idle)."""
@@ -176,6 +182,11 @@ class StreamRunner:
             self.worker.quit()
             if self._pbar is not None:
                 self._pbar.set_description(f"{self._description}: stopping")
+
+    def _on_destroyed(self, *_: object) -> None:
+        """The widget is gone (its viewer closed): stop, and touch no widget or layer again."""
+        self._closed = True
+        self.stop()
 
     def _show_progress(self, fraction: float, message: str) -> None:
         """Move the progress bar to ``fraction`` of the whole run."""
@@ -187,10 +198,12 @@ class StreamRunner:
         self._pbar.set_description(f"{self._description}: {message}")
 
     def _finish(self, on_finished: Callable[[bool], None] | None, aborted: bool) -> None:
-        """Close the progress bar, re-enable Run, and tell the widget."""
+        """Close the progress bar, re-enable Run, and tell the widget (unless it is gone)."""
         if self._pbar is not None:
             self._pbar.close()
         self._pbar, self.worker, self._watched = None, None, []
+        if self._closed:
+            return
         self._run_button.enabled = True
         self._stop_button.enabled = False
         if on_finished is not None:
