@@ -13,8 +13,9 @@ from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from napari.qt.threading import GeneratorWorker, create_worker
+from qtpy.QtCore import QTimer
 from napari.utils import progress
-from napari.utils.notifications import show_info
+from napari.utils.notifications import notification_manager, show_info
 
 from napari_ntk_denoise import Progress
 
@@ -137,7 +138,7 @@ class StreamRunner:
         Returns
         -------
         GeneratorWorker or None
-            The started worker, or ``None`` when refused.
+            The worker, started as soon as control returns to the event loop; ``None`` when refused.
         """
         if self.refuse_if_running():
             return None
@@ -163,12 +164,14 @@ class StreamRunner:
             self._finish(on_finished, worker.abort_requested)
 
         worker.yielded.connect(relay)
+        worker.errored.connect(self._on_error)
         worker.returned.connect(result)
         worker.finished.connect(done)
         self.worker = worker
         self._run_button.enabled = False
         self._stop_button.enabled = True
-        worker.start()
+        # started from the event loop, as a click would: the caller can connect to it first
+        QTimer.singleShot(0, worker.start)
         return worker
 
     def watch(self, layer: object) -> None:
@@ -183,6 +186,15 @@ class StreamRunner:
             if self._pbar is not None:
                 self._pbar.set_description(f"{self._description}: stopping")
 
+    @staticmethod
+    def _on_error(exc: BaseException) -> None:
+        """Show the worker's exception as a napari error notification (with its traceback).
+
+        napari 0.9's workers mean to do this themselves, but their notifying mixin is never
+        initialised (``QRunnable.__init__`` does not chain), so nothing would be shown.
+        """
+        notification_manager.receive_error(type(exc), exc, exc.__traceback__)
+
     def _on_destroyed(self, *_: object) -> None:
         """The widget is gone (its viewer closed): stop, and touch no widget or layer again."""
         self._closed = True
@@ -190,12 +202,13 @@ class StreamRunner:
 
     def _show_progress(self, fraction: float, message: str) -> None:
         """Move the progress bar to ``fraction`` of the whole run."""
-        if self._pbar is None:
+        pbar = self._pbar  # updating the bar processes events: the run may finish meanwhile
+        if pbar is None:
             return
         n = min(STEPS, int(round(fraction * STEPS)))
-        if n > self._pbar.n:
-            self._pbar.update(n - self._pbar.n)
-        self._pbar.set_description(f"{self._description}: {message}")
+        if n > pbar.n:
+            pbar.update(n - pbar.n)
+        pbar.set_description(f"{self._description}: {message}")
 
     def _finish(self, on_finished: Callable[[bool], None] | None, aborted: bool) -> None:
         """Close the progress bar, re-enable Run, and tell the widget (unless it is gone)."""
