@@ -120,8 +120,12 @@ class CurvePlot(QWidget):
             step = max(1, math.ceil((hi - lo) / 5))
             pos = np.arange(math.ceil(lo), math.floor(hi) + 1, step, dtype=float)
             return pos, [_format(10**p) for p in pos]
+        if log:  # less than two decades: round values, placed on the log axis
+            values = _nice_ticks(10**lo, 10**hi)
+            values = values[values > 0]
+            return np.log10(values), [_format(v) for v in values]
         pos = _nice_ticks(lo, hi)
-        return pos, [_format(10**p if log else p) for p in pos]
+        return pos, [_format(p) for p in pos]
 
     def paintEvent(self, event: object) -> None:  # noqa: N802 (Qt override)
         """Draw frame, ticks, curves, legend and marker."""
@@ -133,7 +137,7 @@ class CurvePlot(QWidget):
         painter.setFont(font)
         fm = painter.fontMetrics()
         w, h = self.width(), self.height()
-        box = QRectF(48, fm.height() + 8, max(w - 72, 10), max(h - 2.5 * fm.height() - 18, 10))
+        top, height = fm.height() + 8, max(h - 2.5 * fm.height() - 18, 10)
         painter.setPen(text)
         painter.drawText(QRectF(0, 2, w, fm.height() + 4), Qt.AlignmentFlag.AlignCenter, self.title)
 
@@ -144,7 +148,7 @@ class CurvePlot(QWidget):
         if marker is not None:
             xs = np.append(xs, marker)
         if not np.isfinite(ys).any():
-            painter.drawText(box, Qt.AlignmentFlag.AlignCenter, "no data yet")
+            painter.drawText(QRectF(0, top, w, height), Qt.AlignmentFlag.AlignCenter, "no data yet")
             painter.end()
             return
         x0, x1 = float(np.nanmin(xs)), float(np.nanmax(xs))
@@ -153,6 +157,9 @@ class CurvePlot(QWidget):
             x0, x1 = x0 - 0.5, x1 + 0.5
         pad = 0.06 * (y1 - y0) if y1 > y0 else 0.5
         y0, y1 = y0 - pad, y1 + pad
+        x_ticks, y_ticks = self._ticks(x0, x1, self.log_x), self._ticks(y0, y1, self.log_y)
+        left = fm.height() + 10 + max((fm.horizontalAdvance(t) for t in y_ticks[1]), default=0)
+        box = QRectF(left, top, max(w - left - 24, 10), height)
 
         def px(vx: float) -> float:
             return box.left() + (vx - x0) / (x1 - x0) * box.width()
@@ -162,10 +169,7 @@ class CurvePlot(QWidget):
 
         grid = QColor(text)
         grid.setAlpha(50)
-        for pos, labels, horizontal in (
-            (*self._ticks(x0, x1, self.log_x), False),
-            (*self._ticks(y0, y1, self.log_y), True),
-        ):
+        for pos, labels, horizontal in ((*x_ticks, False), (*y_ticks, True)):
             for p, label in zip(pos, labels):
                 painter.setPen(QPen(grid, 1))
                 if horizontal:
@@ -186,7 +190,7 @@ class CurvePlot(QWidget):
             self.xlabel,
         )
         painter.save()
-        painter.translate(10, box.center().y())
+        painter.translate(fm.height() / 2 + 2, box.center().y())
         painter.rotate(-90)
         painter.drawText(QRectF(-box.height() / 2, -fm.height() / 2, box.height(), fm.height()),
                          Qt.AlignmentFlag.AlignCenter, self.ylabel)
