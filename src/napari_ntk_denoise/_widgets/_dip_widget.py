@@ -8,20 +8,19 @@ user presses Stop, the output layer keeps the best output (by the trainer's crit
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox, create_widget
-from napari.layers import Image
-from napari.utils.notifications import show_error, show_info
+from magicgui.widgets import ComboBox, FloatSpinBox, Label, SpinBox
+from napari.utils.notifications import show_info
 
 from napari_ntk_denoise.dip import ARCHITECTURES, DIPProgress, DIPResult, DIPStep, iter_dip, min_image_size
 
-from ._layers import (
-    ImageSource, InputError, PlaneEvent, iter_planes, put_layer, reference_from_layer, source_from_layer,
-)
+from ._base import ImageRunWidget
+from ._layers import ImageSource, InputError, PlaneEvent, iter_planes
 from ._plots import CurvePlot
-from ._runner import StreamRunner, device_choices
+from ._runner import device_choices
 
 if TYPE_CHECKING:
     import napari
@@ -32,7 +31,7 @@ __all__ = ["DIPTrainingWidget"]
 Index = tuple[int, ...]
 
 
-def _train_planes(source: ImageSource, reference: ImageSource | None, params: dict[str, Any]) -> Any:
+def _train_planes(params: dict[str, Any], source: ImageSource, reference: ImageSource | None) -> Any:
     """Generator of :class:`PlaneEvent` running :func:`iter_dip` on every plane."""
 
     def run_plane(plane: np.ndarray, index: Index) -> Any:
@@ -49,7 +48,7 @@ def dip_progress(event: object) -> tuple[float, str] | None:
     return None
 
 
-class DIPTrainingWidget(Container):
+class DIPTrainingWidget(ImageRunWidget):
     """Train a deep image prior (Adam or gradient descent) on an image layer, with live curves.
 
     Parameters
@@ -59,13 +58,7 @@ class DIPTrainingWidget(Container):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__()
-        self._viewer = viewer
-        self._image = create_widget(annotation=Image, label="image")
-        self._reference = create_widget(
-            annotation=Image | None, label="reference",
-            options={"tooltip": "Clean image of the same shape: PSNR curve, and the best output by PSNR."},
-        )
+        super().__init__(viewer, "DIP", "Clean image of the same shape: PSNR curve, and the best output by PSNR.")
         self._arch = ComboBox(label="architecture", choices=ARCHITECTURES, value="ae",
                               tooltip="vanilla CNN (11 x 11), U-Net, autoencoder (U-Net without skips), skip net.")
         self._optimizer = ComboBox(label="optimiser", choices=("adam", "gd"), value="adam",
@@ -79,33 +72,20 @@ class DIPTrainingWidget(Container):
         self._every = SpinBox(label="update interval", value=50, min=1, max=100_000,
                               tooltip="Iterations between output and curve updates.")
         self._device = ComboBox(label="device", choices=device_choices())
-        self._run = PushButton(text="Run")
-        self._stop = PushButton(text="Stop")
         self._status = Label(value="")
         self._fit_plot = CurvePlot("Loss and SURE", xlabel="iteration", ylabel="mean squared", log_y=True)
         self._psnr_plot = CurvePlot("PSNR vs reference", xlabel="iteration", ylabel="dB")
         self._weights_plot = CurvePlot("Weight change", xlabel="iteration", ylabel="|w - w0|", log_y=True)
         self.extend([
             self._image, self._reference, self._arch, self._optimizer, self._input, self._width, self._lr,
-            self._iterations, self._every, self._device,
-            Container(widgets=[self._run, self._stop], layout="horizontal", labels=False), self._status,
+            self._iterations, self._every, self._device, self._buttons, self._status,
         ])
         for plot in (self._fit_plot, self._psnr_plot, self._weights_plot):
             self.native.layout().addWidget(plot)
-        self._runner = StreamRunner(viewer, self.native, self._run, self._stop)
-        self._source: ImageSource | None = None
-        self._out: np.ndarray | None = None
-        self._output: Image | None = None
         self._best: dict[Index, DIPStep] = {}
         self._curves: dict[Index, list[DIPStep]] = {}
         self._results: dict[Index, DIPResult] = {}
         self._params: dict[str, Any] = {}
-        self._run.changed.connect(self.run)
-
-    @property
-    def worker(self) -> GeneratorWorker | None:
-        """The running worker, if any."""
-        return self._runner.worker
 
     def _read_params(self) -> dict[str, Any]:
         """:func:`iter_dip` keyword arguments from the controls."""
@@ -123,39 +103,22 @@ class DIPTrainingWidget(Container):
         GeneratorWorker or None
             The worker (``None`` when refused or when the input is unusable).
         """
-        if self._runner.refuse_if_running():
-            return None
         params = self._read_params()
-        try:
-            source = source_from_layer(self._image.value, self._viewer)
-            reference = reference_from_layer(self._reference.value, source, self._viewer)
+
+        def check(source: ImageSource) -> None:
             smallest = min_image_size(params["arch"])
             if min(source.plane_shape) < smallest:
                 raise InputError(f"The {params['arch']} network needs planes of at least {smallest} x {smallest} "
                                  f"pixels; '{source.name}' has {source.plane_shape}.")
-        except InputError as exc:
-            show_error(str(exc))
-            return None
-        self._source, self._params, self._output = source, params, None
-        self._out = source.empty_output()
-        self._best, self._curves, self._results = {}, {}, {}
-        for plot in (self._fit_plot, self._psnr_plot, self._weights_plot):
-            plot.clear()
-        self._psnr_plot.setVisible(reference is not None)
-        watch = [source.layer] + ([] if reference is None else [reference.layer])
-        return self._runner.start(
-            _train_planes, source, reference, params,
-            description=f"DIP training on '{source.name}'", n_planes=len(source.indices),
-            on_event=self._on_step, on_return=self._on_result, on_finished=self._on_finished, watch=watch,
-            progress_of=dip_progress,
-        )
 
-    def _show(self, metadata: dict[str, Any]) -> None:
-        """Add the output layer once, then update its data and metadata in place."""
-        assert self._source is not None and self._out is not None
-        kwargs = self._source.output_kwargs("DIP", metadata)
-        self._output = put_layer(self._viewer, self._output, self._out, kwargs)
-        self._runner.watch(self._output)
+        worker = self._start(partial(_train_planes, params), "DIP training", check, on_event=self._on_step,
+                             on_return=self._on_result, on_finished=self._on_finished, progress_of=dip_progress)
+        if worker is not None:
+            self._params, self._best, self._curves, self._results = params, {}, {}, {}
+            for plot in (self._fit_plot, self._psnr_plot, self._weights_plot):
+                plot.clear()
+            self._psnr_plot.setVisible(self._reference.value is not None)
+        return worker
 
     def _on_step(self, item: PlaneEvent) -> None:
         """Show the current output of a plane, keep the best so far, extend the curves."""

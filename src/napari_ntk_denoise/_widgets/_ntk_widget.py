@@ -9,23 +9,22 @@ in place; after the run, the ``t`` slider re-renders ``z(t)`` from the stored ei
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton, Slider, SpinBox
-from magicgui.widgets import create_widget
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, Label, Slider, SpinBox
 from napari.layers import Image
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 
 from napari_ntk_denoise import NTKResult, TwicingStep, iter_denoise_ntk
 from napari_ntk_denoise.stopping import estimate_noise_sigma
 
+from ._base import ImageRunWidget
 from ._filters import filters
-from ._layers import (
-    ImageSource, InputError, PlaneEvent, iter_planes, put_layer, reference_from_layer, source_from_layer,
-)
+from ._layers import ImageSource, InputError, PlaneEvent, iter_planes, source_from_layer
 from ._plots import CurvePlot
-from ._runner import StreamRunner, device_choices
+from ._runner import device_choices
 
 if TYPE_CHECKING:
     import napari
@@ -35,7 +34,7 @@ __all__ = ["NTKFilterWidget"]
 
 
 def _denoise_planes(
-    source: ImageSource, reference: ImageSource | None, sigma: float | None, params: dict[str, Any]
+    sigma: float | None, params: dict[str, Any], source: ImageSource, reference: ImageSource | None
 ) -> Any:
     """Generator of :class:`PlaneEvent` running :func:`iter_denoise_ntk` on every plane."""
 
@@ -46,7 +45,7 @@ def _denoise_planes(
     return iter_planes(source, run_plane)
 
 
-class NTKFilterWidget(Container):
+class NTKFilterWidget(ImageRunWidget):
     """Denoise an image layer with the analytic NTK filter of a CNN (Nyström + twicing).
 
     Parameters
@@ -56,13 +55,7 @@ class NTKFilterWidget(Container):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__()
-        self._viewer = viewer
-        self._image = create_widget(annotation=Image, label="image")
-        self._reference = create_widget(
-            annotation=Image | None, label="reference",
-            options={"tooltip": "Clean image of the same shape, for PSNR curves (optional)."},
-        )
+        super().__init__(viewer, "NTK", "Clean image of the same shape, for PSNR curves (optional).")
         self._sigma = FloatSpinBox(
             label="σ (noise)", min=0.0, max=1e9, step=1e-4,
             tooltip="Noise standard deviation in the image's units, estimated when the image is chosen. "
@@ -80,35 +73,21 @@ class NTKFilterWidget(Container):
         self._guided = CheckBox(value=False, text="guided second stage",
                                 tooltip="Recompute the filter from the first estimate and filter again.")
         self._device = ComboBox(label="device", choices=device_choices())
-        self._run = PushButton(text="Run")
-        self._stop = PushButton(text="Stop")
         self._t = Slider(label="t", min=0, max=0, value=0, readout=False, enabled=False,
                          tooltip="Twicing step of the output, re-rendered from the stored eigen-coefficients.")
         self._t_label = Label(value="t: run the filter first")
         self._plot = CurvePlot("SURE and PSNR over twicing steps", xlabel="twicing step t", ylabel="dB", log_x=True)
         self.extend([
             self._image, self._reference, self._sigma, self._depth, self._kernel_size, self._kernel,
-            self._fraction, self._rank, self._guided, self._device,
-            Container(widgets=[self._run, self._stop], layout="horizontal", labels=False),
-            self._t, self._t_label,
+            self._fraction, self._rank, self._guided, self._device, self._buttons, self._t, self._t_label,
         ])
         self.native.layout().addWidget(self._plot)
-        self._runner = StreamRunner(viewer, self.native, self._run, self._stop)
-        self._source: ImageSource | None = None
         self._results: dict[tuple[int, ...], NTKResult] = {}
-        self._out: np.ndarray | None = None
-        self._output: Image | None = None
         self._sigma_estimate: float | None = None
         self._sigma_layer: Image | None = None
-        self._run.changed.connect(self.run)
         self._image.changed.connect(self._estimate_sigma)
         self._t.changed.connect(self._render_t)
         viewer.dims.events.current_step.connect(self._update_plot)
-
-    @property
-    def worker(self) -> GeneratorWorker | None:
-        """The running worker, if any."""
-        return self._runner.worker
 
     def _params(self) -> dict[str, Any]:
         """Engine keyword arguments from the controls."""
@@ -146,33 +125,14 @@ class NTKFilterWidget(Container):
         GeneratorWorker or None
             The worker (``None`` when refused or when the input is unusable).
         """
-        if self._runner.refuse_if_running():
-            return None
-        try:
-            source = source_from_layer(self._image.value, self._viewer)
-            reference = reference_from_layer(self._reference.value, source, self._viewer)
-        except InputError as exc:
-            show_error(str(exc))
-            return None
         sigma = None if self._sigma.value in (0.0, self._sigma_estimate) else float(self._sigma.value)
-        params = self._params()
-        self._source, self._results, self._output = source, {}, None
-        self._out = source.empty_output()
-        self._t.enabled = False
-        self._plot.clear()
-        watch = [source.layer] + ([] if reference is None else [reference.layer])
-        return self._runner.start(
-            _denoise_planes, source, reference, sigma, params,
-            description=f"NTK filter of '{source.name}'", n_planes=len(source.indices),
-            on_event=self._on_step, on_return=self._on_result, on_finished=self._on_finished, watch=watch,
-        )
-
-    def _show(self, metadata: dict[str, Any]) -> None:
-        """Add the output layer once, then update its data and metadata in place."""
-        assert self._source is not None and self._out is not None
-        kwargs = self._source.output_kwargs("NTK", metadata)
-        self._output = put_layer(self._viewer, self._output, self._out, kwargs)
-        self._runner.watch(self._output)
+        worker = self._start(partial(_denoise_planes, sigma, self._params()), "NTK filter",
+                             on_event=self._on_step, on_return=self._on_result, on_finished=self._on_finished)
+        if worker is not None:
+            self._results = {}
+            self._t.enabled = False
+            self._plot.clear()
+        return worker
 
     def _on_step(self, item: PlaneEvent) -> None:
         """Stream a twicing step of one plane into the output layer."""
