@@ -1,0 +1,101 @@
+"""Input checking, layout conversion and device/memory helpers shared by the engine."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["ImageLayout", "prepare_image", "resolve_device", "available_memory", "check_memory"]
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """How to put a ``(H, W, C)`` working array back into the caller's layout."""
+
+    ndim: int
+    channel_axis: int | None
+    dtype: np.dtype
+
+    def restore(self, hwc: np.ndarray) -> np.ndarray:
+        """Return ``hwc`` in the original layout, float32 (float64 for float64 input)."""
+        out = hwc.astype(self.dtype, copy=False)
+        if self.channel_axis is None:
+            return out[..., 0]
+        return np.moveaxis(out, -1, self.channel_axis)
+
+
+def prepare_image(image: np.ndarray, channel_axis: int | None, name: str = "image") -> tuple[np.ndarray, ImageLayout]:
+    """Check an image and return a float ``(H, W, C)`` copy and its layout.
+
+    Parameters
+    ----------
+    image : array_like
+        2-D image, or 3-D with a channel axis.
+    channel_axis : int or None
+        Axis of the colour channels (``None`` for a gray 2-D image).
+    name : str
+        Name used in error messages.
+
+    Raises
+    ------
+    ValueError
+        Wrong number of dimensions, boolean/complex/non-numeric dtype, empty or non-finite values.
+    """
+    arr = np.asarray(image)
+    if arr.dtype == bool or np.iscomplexobj(arr) or not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"{name} has unsupported dtype {arr.dtype}; expected real integers or floats")
+    expected = 2 if channel_axis is None else 3
+    if arr.ndim != expected:
+        hint = " (pass channel_axis for colour images)" if arr.ndim == 3 and channel_axis is None else ""
+        raise ValueError(f"{name} must be {expected}-D with channel_axis={channel_axis}, got shape {arr.shape}{hint}")
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty")
+    out_dtype = np.dtype(np.float64) if arr.dtype == np.float64 else np.dtype(np.float32)
+    work = arr.astype(np.float64 if out_dtype == np.float64 else np.float32, copy=True)
+    if not np.all(np.isfinite(work)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if channel_axis is None:
+        work = work[..., None]
+        axis = None
+    else:
+        axis = channel_axis % 3
+        work = np.ascontiguousarray(np.moveaxis(work, axis, -1))
+    return work, ImageLayout(ndim=arr.ndim, channel_axis=axis, dtype=out_dtype)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"``: CUDA when available, else CPU; otherwise the named device."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but CUDA is not available")
+    return dev
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes that can still be allocated on ``device`` (host: ``MemAvailable``)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+def check_memory(required: int, device: torch.device, what: str, advice: str) -> None:
+    """Raise ``MemoryError`` before heavy work if ``required`` bytes exceed what is available."""
+    avail = available_memory(device)
+    if required > avail:
+        raise MemoryError(
+            f"{what} needs about {required / 2**30:.2f} GiB on {device} but only "
+            f"{avail / 2**30:.2f} GiB is available; {advice}"
+        )

@@ -1,0 +1,163 @@
+"""The public pipeline: denoise_ntk / iter_denoise_ntk, Monte-Carlo SURE, guided filter, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import smooth_image
+from napari_ntk_denoise import Progress, TwicingStep, denoise_ntk, iter_denoise_ntk, iter_filter, low_rank_filter
+from napari_ntk_denoise import _input
+from napari_ntk_denoise.stopping import estimate_noise_sigma, psnr
+
+FAST = dict(kernel_size=5, fraction=0.1, rank=48)
+
+
+def _noisy(shape=(32, 32), channels=None, sigma=0.1, seed=0):
+    clean = smooth_image(shape, channels)
+    rng = np.random.default_rng(seed)
+    return (clean + sigma * rng.standard_normal(clean.shape)).astype(np.float32), clean
+
+
+def test_gray_denoising_improves_and_keeps_input():
+    noisy, clean = _noisy()
+    before = noisy.copy()
+    out, res = denoise_ntk(noisy, 0.1, reference=clean, **FAST)
+    np.testing.assert_array_equal(noisy, before)
+    assert out.shape == noisy.shape and out.dtype == np.float32
+    assert psnr(out, clean, 1) > psnr(noisy, clean, 1) + 3
+    assert res.t >= 1 and not res.sigma_estimated and res.sigma == 0.1
+    # MC-SURE's choice is close to the oracle's in PSNR
+    assert res.psnr.max() - res.psnr[np.searchsorted(res.t_grid, res.t)] < 0.5
+    json.dumps(res.metadata())
+
+
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_colour_one_filter_any_channel_axis(axis):
+    noisy, clean = _noisy(channels=3)
+    noisy_ax = np.moveaxis(noisy, -1, axis)
+    out, res = denoise_ntk(noisy_ax, 0.1, channel_axis=axis, stop=40, **FAST)
+    assert out.shape == noisy_ax.shape
+    out_last = np.moveaxis(out, axis, -1)
+    assert psnr(out_last, clean, 1) > psnr(noisy, clean, 1) + 3
+    assert res.t == 40 and res.filter.shape == (32, 32)
+
+
+def test_float64_in_float64_out_and_integer_input():
+    noisy, _ = _noisy()
+    out, _ = denoise_ntk(noisy.astype(np.float64), 0.1, stop=10, **FAST)
+    assert out.dtype == np.float64
+    as_u8 = np.clip(noisy * 255, 0, 255).astype(np.uint8)
+    out8, res = denoise_ntk(as_u8, 25.5, stop=10, **FAST)
+    assert out8.dtype == np.float32 and 0 < out8.mean() < 255  # values keep the data's units
+
+
+def test_sigma_is_estimated_and_reported():
+    noisy, _ = _noisy(shape=(48, 48), sigma=0.1)
+    _, res = denoise_ntk(noisy, **FAST)
+    assert res.sigma_estimated
+    assert 0.07 < res.sigma < 0.13
+    assert abs(estimate_noise_sigma(noisy) - res.sigma) < 1e-12
+
+
+def test_generator_streams_progress_and_twicing_steps():
+    noisy, clean = _noisy()
+    gen = iter_denoise_ntk(noisy, 0.1, reference=clean, **FAST)
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            res = stop.value
+            break
+    progress = [e for e in events if isinstance(e, Progress)]
+    steps = [e for e in events if isinstance(e, TwicingStep)]
+    assert progress and all(0 <= p.fraction <= 1 for p in progress)
+    assert [s.t for s in steps] == sorted(s.t for s in steps) and steps[-1].t == res.t
+    np.testing.assert_allclose(steps[-1].image, res.image, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(res.render(res.t), res.image, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(res.render(1), res.image)
+
+
+def test_generator_close_mid_kernel_stops_cleanly():
+    noisy, _ = _noisy()
+    gen = iter_denoise_ntk(noisy, 0.1, **FAST)
+    first = next(gen)
+    assert isinstance(first, Progress)
+    gen.close()  # GeneratorExit at the yield: no error, nothing left running
+    with pytest.raises(StopIteration):
+        next(gen)
+
+
+def test_oracle_and_fixed_stops():
+    noisy, clean = _noisy()
+    _, oracle = denoise_ntk(noisy, 0.1, stop="oracle", reference=clean, **FAST)
+    assert oracle.t == int(oracle.t_grid[np.argmax(oracle.psnr)])
+    _, fixed = denoise_ntk(noisy, 0.1, stop=0, **FAST)
+    np.testing.assert_allclose(fixed.image, 0)  # twicing starts from z = 0
+
+
+def test_guided_two_stages_with_sure():
+    noisy, clean = _noisy(channels=3)
+    out, res = denoise_ntk(noisy, 0.1, channel_axis=-1, guided=True, reference=clean, **FAST)
+    assert len(res.stages) == 2 and res.stages[1].sure is not None
+    assert res.metadata()["t_stage1"] == res.stages[0].t
+    assert psnr(out, clean, 1) > psnr(noisy, clean, 1) + 3
+
+
+def test_noise_input_filter_is_image_independent():
+    noisy, _ = _noisy()
+    f1 = low_rank_filter(noisy, input="noise", **FAST)
+    f2 = low_rank_filter(np.flipud(noisy).copy(), input="noise", **FAST)
+    np.testing.assert_allclose(f1.eigenvalues, f2.eigenvalues, rtol=1e-5)
+    # eq. 17: the noise kernel is dominated by one (constant-like) eigenimage
+    lam = f1.normalized_eigenvalues
+    assert lam[1] < 0.5
+    _, res = denoise_ntk(noisy, 0.1, input="noise", **FAST)
+    assert res.stages[0].sure is not None
+
+
+def test_iter_filter_yields_progress_and_returns_filter():
+    noisy, _ = _noisy()
+    gen = iter_filter(noisy, **FAST)
+    assert isinstance(next(gen), Progress)
+    rest = list(gen)
+    assert all(isinstance(e, Progress) for e in rest)
+
+
+@pytest.mark.parametrize(
+    "image,kwargs,match",
+    [
+        (np.full((32, 32), np.nan), {}, "NaN or infinite"),
+        (np.array([[np.inf] * 32] * 32), {}, "NaN or infinite"),
+        (np.zeros((32, 32, 3)), {}, "channel_axis"),
+        (np.zeros(32), {}, "2-D"),
+        (np.zeros((32, 32), dtype=complex), {}, "dtype"),
+        (np.zeros((32, 32), dtype=bool), {}, "dtype"),
+        (np.zeros((4, 32)), {"kernel_size": 11}, "smaller than the kernel"),
+        (np.zeros((32, 32)), {"fraction": 0.0}, "fraction"),
+        (np.zeros((32, 32)), {"fraction": 1.5}, "fraction"),
+        (np.zeros((32, 32)), {"rank": 0}, "rank"),
+        (np.zeros((32, 32)), {"n_anchors": 5000}, "n_anchors"),
+        (np.zeros((32, 32)), {"stop": "never"}, "stop"),
+        (np.zeros((32, 32)), {"stop": -3}, "stop"),
+        (np.zeros((32, 32)), {"stop": "oracle"}, "reference"),
+        (np.zeros((32, 32)), {"input": "video"}, "input"),
+        (np.zeros((32, 32)), {"reference": np.zeros((16, 16))}, "reference shape"),
+        (np.zeros((32, 32)), {"sigma": -1.0}, "sigma"),
+    ],
+)
+def test_bad_input_raises_clear_value_error(image, kwargs, match):
+    kwargs = {"sigma": 0.1, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        denoise_ntk(image, **kwargs)
+
+
+def test_memory_guard_refuses_before_heavy_work(monkeypatch):
+    monkeypatch.setattr(_input, "available_memory", lambda device: 10 * 2**20)
+    noisy, _ = _noisy()
+    gen = iter_denoise_ntk(noisy, 0.1, **FAST)
+    with pytest.raises(MemoryError, match="smaller anchor fraction"):
+        next(gen)

@@ -1,0 +1,144 @@
+"""Analytic CNN kernels: closed forms, deep-kernel neighbourhoods and the empirical-NTK referee."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from napari_ntk_denoise.kernels import CNNKernel, relu_expectations
+from napari_ntk_denoise.networks import VanillaCNN, empirical_ntk
+
+
+def _image(c, h, w, seed=0, dtype=torch.float64):
+    return torch.rand(c, h, w, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def _full(kernel, x):
+    idx = torch.arange(x.shape[1] * x.shape[2])
+    return kernel.block(x, idx, idx)
+
+
+def test_empirical_ntk_matches_bruteforce_autograd():
+    x = _image(3, 6, 6)[None]
+    net = VanillaCNN(3, width=8, depth=3, kernel_size=3, generator=torch.Generator().manual_seed(0)).double()
+    z = net(x)[0, 0].reshape(-1)
+    params = list(net.parameters())
+    rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(z[i], params, retain_graph=True)]) for i in range(36)]
+    jac = torch.stack(rows)
+    torch.testing.assert_close(empirical_ntk(net, x), jac @ jac.T)
+    jo = jac[:, -params[-1].numel():]
+    torch.testing.assert_close(empirical_ntk(net, x, layers="output"), jo @ jo.T)
+
+
+@pytest.mark.parametrize(
+    "depth,r,channels,kind",
+    [(2, 3, 1, "ntk"), (2, 5, 3, "ntk"), (2, 5, 1, "nngp"), (3, 3, 1, "ntk"), (3, 3, 3, "ntk"), (3, 3, 3, "nngp")],
+)
+def test_referee_empirical_ntk_converges_to_analytic(depth, r, channels, kind):
+    """Relative Frobenius error of J J^T against the closed form falls with width (~ c^-1/2).
+
+    The statistic is the root-mean-square over independent initialisations (16 for L = 2, 8 for
+    L = 3) of the per-network relative error, which estimates the c^-1/2 fluctuation; 16x the
+    width should divide it by ~4.  Widths are 64/256/1024 for L = 2 and 32/128/512 for L = 3 (to
+    keep the suite fast); the seeds are fixed, so the test is deterministic.
+    """
+    x = _image(channels, 7, 7, seed=depth * 10 + r)
+    analytic = _full(CNNKernel(depth=depth, kernel_size=r, kind=kind), x).float()
+    layers = "all" if kind == "ntk" else "output"
+    widths, seeds = ((64, 256, 1024), 16) if depth == 2 else ((32, 128, 512), 8)
+    rms = []
+    for width in widths:
+        errs = [
+            float((empirical_ntk(VanillaCNN(channels, width=width, depth=depth, kernel_size=r,
+                                            generator=torch.Generator().manual_seed(s)), x[None].float(),
+                                 layers=layers).float() - analytic).norm() / analytic.norm())
+            for s in range(seeds)
+        ]
+        rms.append(float(np.sqrt(np.mean(np.square(errs)))))
+    assert rms[0] > rms[1] > rms[2], rms
+    assert rms[2] < rms[0] / 2.5, rms
+    assert rms[2] < (0.1 if depth == 2 else 0.25), rms
+
+
+def test_kernel_block_is_slice_of_full_matrix_deep():
+    """Deep kernels expand neighbourhoods per layer; any block must equal the full matrix slice."""
+    x = _image(2, 9, 11, seed=3)
+    for depth in (3, 4):
+        kern = CNNKernel(depth=depth, kernel_size=3)
+        full = _full(kern, x)
+        rows = torch.tensor([0, 5, 17, 50, 98])
+        cols = torch.tensor([3, 40, 41, 77])
+        torch.testing.assert_close(kern.block(x, rows, cols), full[rows][:, cols])
+        torch.testing.assert_close(full, full.T)
+        assert torch.linalg.eigvalsh(full).min() > -1e-8 * full.diag().max()
+        _, _, kdiag = kern.diagonals(x)
+        torch.testing.assert_close(full.diag(), kdiag.reshape(-1))
+
+
+def test_two_layer_closed_forms_eq16():
+    """L = 2: NNGP is eq. 16 and the NTK adds V'(Sigma) o Sigma, on reflect-padded patches."""
+    x = _image(1, 7, 7, seed=5)
+    r = 3
+    padded = torch.nn.functional.pad(x[None], (1, 1, 1, 1), mode="reflect")[0]
+    patches = torch.nn.functional.unfold(padded[None], r)[0].T  # (49, 9)
+    s1 = 2.0 * patches @ patches.T / r**2
+    n = s1.diag().sqrt()
+    cos = (s1 / n[:, None] / n[None, :]).clamp(-1, 1)
+    th = torch.acos(cos)
+    nngp = n[:, None] * n[None, :] / math.pi * (torch.sin(th) + (math.pi - th) * cos)
+    ntk = n[:, None] * n[None, :] / math.pi * (torch.sin(th) + 2 * (math.pi - th) * cos)
+    torch.testing.assert_close(_full(CNNKernel(2, r, "nngp"), x), nngp)
+    torch.testing.assert_close(_full(CNNKernel(2, r, "ntk"), x), ntk)
+
+
+def test_relu_expectations_monte_carlo():
+    cov = torch.tensor([[1.0, 0.6], [0.6, 2.0]], dtype=torch.float64)
+    h = torch.randn(400000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) @ torch.linalg.cholesky(cov).T
+    v, vp = relu_expectations(cov, cov.diag(), cov.diag(), sigma_w2=2.0)
+    mc_v = 2 * (torch.relu(h[:, 0]) * torch.relu(h[:, 1])).mean()
+    mc_vp = 2 * ((h[:, 0] > 0) & (h[:, 1] > 0)).double().mean()
+    assert abs(float(v[0, 1] - mc_v)) < 0.01
+    assert abs(float(vp[0, 1] - mc_vp)) < 0.01
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_block_fast_pair_matches_two_exact_blocks(depth):
+    x = _image(3, 12, 12, seed=7, dtype=torch.float32)
+    x_eps = x + 1e-3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    kern = CNNKernel(depth=depth, kernel_size=3)
+    rows, cols = torch.arange(0, 144, 3), torch.tensor([1, 30, 77, 100, 143])
+    d, de = kern.diagonals(x), kern.diagonals(x_eps)
+    exact = kern.block(x.double(), rows, cols)
+    exact_eps = kern.block(x_eps.double(), rows, cols)
+    k, dk = kern.block_fast(x, rows, cols, d, x_eps, de)
+    torch.testing.assert_close(k.double(), exact, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(dk.double(), exact_eps - exact, rtol=2e-2, atol=2e-6)
+    if depth == 2:  # bfloat16 products with a float32 principal part stay close
+        basis = kern.patch_basis(x, cols)
+        kb, dkb = kern.block_fast(x, rows, cols, d, x_eps, de, torch.bfloat16, basis)
+        torch.testing.assert_close(kb.double(), exact, rtol=2e-3, atol=1e-4)
+        torch.testing.assert_close(dkb.double(), exact_eps - exact, rtol=5e-2, atol=2e-5)
+
+
+@pytest.mark.parametrize("bad", [dict(depth=1), dict(kernel_size=4), dict(kernel_size=0), dict(kind="rbf")])
+def test_kernel_rejects_bad_parameters(bad):
+    with pytest.raises(ValueError):
+        CNNKernel(**bad)
+
+
+def test_kernel_rejects_image_smaller_than_kernel():
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        CNNKernel(kernel_size=11).check_image((4, 30))
+
+
+def test_network_matches_kernel_size_and_receptive_field():
+    net = VanillaCNN(1, width=4, depth=3, kernel_size=5)
+    assert CNNKernel(depth=3, kernel_size=5).receptive_field == 9
+    x = torch.zeros(1, 1, 21, 21)
+    x[0, 0, 10, 10] = 1.0
+    out = net(x)[0, 0]
+    support = np.argwhere(out.detach().numpy() != 0)
+    assert support.min() >= 10 - 4 and support.max() <= 10 + 4

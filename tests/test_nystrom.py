@@ -1,0 +1,138 @@
+"""Nyström eigenimages, the low-rank filter object and twicing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import smooth_image
+from napari_ntk_denoise.kernels import CNNKernel
+from napari_ntk_denoise.nystrom import LowRankFilter, iter_nystrom, sample_anchors
+from napari_ntk_denoise.twicing import twicing_factors, twicing_schedule
+
+
+def _drain(gen):
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def _x(shape=(16, 16), channels=1, seed=0):
+    rng = np.random.default_rng(seed)
+    img = smooth_image(shape, channels if channels > 1 else None) + 0.1 * rng.standard_normal(
+        shape + ((channels,) if channels > 1 else ()))
+    arr = img[None] if channels == 1 else np.moveaxis(img, -1, 0)
+    return torch.from_numpy(np.ascontiguousarray(arr)).float()
+
+
+def test_sample_anchors_spread_unique_reproducible():
+    a = sample_anchors((40, 60), 48, seed=3)
+    assert len(a) == 48 and len(np.unique(a)) == 48 and a.min() >= 0 and a.max() < 2400
+    np.testing.assert_array_equal(a, sample_anchors((40, 60), 48, seed=3))
+    assert not np.array_equal(a, sample_anchors((40, 60), 48, seed=4))
+    rows, cols = a // 60, a % 60  # one anchor per cell of a jittered grid: every band is hit
+    assert len(np.unique(rows // 10)) == 4 and len(np.unique(cols // 10)) == 6
+    for shape, m in [((5, 7), 35), ((3, 50), 20), ((1, 9), 4)]:
+        assert len(np.unique(sample_anchors(shape, m))) == m
+    with pytest.raises(ValueError):
+        sample_anchors((4, 4), 17)
+
+
+def test_all_anchors_full_rank_reproduces_kernel():
+    """With every pixel as an anchor, Nyström is exact: Q diag(lam) Q^T = K."""
+    x = _x((10, 10), channels=3)
+    kern = CNNKernel(kernel_size=3)
+    idx = torch.arange(100)
+    full = kern.block(x.double(), idx, idx)
+    first, second = _drain(iter_nystrom(kern, x, np.arange(100), rank=100, gemm_dtype=torch.float32))
+    assert second is None
+    f = first.filter
+    q = f.basis.double()
+    torch.testing.assert_close(q.T @ q, torch.eye(f.rank, dtype=torch.float64), atol=1e-4, rtol=0)
+    approx = q @ torch.diag(torch.as_tensor(f.eigenvalues)) @ q.T
+    assert float((approx - full).norm() / full.norm()) < 1e-4
+    top = torch.linalg.eigvalsh(full).flip(0)[:10].numpy()
+    np.testing.assert_allclose(f.eigenvalues[:10], top, rtol=1e-4, atol=2e-6 * top[0])
+
+
+def test_nystrom_low_rank_is_good_and_reproducible():
+    x = _x((20, 20))
+    kern = CNNKernel(kernel_size=5)
+    anchors = sample_anchors((20, 20), 80, seed=0)
+    a, _ = _drain(iter_nystrom(kern, x, anchors, rank=40, seed=0))
+    b, _ = _drain(iter_nystrom(kern, x, anchors, rank=40, seed=0))
+    np.testing.assert_allclose(a.filter.eigenvalues, b.filter.eigenvalues)
+    idx = torch.arange(400)
+    full = kern.block(x.double(), idx, idx)
+    exact = torch.linalg.eigvalsh(full).flip(0)[:5].numpy()
+    # Nystrom underestimates (K - C W^+ C^T is PSD) and is close for the leading eigenvalues
+    assert np.all(a.filter.eigenvalues[:5] <= exact * (1 + 1e-5))
+    np.testing.assert_allclose(a.filter.eigenvalues[:3], exact[:3], rtol=0.06)
+    assert np.all(np.diff(a.filter.eigenvalues) <= 0)
+
+
+def test_projections_and_perturbed_pass():
+    """Projections equal Q^T v; the paired perturbed pass equals an independent pass on x_eps."""
+    x = _x((16, 16), channels=3)
+    x_eps = x + 1e-3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    kern = CNNKernel(kernel_size=3)
+    anchors = sample_anchors((16, 16), 64)
+    v = torch.randn(256, 3, generator=torch.Generator().manual_seed(5))
+    main, pert = _drain(iter_nystrom(kern, x, anchors, 32, project=[v], x_eps=x_eps, project_eps=[v],
+                                     keep_basis_eps=True))
+    torch.testing.assert_close(main.projections[0], (main.filter.basis.T @ v).double(), rtol=1e-4, atol=1e-4)
+    solo, _ = _drain(iter_nystrom(kern, x_eps, anchors, 32, project=[v]))
+    # the filters (not the bases, which may rotate) agree
+    w1 = pert.filter.basis @ torch.diag(torch.as_tensor(pert.filter.eigenvalues).float()) @ pert.filter.basis.T
+    w2 = solo.filter.basis @ torch.diag(torch.as_tensor(solo.filter.eigenvalues).float()) @ solo.filter.basis.T
+    assert float((w1 - w2).norm() / w2.norm()) < 1e-3
+
+
+def test_low_rank_filter_methods():
+    x = _x((12, 14))
+    main, _ = _drain(iter_nystrom(CNNKernel(kernel_size=3), x, sample_anchors((12, 14), 60), 20))
+    f: LowRankFilter = main.filter
+    assert f.shape == (12, 14) and f.rank <= 20
+    ei = f.eigenimages(3)
+    assert ei.shape == (3, 12, 14) and ei.dtype == np.float32
+    np.testing.assert_allclose(np.sum(ei[0] ** 2), 1.0, rtol=1e-4)
+    w = f.weights((5, 6))
+    assert w.shape == (12, 14)
+    # W is symmetric: weight of j in row i equals weight of i in row j
+    np.testing.assert_allclose(w[2, 3], f.weights((2, 3))[5, 6], rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError):
+        f.weights((12, 0))
+    y = x[0].numpy()
+    np.testing.assert_allclose(f.apply(y, 0), 0 * y, atol=1e-7)
+
+
+def test_twicing_closed_form_equals_explicit_steps():
+    """z(t) = Q diag(1 - (1 - lam)^t) Q^T y equals t steps of z <- z + W (y - z)."""
+    x = _x((12, 12), channels=3)
+    main, _ = _drain(iter_nystrom(CNNKernel(kernel_size=3), x, sample_anchors((12, 12), 50), 30))
+    f = main.filter
+    q = f.basis.double()
+    wmat = q @ torch.diag(torch.as_tensor(f.normalized_eigenvalues)) @ q.T
+    y = np.moveaxis(x.numpy(), 0, -1).astype(np.float64)
+    yt = torch.from_numpy(y.reshape(144, 3))
+    z = torch.zeros_like(yt)
+    for t in range(1, 26):
+        z = z + wmat @ (yt - z)
+        if t in (1, 5, 25):
+            np.testing.assert_allclose(f.apply(y, t).reshape(144, 3), z.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_twicing_factors_edge_cases():
+    lam = np.array([1.0, 0.5, 1e-3, 0.0])
+    f = twicing_factors(lam, np.array([0, 1, 2, 10**6]))
+    np.testing.assert_allclose(f[0], 0)
+    np.testing.assert_allclose(f[1], lam)
+    np.testing.assert_allclose(f[2], 1 - (1 - lam) ** 2)
+    np.testing.assert_allclose(f[3], [1, 1, 1, 0], atol=1e-12)
+    assert np.all(np.isfinite(f))
+    with pytest.raises(ValueError):
+        twicing_factors(lam, -1)
+    assert twicing_schedule(100, 6)[-1] == 100 and twicing_schedule(100, 6)[0] == 1
