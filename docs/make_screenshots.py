@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import argparse
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-warnings.filterwarnings("ignore", message="napari support for the PyQt5 backend is deprecated")
+import napari
+import numpy as np
+from napari._qt import qt_main_window
+from qtpy.QtWidgets import QApplication
 
-import napari  # noqa: E402 (after the warning filter)
-import numpy as np  # noqa: E402
-from qtpy.QtWidgets import QApplication  # noqa: E402
-
-from napari_ntk_denoise._sample_data import noisy_camera, noisy_fluorescence  # noqa: E402
+from napari_ntk_denoise._sample_data import noisy_camera, noisy_fluorescence
 
 PLUGIN = "napari-ntk-denoise"
 OUT = Path(__file__).resolve().parent / "images"
@@ -55,7 +53,7 @@ def _viewer_with(sample: Callable[[], list], corner: tuple[int, int], size: int)
 
 def _save(viewer: napari.Viewer, name: str) -> None:
     """Show the visible layers side by side and save the whole window."""
-    viewer.grid.enabled = True
+    viewer.canvas.grid.enabled = True
     viewer.reset_view()
     QApplication.instance().processEvents()
     path = OUT / f"{name}.png"
@@ -104,6 +102,7 @@ def dip_training(size: int, iterations: int) -> None:
 
 def main() -> None:
     """Write the screenshots chosen on the command line (all by default)."""
+    qt_main_window.SHOW_QT_WARNING = False  # no PyQt5 deprecation toast over the canvas (as in napari's tests)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=192, help="side of the crop of the samples")
     parser.add_argument("--iterations", type=int, default=400, help="DIP iterations")

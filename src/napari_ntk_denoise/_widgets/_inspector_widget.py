@@ -147,7 +147,7 @@ class EigenimageInspectorWidget(Container):
             "reused": seconds is None, "timings": {} if seconds is None else {"filter": seconds},
         }
         eigen = filt.eigenimages(self._n_show.value)
-        limit = float(np.abs(eigen).max()) or 1.0
+        limit = float(np.percentile(np.abs(eigen), 99.5)) or 1.0  # a few peaks would wash out the rest
         self._eigen_layer = put_layer(
             self._viewer, self._eigen_layer, eigen, source.plane_kwargs("eigenimages", meta, leading=1),
             colormap="bwr", contrast_limits=(-limit, limit),
