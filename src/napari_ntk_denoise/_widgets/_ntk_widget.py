@@ -83,11 +83,13 @@ class NTKFilterWidget(ImageRunWidget):
         ])
         self.native.layout().addWidget(self._plot)
         self._results: dict[tuple[int, ...], NTKResult] = {}
+        self._run_params: dict[str, Any] = {}
         self._sigma_estimate: float | None = None
         self._sigma_layer: Image | None = None
         self._image.changed.connect(self._estimate_sigma)
         self._t.changed.connect(self._render_t)
         viewer.dims.events.current_step.connect(self._update_plot)
+        self.native.destroyed.connect(lambda *_: viewer.dims.events.current_step.disconnect(self._update_plot))
 
     def _params(self) -> dict[str, Any]:
         """Engine keyword arguments from the controls."""
@@ -126,10 +128,11 @@ class NTKFilterWidget(ImageRunWidget):
             The worker (``None`` when refused or when the input is unusable).
         """
         sigma = None if self._sigma.value in (0.0, self._sigma_estimate) else float(self._sigma.value)
-        worker = self._start(partial(_denoise_planes, sigma, self._params()), "NTK filter",
+        params = self._params()
+        worker = self._start(partial(_denoise_planes, sigma, params), "NTK filter",
                              on_event=self._on_step, on_return=self._on_result, on_finished=self._on_finished)
         if worker is not None:
-            self._results = {}
+            self._results, self._run_params = {}, params
             self._t.enabled = False
             self._plot.clear()
         return worker
@@ -147,11 +150,10 @@ class NTKFilterWidget(ImageRunWidget):
         """Show the final images, keep the results for the ``t`` slider, plot the curves."""
         assert self._source is not None and self._out is not None
         self._results = results
-        params = self._params()
         for index, res in results.items():
             self._source.store(self._out, index, res.image)
-            if not params["guided"]:
-                filters.put(self._source.layer, index, params, res.filter)
+            if not self._run_params["guided"]:  # the filter of the image itself, as the Inspector's
+                filters.put(self._source.layer, index, self._run_params, res.filter)
         first = next(iter(results.values()))
         with self._t.changed.blocked():
             self._t.max = len(first.t_grid) - 1

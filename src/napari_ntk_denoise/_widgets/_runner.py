@@ -79,6 +79,7 @@ class StreamRunner:
         self, viewer: napari.viewer.Viewer, native: QWidget, run_button: PushButton, stop_button: PushButton
     ) -> None:
         self.worker: GeneratorWorker | None = None
+        self._viewer = viewer
         self._run_button, self._stop_button = run_button, stop_button
         self._watched: list[object] = []
         self._pbar: progress | None = None
@@ -196,8 +197,9 @@ class StreamRunner:
         notification_manager.receive_error(type(exc), exc, exc.__traceback__)
 
     def _on_destroyed(self, *_: object) -> None:
-        """The widget is gone (its viewer closed): stop, and touch no widget or layer again."""
+        """The widget is gone (dock or viewer closed): stop, and touch no widget or layer again."""
         self._closed = True
+        self._viewer.layers.events.removed.disconnect(self._on_layer_removed)
         self.stop()
 
     def _show_progress(self, fraction: float, message: str) -> None:
