@@ -1,0 +1,119 @@
+"""Screenshots of the three widgets with real results, for the README (``docs/images/*.png``).
+
+Run from the repository root, with a display (or under Xvfb)::
+
+    xvfb-run -a python docs/make_screenshots.py
+
+Each widget is opened from the plugin's manifest, run on a crop of a sample image (the full
+512 x 512 samples take minutes on a laptop CPU), and the whole window is saved once the worker
+has finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import napari
+import numpy as np
+from napari._qt import qt_main_window
+from qtpy.QtWidgets import QApplication
+
+from napari_ntk_denoise._sample_data import noisy_camera, noisy_fluorescence
+
+PLUGIN = "napari-ntk-denoise"
+OUT = Path(__file__).resolve().parent / "images"
+
+
+def _wait(widget: Any, timeout: float = 1800.0) -> None:
+    """Process Qt events until the widget's worker has finished."""
+    app, t0 = QApplication.instance(), time.perf_counter()
+    app.processEvents()
+    while widget.worker is not None:
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError(f"{type(widget).__name__} still running after {timeout} s")
+        app.processEvents()
+        time.sleep(0.02)
+    for _ in range(5):
+        app.processEvents()
+
+
+def _viewer_with(sample: Callable[[], list], corner: tuple[int, int], size: int) -> napari.Viewer:
+    """A viewer holding a ``size x size`` crop of a sample: hidden clean reference, noisy image."""
+    viewer = napari.Viewer(title="napari-ntk-denoise")
+    viewer.window.resize(1500, 950)
+    r, c = corner
+    for data, kwargs, _ in sample():
+        viewer.add_image(np.ascontiguousarray(data[r : r + size, c : c + size]), **kwargs)
+    return viewer
+
+
+def _save(viewer: napari.Viewer, name: str) -> None:
+    """Show the visible layers side by side and save the whole window."""
+    viewer.canvas.grid.enabled = True
+    viewer.reset_view()
+    QApplication.instance().processEvents()
+    path = OUT / f"{name}.png"
+    viewer.screenshot(str(path), canvas_only=False, flash=False)
+    print(f"wrote {path}")
+    viewer.close()
+
+
+def ntk_filter(size: int) -> None:
+    """NTK Filter on the noisy camera, with the clean image as reference for the PSNR curve."""
+    viewer = _viewer_with(noisy_camera, (40, 160), size)
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "NTK Filter")
+    widget._image.value = viewer.layers["camera (noisy)"]
+    widget._reference.value = viewer.layers["camera (clean)"]
+    widget.run()
+    _wait(widget)
+    _save(viewer, "ntk_filter")
+
+
+def eigenimage_inspector(size: int) -> None:
+    """Inspector on the noisy camera: eigenimages, eigenvalue decay and one pixel's weights."""
+    viewer = _viewer_with(noisy_camera, (40, 160), size)
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Eigenimage Inspector")
+    widget._image.value = viewer.layers["camera (noisy)"]
+    widget.run()
+    _wait(widget)
+    h, w = widget.filter.shape
+    widget.show_weights((h // 3, w // 2))
+    viewer.dims.set_current_step(0, 3)  # the fourth eigenimage
+    _save(viewer, "eigenimage_inspector")
+
+
+def dip_training(size: int, iterations: int) -> None:
+    """DIP Training (autoencoder, Adam) on the synthetic fluorescence image, with its reference."""
+    viewer = _viewer_with(noisy_fluorescence, (0, 0), size)
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "DIP Training")
+    widget._image.value = viewer.layers["fluorescence (noisy)"]
+    widget._reference.value = viewer.layers["fluorescence (clean)"]
+    widget._width.value = 32
+    widget._iterations.value = iterations
+    widget._every.value = max(1, iterations // 40)
+    widget.run()
+    _wait(widget)
+    _save(viewer, "dip_training")
+
+
+def main() -> None:
+    """Write the screenshots chosen on the command line (all by default)."""
+    qt_main_window.SHOW_QT_WARNING = False  # no PyQt5 deprecation toast over the canvas (as in napari's tests)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=192, help="side of the crop of the samples")
+    parser.add_argument("--iterations", type=int, default=400, help="DIP iterations")
+    parser.add_argument("widgets", nargs="*", default=["ntk", "inspector", "dip"], help="which screenshots")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    shots = {"ntk": lambda: ntk_filter(args.size), "inspector": lambda: eigenimage_inspector(args.size),
+             "dip": lambda: dip_training(args.size, args.iterations)}
+    for name in args.widgets:
+        shots[name]()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""What the NTK Filter and DIP Training widgets share: pickers, Run/Stop, one streamed output layer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import Container, PushButton, create_widget
+from napari.layers import Image
+from napari.utils.notifications import show_error
+
+from ._layers import ImageSource, InputError, PlaneEvent, put_layer, reference_from_layer, source_from_layer
+from ._runner import StreamRunner
+
+if TYPE_CHECKING:
+    import napari
+    from napari.qt.threading import GeneratorWorker
+
+__all__ = ["ImageRunWidget"]
+
+
+class ImageRunWidget(Container):
+    """An image and an optional reference layer in, one result layer per run out, streamed in place.
+
+    Subclasses add their controls, call :meth:`_start` from ``run`` and :meth:`_show` as results
+    arrive.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        The viewer to read layers from and add the output to.
+    tag : str
+        Tag of the output layer's name, e.g. ``"NTK"`` for ``"camera [NTK]"``.
+    reference_tip : str
+        Tooltip of the reference picker.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer, tag: str, reference_tip: str) -> None:
+        super().__init__()
+        self._viewer = viewer
+        self._tag = tag
+        self._image = create_widget(annotation=Image, label="image")
+        self._reference = create_widget(annotation=Image | None, label="reference",
+                                        options={"tooltip": reference_tip})
+        self._run = PushButton(text="Run")
+        self._stop = PushButton(text="Stop")
+        self._buttons = Container(widgets=[self._run, self._stop], layout="horizontal", labels=False)
+        self._runner = StreamRunner(viewer, self.native, self._run, self._stop)
+        self._source: ImageSource | None = None
+        self._out: np.ndarray | None = None
+        self._output: Image | None = None
+        self._run.changed.connect(self.run)
+
+    @property
+    def worker(self) -> GeneratorWorker | None:
+        """The running worker, if any."""
+        return self._runner.worker
+
+    def run(self) -> GeneratorWorker | None:
+        """Start a run on the chosen layer (subclasses); refused while a run is going."""
+        raise NotImplementedError
+
+    def _start(
+        self,
+        func: Callable[[ImageSource, ImageSource | None], Generator[PlaneEvent, None, Any]],
+        what: str,
+        check: Callable[[ImageSource], None] | None = None,
+        **runner_kwargs: Any,
+    ) -> GeneratorWorker | None:
+        """Check the chosen layers, reset the output, and run ``func(source, reference)``.
+
+        Parameters
+        ----------
+        func : callable
+            Plane-event generator function of the source and the reference (or ``None``).
+        what : str
+            Name of the computation, for the progress bar.
+        check : callable, optional
+            Further check of the source, raising :class:`InputError` with a message.
+        **runner_kwargs
+            ``on_event``, ``on_return``, ... of :meth:`StreamRunner.start`.
+
+        Returns
+        -------
+        GeneratorWorker or None
+            The worker, or ``None`` when refused or when the input is unusable (the user is told).
+        """
+        if self._runner.refuse_if_running():
+            return None
+        try:
+            source = source_from_layer(self._image.value, self._viewer)
+            reference = reference_from_layer(self._reference.value, source, self._viewer)
+            if check is not None:
+                check(source)
+        except InputError as exc:
+            show_error(str(exc))
+            return None
+        self._source, self._out, self._output = source, source.empty_output(), None
+        watch = [source.layer] + ([] if reference is None else [reference.layer])
+        return self._runner.start(
+            func, source, reference, description=f"{what} of '{source.name}'", n_planes=len(source.indices),
+            watch=watch, **runner_kwargs,
+        )
+
+    def _show(self, metadata: dict[str, Any]) -> None:
+        """Add the output layer once, then update its data and metadata in place."""
+        assert self._source is not None and self._out is not None
+        kwargs = self._source.output_kwargs(self._tag, metadata)
+        self._output = put_layer(self._viewer, self._output, self._out, kwargs)
+        self._runner.watch(self._output)

@@ -1,0 +1,188 @@
+"""DIP Training widget: train a deep image prior on an image layer, watching it learn.
+
+Runs :func:`napari_ntk_denoise.dip.iter_dip` on each plane in a worker thread.  The output layer
+shows the network's current output as training goes; the docked plots follow the loss, MC-SURE,
+PSNR (with a reference layer) and the weight change ``||w^t - w^0||``.  At the end, or when the
+user presses Stop, the output layer keeps the best output (by the trainer's criterion).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, FloatSpinBox, Label, SpinBox
+from napari.utils.notifications import show_info
+
+from napari_ntk_denoise.dip import ARCHITECTURES, DIPProgress, DIPResult, DIPStep, iter_dip, min_image_size
+
+from ._base import ImageRunWidget
+from ._layers import ImageSource, InputError, PlaneEvent, iter_planes
+from ._plots import CurvePlot
+from ._runner import device_choices
+
+if TYPE_CHECKING:
+    import napari
+    from napari.qt.threading import GeneratorWorker
+
+__all__ = ["DIPTrainingWidget"]
+
+Index = tuple[int, ...]
+
+
+def _train_planes(params: dict[str, Any], source: ImageSource, reference: ImageSource | None) -> Any:
+    """Generator of :class:`PlaneEvent` running :func:`iter_dip` on every plane."""
+
+    def run_plane(plane: np.ndarray, index: Index) -> Any:
+        ref = None if reference is None else reference.plane(index)
+        return iter_dip(plane, channel_axis=source.channel_axis, reference=ref, **params)
+
+    return iter_planes(source, run_plane)
+
+
+def dip_progress(event: object) -> tuple[float, str] | None:
+    """Fraction and message of a :class:`DIPProgress`; ``None`` for a :class:`DIPStep`."""
+    if isinstance(event, DIPProgress):
+        return event.iteration / event.iterations, f"iteration {event.iteration}/{event.iterations}"
+    return None
+
+
+class DIPTrainingWidget(ImageRunWidget):
+    """Train a deep image prior (Adam or gradient descent) on an image layer, with live curves.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        The viewer to read layers from and add the output to.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(viewer, "DIP", "Clean image of the same shape: PSNR curve, and the best output by PSNR.")
+        self._arch = ComboBox(label="architecture", choices=ARCHITECTURES, value="ae",
+                              tooltip="vanilla CNN (11 x 11), U-Net, autoencoder (U-Net without skips), skip net.")
+        self._optimizer = ComboBox(label="optimiser", choices=("adam", "gd"), value="adam",
+                                   tooltip="Adam, or plain gradient descent (the NTK regime).")
+        self._input = ComboBox(label="input", choices=("image", "noise"), value="image",
+                               tooltip="The noisy image or i.i.d. noise (the original DIP) as network input.")
+        self._width = SpinBox(label="width", value=64, min=1, max=4096, tooltip="Hidden channels.")
+        self._lr = FloatSpinBox(label="learning rate", value=0.0, min=0.0, max=100.0, step=1e-4,
+                                tooltip="0: default (Adam 0.01; GD 1 / largest NTK eigenvalue).")
+        self._iterations = SpinBox(label="iterations", value=3000, min=1, max=1_000_000)
+        self._every = SpinBox(label="update interval", value=50, min=1, max=100_000,
+                              tooltip="Iterations between output and curve updates.")
+        self._device = ComboBox(label="device", choices=device_choices())
+        self._status = Label(value="")
+        self._fit_plot = CurvePlot("Loss and SURE", xlabel="iteration", ylabel="mean squared", log_y=True)
+        self._psnr_plot = CurvePlot("PSNR vs reference", xlabel="iteration", ylabel="dB")
+        self._weights_plot = CurvePlot("Weight change", xlabel="iteration", ylabel="|w - w0|", log_y=True)
+        self.extend([
+            self._image, self._reference, self._arch, self._optimizer, self._input, self._width, self._lr,
+            self._iterations, self._every, self._device, self._buttons, self._status,
+        ])
+        for plot in (self._fit_plot, self._psnr_plot, self._weights_plot):
+            self.native.layout().addWidget(plot)
+        self._best: dict[Index, DIPStep] = {}
+        self._curves: dict[Index, list[DIPStep]] = {}
+        self._results: dict[Index, DIPResult] = {}
+        self._params: dict[str, Any] = {}
+
+    def _read_params(self) -> dict[str, Any]:
+        """:func:`iter_dip` keyword arguments from the controls."""
+        return {
+            "arch": self._arch.value, "optimizer": self._optimizer.value, "input": self._input.value,
+            "width": self._width.value, "lr": self._lr.value or None, "iterations": self._iterations.value,
+            "every": self._every.value, "device": self._device.value, "seed": 0,
+        }
+
+    def run(self) -> GeneratorWorker | None:
+        """Start training on the chosen layer; refused while a run is going.
+
+        Returns
+        -------
+        GeneratorWorker or None
+            The worker (``None`` when refused or when the input is unusable).
+        """
+        params = self._read_params()
+
+        def check(source: ImageSource) -> None:
+            smallest = min_image_size(params["arch"])
+            if min(source.plane_shape) < smallest:
+                raise InputError(f"The {params['arch']} network needs planes of at least {smallest} x {smallest} "
+                                 f"pixels; '{source.name}' has {source.plane_shape}.")
+
+        worker = self._start(partial(_train_planes, params), "DIP training", check, on_event=self._on_step,
+                             on_return=self._on_result, on_finished=self._on_finished, progress_of=dip_progress)
+        if worker is not None:
+            self._params, self._best, self._curves, self._results = params, {}, {}, {}
+            for plot in (self._fit_plot, self._psnr_plot, self._weights_plot):
+                plot.clear()
+            self._psnr_plot.setVisible(self._reference.value is not None)
+        return worker
+
+    def _on_step(self, item: PlaneEvent) -> None:
+        """Show the current output of a plane, keep the best so far, extend the curves."""
+        step = item.event
+        assert isinstance(step, DIPStep) and self._source is not None and self._out is not None
+        if step.iteration == step.best_iteration:
+            self._best[item.index] = step
+        self._curves.setdefault(item.index, []).append(step)
+        self._source.store(self._out, item.index, step.image)
+        self._show({"status": "training", "plane": list(item.index), "iteration": step.iteration,
+                    "params": dict(self._params)})
+        self._status.value = (f"iteration {step.iteration}: loss {step.loss:.3g}"
+                              + ("" if step.psnr is None else f", PSNR {step.psnr:.2f} dB")
+                              + f"; best so far at {step.best_iteration}")
+        self._plot_curves(item.index)
+
+    def _plot_curves(self, index: Index) -> None:
+        """Plot the curves of one plane, marking its best iteration."""
+        steps = self._curves.get(index, [])
+        if not steps:
+            return
+        it = np.array([s.iteration for s in steps], float)
+        self._fit_plot.set_curve("loss", it, [s.loss for s in steps])
+        if steps[-1].sure is not None:
+            self._fit_plot.set_curve("SURE", it, [s.sure for s in steps])
+        if steps[-1].psnr is not None:
+            self._psnr_plot.set_curve("PSNR", it, [s.psnr for s in steps])
+        self._weights_plot.set_curve("‖w − w0‖₂", it, [s.weight_change_l2 for s in steps])
+        self._weights_plot.set_curve("mean max |Δw|", it, [s.weight_change_max for s in steps])
+        best = steps[-1].best_iteration
+        for plot in (self._fit_plot, self._psnr_plot, self._weights_plot):
+            plot.set_marker(best, f"best {best}")
+
+    def _on_result(self, results: dict[Index, DIPResult]) -> None:
+        """Show the best output of every plane, with the run's metadata."""
+        assert self._source is not None and self._out is not None
+        self._results = results
+        for index, res in results.items():
+            self._source.store(self._out, index, res.image)
+        self._show(self._metadata("finished"))
+
+    def _on_finished(self, stopped: bool) -> None:
+        """After a stop, show the best output seen so far in each trained plane."""
+        if not stopped or self._source is None or self._out is None:
+            return
+        for index, step in self._best.items():
+            self._source.store(self._out, index, step.image)
+        if self._output is not None:
+            self._show(self._metadata("stopped"))
+        show_info("DIP training stopped: the output shows the best iteration reached.")
+
+    def _metadata(self, status: str) -> dict[str, Any]:
+        """Parameters, best iterations, PSNR/SURE there, and timings, per plane for stacks."""
+        planes = []
+        for index, best in self._best.items():
+            entry: dict[str, Any] = {"index": list(index), "best_iteration": best.best_iteration,
+                                     "loss": best.loss, "psnr": best.psnr, "sure": best.sure}
+            res = self._results.get(index)
+            if res is not None:
+                entry.update(criterion=res.criterion, timings=dict(res.timings), params=dict(res.params))
+            planes.append(entry)
+        meta: dict[str, Any] = {"method": "deep-image-prior", "status": status, "params": dict(self._params)}
+        if list(self._best) == [()]:
+            meta.update({k: v for k, v in planes[0].items() if k != "index"})
+        else:
+            meta["planes"] = planes
+        return meta

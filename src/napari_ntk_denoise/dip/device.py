@@ -1,0 +1,61 @@
+"""Compute device of DIP training: choice, cache release, and retreat to the CPU on out-of-memory."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+import torch
+
+__all__ = ["empty_cache", "resolve_device", "retry_on_cpu"]
+
+_T = TypeVar("_T")
+
+
+class Movable(Protocol):
+    """Anything that holds tensors on one ``device`` and can move them all with ``to``."""
+
+    device: torch.device
+
+    def to(self, device: torch.device) -> None: ...
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: CUDA if available, then Apple MPS, then the CPU; anything else is checked."""
+    if isinstance(device, str) and device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' requested but MPS is not available")
+    return dev
+
+
+def empty_cache() -> None:
+    """Hand the accelerators' cached, unused memory back to the driver."""
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    if torch.backends.mps.is_available():
+        torch.mps.empty_cache()
+
+
+def retry_on_cpu(holder: Movable, fn: Callable[[], _T]) -> _T:
+    """Run ``fn``; if an accelerator runs out of memory, move ``holder`` to the CPU and run it again.
+
+    Warns with a ``RuntimeWarning``; an out-of-memory error on the CPU is raised as it is.
+    """
+    try:
+        return fn()
+    except torch.OutOfMemoryError:
+        if holder.device.type == "cpu":
+            raise
+        warnings.warn(f"out of memory on {holder.device}; continuing on the CPU", RuntimeWarning, stacklevel=2)
+        holder.to(torch.device("cpu"))
+        empty_cache()
+        return fn()

@@ -1,0 +1,169 @@
+"""NTK Filter widget: full runs in a worker, in-place streaming, the t slider, stop, robustness."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from napari.utils.notifications import notification_manager
+from skimage.metrics import peak_signal_noise_ratio as psnr
+
+from napari_ntk_denoise import TwicingStep
+
+TIMEOUT = 120_000  # ms; a 32 x 32 run takes about a second, the machine may be shared
+
+
+def _messages() -> list[str]:
+    return [str(n.message) for n in notification_manager.records]
+
+
+@pytest.fixture
+def ntk(viewer, open_widget, small, camera_pair):
+    """NTK Filter opened from the manifest, over a noisy image (scaled, shifted) and its reference."""
+    clean, noisy = camera_pair
+    viewer.add_image(clean, name="clean")
+    viewer.add_image(noisy, name="noisy", scale=(2.0, 3.0), translate=(5.0, -7.0))
+    widget = small(open_widget("NTK Filter"))
+    widget._image.value = viewer.layers["noisy"]
+    return widget
+
+
+def test_run_streams_into_one_layer_updated_in_place(qtbot, viewer, ntk, camera_pair) -> None:
+    """Twicing steps update one output layer in place; the result carries its metadata."""
+    clean, noisy = camera_pair
+    ntk._reference.value = viewer.layers["clean"]
+    assert ntk._sigma.value == pytest.approx(25 / 255, rel=0.35)  # auto-estimated when chosen
+    seen = []
+
+    def record(item):  # connected after the widget's own handler: sees the layer after each step
+        if isinstance(item.event, TwicingStep):
+            seen.append((len(viewer.layers), item.event.t, viewer.layers[-1].data.copy()))
+
+    worker = ntk.run()
+    worker.yielded.connect(record)
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
+        pass
+    assert len(seen) >= 2
+    assert {n for n, _, _ in seen} == {3}  # the output layer was added once
+    assert not np.array_equal(seen[0][2], seen[-1][2])  # and its data changed in place
+    assert [t for _, t, _ in seen] == sorted(t for _, t, _ in seen)
+    out = viewer.layers["noisy [NTK]"]
+    np.testing.assert_array_equal(viewer.layers["noisy"].data, noisy)  # source untouched
+    np.testing.assert_array_equal(out.scale, (2.0, 3.0))
+    np.testing.assert_array_equal(out.translate, (5.0, -7.0))
+    meta = out.metadata
+    assert meta["source"] == "noisy" and meta["sigma_estimated"] and meta["t"] == meta["t_shown"] >= 1
+    assert meta["params"]["kernel_size"] == 3 and meta["timings"]["total"] > 0
+    assert psnr(clean, np.clip(out.data, 0, 1), data_range=1) > psnr(clean, noisy, data_range=1) + 2
+
+
+def test_t_slider_rerenders_without_recomputing(qtbot, viewer, ntk, camera_pair) -> None:
+    """After a run the slider re-renders z(t) from the stored result, and the plot follows."""
+    ntk._reference.value = viewer.layers["clean"]
+    worker = ntk.run()
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
+        pass
+    result = ntk._results[()]
+    out = viewer.layers["noisy [NTK]"]
+    assert ntk._t.enabled and result.t_grid[ntk._t.value] == result.t
+    assert set(ntk._plot.curves) == {"SURE estimate", "PSNR vs reference"}
+    assert ntk._plot.marker == result.t
+    ntk._t.value = 0  # t = 1: the most strongly filtered output
+    assert ntk.worker is None  # nothing was started
+    assert len(viewer.layers) == 3
+    np.testing.assert_allclose(out.data, result.render(result.t_grid[0]), rtol=1e-6)
+    assert out.metadata["t_shown"] == result.t_grid[0] and out.metadata["t"] == result.t
+    assert ntk._plot.marker == result.t_grid[0]
+    smooth, chosen = out.data.std(), result.image.std()
+    assert smooth < chosen  # z(1) is smoother than z(t*)
+
+
+def test_stop_mid_kernel(qtbot, viewer, ntk) -> None:
+    """Stop pressed during the kernel stage ends the run before any output exists."""
+    worker = ntk.run()
+    stages = []
+
+    def stop_at_kernel(item):
+        stages.append(item.event)
+        if len(stages) == 1:
+            ntk._stop.native.click()
+
+    worker.yielded.connect(stop_at_kernel)
+    with qtbot.waitSignal(worker.aborted, timeout=TIMEOUT), qtbot.assertNotEmitted(worker.returned):
+        pass
+    qtbot.waitUntil(lambda: ntk.worker is None)
+    assert stages[0].done < stages[0].total  # the first event is inside the kernel stage
+    assert "noisy [NTK]" not in viewer.layers
+    assert ntk._run.enabled and not ntk._stop.enabled
+
+
+def test_second_run_is_refused_while_running(qtbot, viewer, ntk) -> None:
+    """Run while a run goes is refused with a message; the first run completes."""
+    worker = ntk.run()
+    assert ntk.run() is None
+    assert not ntk._run.enabled
+    assert any("already in progress" in m for m in _messages())
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
+        pass
+    assert "noisy [NTK]" in viewer.layers and ntk._run.enabled
+
+
+def test_removing_the_source_stops_the_run(qtbot, viewer, ntk) -> None:
+    """Removing the source layer mid-run stops the worker; nothing is added afterwards."""
+    worker = ntk.run()
+
+    def remove(item):
+        if "noisy" in viewer.layers:
+            viewer.layers.remove("noisy")
+
+    worker.yielded.connect(remove)
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
+        pass
+    assert worker.abort_requested
+    assert [layer.name for layer in viewer.layers] == ["clean"]
+
+
+def test_closing_the_viewer_stops_the_run(qtbot, viewer, ntk) -> None:
+    """Closing the viewer mid-run stops the worker without an error."""
+    worker = ntk.run()
+    errors = []
+    worker.errored.connect(errors.append)
+    worker.yielded.connect(lambda _: viewer.close())
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
+        pass
+    assert worker.abort_requested and not errors
+
+
+def test_rgba_and_stack_layers(qtbot, viewer, open_widget, small, camera_pair) -> None:
+    """RGBA keeps its alpha; a (2, H, W) stack is filtered plane by plane with its scale kept."""
+    clean, noisy = camera_pair
+    rgba = np.stack([noisy, noisy[::-1], noisy.T, np.full_like(noisy, 0.5)], axis=-1)
+    stack = np.stack([noisy, noisy[:, ::-1]])
+    viewer.add_image(rgba, name="rgba", rgb=True)
+    viewer.add_image(stack, name="stack", scale=(4.0, 1.0, 1.0))
+    widget = small(open_widget("NTK Filter"))
+    for name in ("rgba", "stack"):
+        widget._image.value = viewer.layers[name]
+        worker = widget.run()
+        with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
+            pass
+    out_rgba, out_stack = viewer.layers["rgba [NTK]"], viewer.layers["stack [NTK]"]
+    assert out_rgba.rgb and out_rgba.data.shape == rgba.shape
+    np.testing.assert_array_equal(out_rgba.data[..., 3], 0.5)
+    assert out_stack.data.shape == stack.shape
+    np.testing.assert_array_equal(out_stack.scale, (4.0, 1.0, 1.0))
+    assert [p["index"] for p in out_stack.metadata["planes"]] == [[0], [1]]
+    plane0, plane1 = widget._results[(0,)].image, widget._results[(1,)].image
+    np.testing.assert_array_equal(out_stack.data[0], plane0)
+    np.testing.assert_array_equal(out_stack.data[1], plane1)
+    assert not np.allclose(plane0, plane1)
+    np.testing.assert_array_equal(viewer.layers["stack"].data, stack)
+
+
+def test_labels_only_or_empty_viewer_gives_a_message(viewer, open_widget) -> None:
+    """No image layer: a clear notification and no worker, for an empty viewer and for Labels."""
+    widget = open_widget("NTK Filter")
+    assert widget.run() is None
+    assert "empty" in _messages()[-1]
+    viewer.add_labels(np.zeros((16, 16), np.uint8), name="masks")
+    assert widget.run() is None
+    assert "Labels" in _messages()[-1]
