@@ -66,13 +66,23 @@ def prepare_image(image: np.ndarray, channel_axis: int | None, name: str = "imag
     return work, ImageLayout(ndim=arr.ndim, channel_axis=axis, dtype=out_dtype)
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"``: CUDA when available, else CPU; otherwise the named device."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def resolve_device(device: str | torch.device | None, allow_mps: bool = False) -> torch.device:
+    """Pick or check a compute device.
+
+    ``None``/``"auto"``: CUDA when available, then (with ``allow_mps``) Apple MPS, else the CPU.
+    The NTK engine leaves MPS out: it needs float64 eigensolvers that MPS lacks.
+    """
+    if device is None or (isinstance(device, str) and device == "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if allow_mps and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but CUDA is not available")
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    if dev.type == "mps" and not (allow_mps and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps' is not available" + ("" if allow_mps else " for the NTK engine"))
     return dev
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from .denoise import iter_denoise_ntk
-from .events import Progress
+from .dip import cli as dip_cli
+from .events import Progress, drain
 from .imageio import guess_channel_axis, read_image, write_image
 from .samples import SAMPLES, SIGMA, noisy_sample
 from .stopping import psnr
@@ -64,13 +65,7 @@ def _ntk_kwargs(args: argparse.Namespace) -> dict:
 
 def _run_ntk(noisy: np.ndarray, sigma, reference, channel_axis, kwargs: dict, quiet: bool):
     gen = iter_denoise_ntk(noisy, sigma, channel_axis=channel_axis, reference=reference, **kwargs)
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if isinstance(event, Progress) and not quiet:
-            progress_bar(event)
+    return drain(gen, None if quiet else (lambda e: progress_bar(e) if isinstance(e, Progress) else None))
 
 
 def _report(res, elapsed: float, reference_psnr: float | None) -> None:
@@ -164,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma", type=float, default=25.0, help="noise level on the 0-255 scale (default 25)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sample)
+    dip_cli.add_parser(sub)
     return parser
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ._input import ImageLayout, check_memory, prepare_image, resolve_device
-from .events import Progress, TwicingStep
+from .events import Progress, TwicingStep, drain
 from .kernels import CNNKernel
 from .nystrom import LowRankFilter, NystromPass, estimate_bytes, iter_nystrom, sample_anchors
 from .stopping import SureCurve, estimate_noise_sigma, mc_sure_curve, mse_curve, psnr, t_grid
@@ -227,12 +227,7 @@ def iter_filter(
 
 def low_rank_filter(image: np.ndarray, **kwargs: Any) -> LowRankFilter:
     """Non-streaming :func:`iter_filter`."""
-    gen = iter_filter(image, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return drain(iter_filter(image, **kwargs))
 
 
 def iter_denoise_ntk(
@@ -435,9 +430,5 @@ def denoise_ntk(image: np.ndarray, sigma: float | None = None, **kwargs: Any) ->
     >>> bool(np.mean((out - clean) ** 2) < np.mean((noisy - clean) ** 2))
     True
     """
-    gen = iter_denoise_ntk(image, sigma, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value.image, stop.value
+    result = drain(iter_denoise_ntk(image, sigma, **kwargs))
+    return result.image, result

@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
-__all__ = ["Progress", "TwicingStep"]
+__all__ = ["Progress", "TwicingStep", "drain"]
+
+_R = TypeVar("_R")
+
+
+def drain(gen: Generator[Any, None, _R], on_event: Callable[[Any], None] | None = None) -> _R:
+    """Run a streaming generator to its end and return its return value.
+
+    Parameters
+    ----------
+    gen : generator
+        One of the engine's ``iter_*`` generators.
+    on_event : callable, optional
+        Called with every yielded event (e.g. a progress bar).
+    """
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_event is not None:
+            on_event(event)
 
 
 @dataclass(frozen=True)

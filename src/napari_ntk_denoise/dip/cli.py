@@ -10,47 +10,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 
+from ..imageio import read_image, write_image
 from .architectures import ARCHITECTURES
 from .trainer import DIPProgress, DIPResult, DIPStep, MAX_ITERATIONS, MAX_WIDTH, iter_dip
 
-__all__ = ["add_parser", "read_image", "run", "write_image"]
-
-_TIFF = (".tif", ".tiff")
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image: ``tifffile`` for TIFF, ``skimage.io`` otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such image file: {path}")
-    if path.suffix.lower() in _TIFF:
-        import tifffile
-
-        return tifffile.imread(path)
-    from skimage import io
-
-    return io.imread(path)
-
-
-def write_image(path: str | Path, image: np.ndarray) -> None:
-    """Write an image: ``tifffile`` for TIFF, ``skimage.io`` otherwise (integer data only)."""
-    path = Path(path)
-    if path.suffix.lower() in _TIFF:
-        import tifffile
-
-        tifffile.imwrite(path, image)
-        return
-    if image.dtype.kind not in "ui":
-        raise ValueError(f"{path.suffix or 'this format'} output needs integer data; write float results to .tif")
-    from skimage import io
-
-    io.imsave(path, image, check_contrast=False)
-
+__all__ = ["add_parser", "run"]
 
 def _to_unit(image: np.ndarray) -> tuple[np.ndarray, float]:
     """Float32 working copy and the factor that maps it back (the integer dtype's maximum, or 1)."""
@@ -173,7 +141,8 @@ def run(args: argparse.Namespace, stream: TextIO | None = None) -> int:
         elif isinstance(event, DIPProgress) and event.iteration % tick == 0:
             _bar(event.iteration, args.iters, extra, stream)
     stream.write("\n")
-    write_image(args.output, _from_unit(result.image, peak, raw.dtype))
+    out = _from_unit(result.image, peak, raw.dtype)
+    write_image(args.output, out, out.dtype)
     best = int(np.flatnonzero(result.iterations == result.best_iteration)[0])
     p = result.params
     line = (

@@ -8,6 +8,8 @@ from typing import Protocol, TypeVar
 
 import torch
 
+from .._input import resolve_device as _resolve
+
 __all__ = ["empty_cache", "resolve_device", "retry_on_cpu"]
 
 _T = TypeVar("_T")
@@ -23,18 +25,7 @@ class Movable(Protocol):
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"``: CUDA if available, then Apple MPS, then the CPU; anything else is checked."""
-    if isinstance(device, str) and device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device 'mps' requested but MPS is not available")
-    return dev
+    return _resolve(device, allow_mps=True)
 
 
 def empty_cache() -> None:

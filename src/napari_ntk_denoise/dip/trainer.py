@@ -26,6 +26,7 @@ import torch
 from skimage.restoration import estimate_sigma
 
 from .architectures import ARCHITECTURES, KERNEL_SIZE, Architecture, build_network, min_image_size
+from ..events import drain
 from .device import empty_cache, resolve_device, retry_on_cpu
 from .diagnostics import effective_weights, ntk_top_eigenvalue, preactivation_eigenimages, weight_change
 from .events import DIPProgress, DIPResult, DIPStep
@@ -480,9 +481,4 @@ def _train(
 
 def train_dip(image: np.ndarray, **kwargs: Any) -> DIPResult:
     """Run :func:`iter_dip` (same arguments) to the end and return its :class:`DIPResult`."""
-    gen = iter_dip(image, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return drain(iter_dip(image, **kwargs))
