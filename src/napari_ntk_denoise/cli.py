@@ -14,21 +14,13 @@ import numpy as np
 
 from .denoise import iter_denoise_ntk
 from .dip import cli as dip_cli
+from ._textbar import TextBar
 from .events import Progress, drain
 from .imageio import guess_channel_axis, read_image, write_image
 from .samples import SAMPLES, SIGMA, noisy_sample
 from .stopping import psnr
 
 __all__ = ["main", "build_parser"]
-
-
-def progress_bar(event: Progress, width: int = 30, stream=sys.stderr) -> None:
-    """Draw a one-line text progress bar for a :class:`Progress` event."""
-    filled = int(round(width * event.fraction))
-    stream.write(f"\r{event.stage:<32.32s} [{'#' * filled}{'.' * (width - filled)}] {100 * event.fraction:5.1f}%")
-    if event.done >= event.total:
-        stream.write("\n")
-    stream.flush()
 
 
 def _stop_value(text: str) -> str | int:
@@ -65,7 +57,13 @@ def _ntk_kwargs(args: argparse.Namespace) -> dict:
 
 def _run_ntk(noisy: np.ndarray, sigma, reference, channel_axis, kwargs: dict, quiet: bool):
     gen = iter_denoise_ntk(noisy, sigma, channel_axis=channel_axis, reference=reference, **kwargs)
-    return drain(gen, None if quiet else (lambda e: progress_bar(e) if isinstance(e, Progress) else None))
+    bar = TextBar()
+
+    def show(event) -> None:
+        if isinstance(event, Progress):
+            bar.update(event.stage, event.done, event.total)
+
+    return drain(gen, None if quiet else show)
 
 
 def _report(res, elapsed: float, reference_psnr: float | None) -> None:

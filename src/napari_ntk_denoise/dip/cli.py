@@ -14,6 +14,8 @@ from typing import TextIO
 
 import numpy as np
 
+from .._textbar import TextBar
+from ..events import drain
 from ..imageio import read_image, write_image
 from .architectures import ARCHITECTURES
 from .trainer import DIPProgress, DIPResult, DIPStep, MAX_ITERATIONS, MAX_WIDTH, iter_dip
@@ -95,12 +97,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _bar(done: int, total: int, extra: str, stream: TextIO, width: int = 30) -> None:
-    filled = int(width * done / total)
-    stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {extra}")
-    stream.flush()
-
-
 def _figures(step: DIPStep, peak: float) -> str:
     text = f"loss {step.loss * peak**2:.4g}"
     if step.psnr is not None:
@@ -128,19 +124,17 @@ def run(args: argparse.Namespace, stream: TextIO | None = None) -> int:
         width=args.width, lr=args.lr, iterations=args.iters, every=args.every, reference=reference,
         sigma=None if args.sigma is None else args.sigma / peak, device=args.device, seed=args.seed,
     )
-    extra, tick = "", max(1, args.iters // 200)
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            result: DIPResult = stop.value
-            break
+    bar, extra, tick = TextBar(stream), "", max(1, args.iters // 200)
+
+    def show(event) -> None:
+        nonlocal extra
         if isinstance(event, DIPStep):
             extra = _figures(event, peak)
-            _bar(event.iteration, args.iters, extra, stream)
+            bar.update(f"{args.arch} {args.optim}", event.iteration, args.iters, extra)
         elif isinstance(event, DIPProgress) and event.iteration % tick == 0:
-            _bar(event.iteration, args.iters, extra, stream)
-    stream.write("\n")
+            bar.update(f"{args.arch} {args.optim}", event.iteration, args.iters, extra)
+
+    result: DIPResult = drain(gen, show)
     out = _from_unit(result.image, peak, raw.dtype)
     write_image(args.output, out, out.dtype)
     best = int(np.flatnonzero(result.iterations == result.best_iteration)[0])
