@@ -1,0 +1,109 @@
+"""Tiled denoising: seams, equivalence with the untiled filter, constants, memory guard, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import napari_ntk_denoise.tiling as tiling
+from napari_ntk_denoise import denoise_ntk
+from napari_ntk_denoise.events import Progress
+from napari_ntk_denoise.tiling import blend_window, denoise_tiled, iter_denoise_tiled, tile_starts
+
+FAST = dict(kernel_size=5, fraction=0.1, rank=48)
+N = 96
+
+
+@pytest.fixture(scope="module")
+def smooth_noisy():
+    yy, xx = np.mgrid[:N, :N] / N
+    clean = 0.3 + 0.4 * xx + 0.2 * np.sin(6 * yy)
+    return clean, clean + 0.1 * np.random.default_rng(0).standard_normal(clean.shape)
+
+
+def seam_jump_ratio(out, clean, res) -> float:
+    """Mean |error step| across the columns where a tile starts or ends, over the median step."""
+    edges = {e for _, cols in res.tiles for e in (cols.start, cols.stop) if 0 < e < N}
+    step = np.abs(np.diff(out - clean, axis=1)).mean(axis=0)  # step[e - 1]: between columns e - 1 and e
+    return float(np.mean([step[e - 1] for e in edges]) / np.median(step))
+
+
+def test_tile_grid_covers_with_overlap():
+    assert tile_starts(40, 64, 16) == [0]
+    for n in (65, 100, 200, 2048):
+        starts = tile_starts(n, 64, 16)
+        assert starts[0] == 0 and starts[-1] + 64 == n
+        assert all(0 < b - a <= 64 - 16 for a, b in zip(starts, starts[1:]))
+        assert (len(starts) - 2) * (64 - 16) + 64 < n  # one tile fewer could not cover n
+    w = blend_window(64, 16, 16)
+    assert w.min() > 0 and w[16:48].min() == 1
+    np.testing.assert_allclose(w[48:] + w[:16], 1.0)  # a falling ramp and the next tile's rising ramp
+
+
+def test_no_seams(smooth_noisy):
+    clean, noisy = smooth_noisy
+    out, res = denoise_tiled(noisy, 0.1, tile=48, overlap=16, **FAST)
+    assert len(res.tiles) == 9 and len(res.t) == 9
+    assert seam_jump_ratio(out, clean, res) < 1.2
+    err = (out - clean) ** 2
+    cover = np.zeros(N, int)
+    for _, cols in res.tiles[:3]:  # the first row of tiles
+        cover[cols] += 1
+    band = cover > 1  # columns shared by two tiles
+    assert err[:, band].mean() < 1.3 * err[:, ~band].mean()
+    assert err.mean() < 0.2 * np.mean((noisy - clean) ** 2)
+
+
+def test_seam_check_detects_hard_seams(smooth_noisy, monkeypatch):
+    """Flat windows (plain averaging) leave steps where tiles end: the seam statistic sees them."""
+    clean, noisy = smooth_noisy
+    monkeypatch.setattr(tiling, "blend_window", lambda n, a, b: np.ones(n))
+    out, res = denoise_tiled(noisy, 0.1, tile=48, overlap=16, **FAST)
+    assert seam_jump_ratio(out, clean, res) > 1.25
+
+
+def test_one_tile_equals_untiled(smooth_noisy):
+    _, noisy = smooth_noisy
+    img = noisy[:40, :48].astype(np.float32)
+    before = img.copy()
+    tiled, res = denoise_tiled(img, 0.1, tile=64, **FAST)
+    plain, ref = denoise_ntk(img, 0.1, **FAST)
+    assert len(res.tiles) == 1 and res.t == [ref.t]
+    assert tiled.dtype == np.float32
+    np.testing.assert_allclose(tiled, plain, atol=1e-6)
+    np.testing.assert_array_equal(img, before)
+
+
+def test_constant_stays_constant_and_colour_layout():
+    img = np.full((3, 70, 60), 0.5, np.float32)
+    out, res = denoise_tiled(img, 0.05, tile=40, overlap=12, channel_axis=0, **FAST)
+    assert out.shape == img.shape and len(res.tiles) == 3 * 2
+    np.testing.assert_allclose(out, 0.5, atol=1e-4)
+
+
+def test_progress_events(smooth_noisy):
+    _, noisy = smooth_noisy
+    events = list(iter_denoise_tiled(noisy[:64, :64], 0.1, tile=40, overlap=12, stop=1, **FAST))
+    assert all(isinstance(e, Progress) for e in events)
+    tiles = [e for e in events if e.stage == "tiles"]
+    assert [e.done for e in tiles] == [1, 2, 3, 4] and tiles[-1].fraction == 1
+    assert any(e.stage.startswith("tile 1/4: ") for e in events)
+
+
+def test_bad_arguments_fail_fast(smooth_noisy):
+    _, noisy = smooth_noisy
+    with pytest.raises(ValueError, match="receptive field"):
+        denoise_tiled(noisy, 0.1, tile=48, overlap=3, **FAST)
+    with pytest.raises(ValueError, match="larger than the overlap"):
+        denoise_tiled(noisy, 0.1, tile=16, overlap=16, **FAST)
+    with pytest.raises(ValueError, match="reference"):
+        denoise_tiled(noisy, 0.1, reference=noisy, **FAST)
+
+
+def test_memory_guard_refuses_and_suggests_tiles(smooth_noisy, monkeypatch):
+    _, noisy = smooth_noisy
+    monkeypatch.setattr("napari_ntk_denoise._input.available_memory", lambda device: 1 << 16)
+    with pytest.raises(MemoryError, match="smaller tiles"):
+        denoise_tiled(noisy, 0.1, tile=48, **FAST)
+    with pytest.raises(MemoryError, match="denoise in tiles"):
+        denoise_ntk(noisy, 0.1, **FAST)
