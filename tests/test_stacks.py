@@ -1,0 +1,91 @@
+"""nD stacks: axes handling, channels, Poisson-Gaussian path, dask and dask.distributed equality."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+from conftest import smooth_image
+
+from napari_ntk_denoise import denoise_ntk
+from napari_ntk_denoise.stacks import check_axes, denoise_stack, estimate_stack_noise
+from napari_ntk_denoise.vst import PoissonGaussian
+
+FAST = dict(kernel_size=5, fraction=0.1, rank=32, tile=64)
+
+
+@pytest.fixture(scope="module")
+def zstack():
+    """A (Z=3, Y=32, X=40) stack of shifted smooth images with sigma = 0.1 noise."""
+    rng = np.random.default_rng(5)
+    clean = np.stack([np.roll(smooth_image((32, 40)), 3 * z, axis=1) for z in range(3)])
+    return clean, (clean + 0.1 * rng.standard_normal(clean.shape)).astype(np.float32)
+
+
+def test_check_axes():
+    assert check_axes("tzyx", 4) == "TZYX"
+    for axes, msg in [("ZYX", "dimensions"), ("ZQYX", "unknown"), ("ZYYX", "repeats"), ("TZCX", "Y and X")]:
+        with pytest.raises(ValueError, match=msg):
+            check_axes(axes, 4)
+
+
+def test_planes_are_independent(zstack):
+    _, noisy = zstack
+    before = noisy.copy()
+    out = denoise_stack(noisy, 0.1, axes="ZYX", **FAST)
+    assert out.shape == noisy.shape and out.dtype == np.float32
+    np.testing.assert_array_equal(noisy, before)
+    single, _ = denoise_ntk(noisy[1], 0.1, kernel_size=5, fraction=0.1, rank=32)
+    np.testing.assert_allclose(out[1], single, atol=1e-5)
+    # the axis order only moves data around
+    moved = denoise_stack(np.moveaxis(noisy, 0, -1), 0.1, axes="YXZ", **FAST)
+    np.testing.assert_allclose(np.moveaxis(moved, -1, 0), out, atol=1e-5)
+
+
+def test_channels_colour_or_independent(zstack):
+    _, noisy = zstack
+    colour = denoise_stack(noisy, 0.1, axes="CYX", channels="colour", **FAST)
+    ref, _ = denoise_ntk(noisy, 0.1, channel_axis=0, kernel_size=5, fraction=0.1, rank=32)
+    np.testing.assert_allclose(colour, ref, atol=1e-5)
+    independent = denoise_stack(noisy, 0.1, axes="CYX", channels="independent", **FAST)
+    np.testing.assert_allclose(independent, denoise_stack(noisy, 0.1, axes="ZYX", **FAST), atol=1e-6)
+    assert np.abs(independent - colour).max() > 1e-3
+
+
+def test_poisson_gaussian_stack_improves_and_keeps_mean():
+    rng = np.random.default_rng(2)
+    clean = 5 + 60 * np.stack([smooth_image((48, 48)), smooth_image((48, 48))[::-1]])
+    gain, read = 2.0, 3.0
+    noisy = gain * rng.poisson(clean / gain) + read * rng.standard_normal(clean.shape)
+    est = estimate_stack_noise(noisy, "ZYX")
+    assert est.gain == pytest.approx(gain, rel=0.3)
+    out = denoise_stack(noisy, axes="ZYX", noise_model="poisson-gaussian", noise=PoissonGaussian(gain, read), **FAST)
+    assert np.mean((out - clean) ** 2) < 0.3 * np.mean((noisy - clean) ** 2)
+    assert out.mean() == pytest.approx(clean.mean(), rel=0.02)
+    with pytest.raises(ValueError, match="sigma is 1"):
+        denoise_stack(noisy, 1.0, axes="ZYX", noise_model="poisson-gaussian")
+    with pytest.raises(ValueError, match="noise_model"):
+        denoise_stack(noisy, axes="ZYX", noise_model="poisson")
+
+
+def test_dask_in_dask_out_equals_numpy(zstack):
+    _, noisy = zstack
+    tz = np.stack([noisy, noisy[::-1]])  # (T=2, Z=3, Y, X)
+    lazy = da.from_array(tz, chunks=(1, 2, 16, 20))
+    out = denoise_stack(lazy, 0.1, axes="TZYX", **FAST)
+    assert isinstance(out, da.Array) and out.dtype == np.float32
+    assert out.chunks[2:] == ((32,), (40,))  # whole planes per task
+    np.testing.assert_allclose(out.compute(scheduler="threads"), denoise_stack(tz, 0.1, axes="TZYX", **FAST),
+                               atol=1e-5)
+
+
+def test_local_cluster_equals_in_process(zstack):
+    distributed = pytest.importorskip("distributed")
+    _, noisy = zstack
+    expected = denoise_stack(noisy, 0.1, axes="ZYX", **FAST)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        with distributed.Client(cluster) as client:
+            lazy = denoise_stack(da.from_array(noisy, chunks=(1, 32, 40)), 0.1, axes="ZYX", **FAST)
+            result = client.compute(lazy).result()
+            assert len(client.scheduler_info()["workers"]) == 2
+    np.testing.assert_allclose(result, expected, atol=1e-5)
