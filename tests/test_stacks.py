@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+
 import dask.array as da
 import numpy as np
 import pytest
+import tifffile
 from conftest import smooth_image
 
 from napari_ntk_denoise import denoise_ntk
+from napari_ntk_denoise.stacks_cli import add_parser
 from napari_ntk_denoise.stacks import check_axes, denoise_stack, estimate_stack_noise
 from napari_ntk_denoise.vst import PoissonGaussian
 
@@ -79,7 +83,7 @@ def test_dask_in_dask_out_equals_numpy(zstack):
                                atol=1e-5)
 
 
-def test_local_cluster_equals_in_process(zstack):
+def test_local_cluster_equals_in_process(zstack, tmp_path):
     distributed = pytest.importorskip("distributed")
     _, noisy = zstack
     expected = denoise_stack(noisy, 0.1, axes="ZYX", **FAST)
@@ -88,4 +92,45 @@ def test_local_cluster_equals_in_process(zstack):
             lazy = denoise_stack(da.from_array(noisy, chunks=(1, 32, 40)), 0.1, axes="ZYX", **FAST)
             result = client.compute(lazy).result()
             assert len(client.scheduler_info()["workers"]) == 2
+            tifffile.imwrite(tmp_path / "in.tif", noisy)
+            assert run_stack_cli([str(tmp_path / "in.tif"), "-o", str(tmp_path / "out.tif"), "--axes", "ZYX",
+                                  "--sigma", "0.1", "--scheduler", cluster.scheduler_address, *CLI_FAST]) == 0
     np.testing.assert_allclose(result, expected, atol=1e-5)
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "out.tif"), expected, atol=1e-5)
+
+
+def run_stack_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["stack", *argv])
+    return args.func(args)
+
+
+CLI_FAST = ["--kernel-size", "5", "--fraction", "0.1", "--rank", "32", "--tile", "64", "--quiet"]
+
+
+def test_cli_tiff_to_zarr_and_back(zstack, tmp_path):
+    zarr = pytest.importorskip("zarr")
+    _, noisy = zstack
+    tifffile.imwrite(tmp_path / "in.tif", noisy)
+    assert run_stack_cli([str(tmp_path / "in.tif"), "-o", str(tmp_path / "out.zarr"), "--axes", "ZYX",
+                          "--sigma", "0.1", *CLI_FAST]) == 0
+    expected = denoise_stack(noisy, 0.1, axes="ZYX", **FAST)
+    np.testing.assert_allclose(zarr.open(str(tmp_path / "out.zarr"), mode="r")[:], expected, atol=1e-5)
+    assert run_stack_cli([str(tmp_path / "out.zarr"), "-o", str(tmp_path / "again.tif"), "--axes", "ZYX",
+                          "--sigma", "0.1", *CLI_FAST]) == 0
+    assert tifffile.imread(tmp_path / "again.tif").shape == noisy.shape
+
+
+def test_cli_poisson_gaussian_options(tmp_path):
+    rng = np.random.default_rng(3)
+    clean = 5 + 60 * np.stack([smooth_image((48, 48))] * 2)
+    tifffile.imwrite(tmp_path / "pg.tif", (2 * rng.poisson(clean / 2) + 3 * rng.standard_normal(clean.shape)).astype(np.float32))
+    base = [str(tmp_path / "pg.tif"), "-o", str(tmp_path / "pg_out.tif"), "--axes", "ZYX", *CLI_FAST]
+    assert run_stack_cli([*base, "--noise-model", "poisson-gaussian"]) == 0  # parameters estimated
+    out = tifffile.imread(tmp_path / "pg_out.tif")
+    assert np.mean((out - clean) ** 2) < 0.3 * np.mean((tifffile.imread(tmp_path / "pg.tif") - clean) ** 2)
+    with pytest.raises(ValueError, match="both"):
+        run_stack_cli([*base, "--noise-model", "poisson-gaussian", "--gain", "2"])
+    with pytest.raises(ValueError, match="poisson-gaussian"):
+        run_stack_cli([*base, "--gain", "2", "--read-noise", "3"])
