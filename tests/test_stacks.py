@@ -83,6 +83,17 @@ def test_dask_in_dask_out_equals_numpy(zstack):
                                atol=1e-5)
 
 
+def test_dask_poisson_gaussian_estimates_like_numpy():
+    rng = np.random.default_rng(4)
+    clean = 5 + 60 * np.stack([smooth_image((48, 48)), smooth_image((48, 48)).T, smooth_image((48, 48))[::-1]])
+    noisy = (2 * rng.poisson(clean / 2) + 3 * rng.standard_normal(clean.shape)).astype(np.float32)
+    lazy = da.from_array(noisy, chunks=(1, 24, 48))
+    assert estimate_stack_noise(lazy, "ZYX") == estimate_stack_noise(noisy, "ZYX")
+    out = denoise_stack(lazy, axes="ZYX", noise_model="poisson-gaussian", **FAST)
+    np.testing.assert_allclose(out.compute(), denoise_stack(noisy, axes="ZYX", noise_model="poisson-gaussian", **FAST),
+                               rtol=1e-5, atol=1e-4)
+
+
 def test_local_cluster_equals_in_process(zstack, tmp_path):
     distributed = pytest.importorskip("distributed")
     _, noisy = zstack

@@ -58,10 +58,10 @@ def _plane_order(axes: str, channels: str) -> tuple[list[int], int]:
     return loop + [axes.index(a) for a in inner], len(loop)
 
 
-def _sample_planes(array: Any, axes: str, count: int = 3) -> np.ndarray:
+def _sample_planes(array: np.ndarray | Any, axes: str, count: int = 3) -> np.ndarray:
     """Up to ``count`` evenly spaced Y-X planes (every channel of them), as a numpy ``(n, Y, X)`` stack."""
     order, n_loop = _plane_order(axes, "independent")
-    moved = array.transpose(order) if hasattr(array, "transpose") else np.transpose(array, order)
+    moved = array.transpose(order)  # numpy and dask alike
     loop_shape = moved.shape[:n_loop]
     n = int(np.prod(loop_shape))
     picks = np.unique(np.round(np.linspace(0, n - 1, min(count, n))).astype(int))
