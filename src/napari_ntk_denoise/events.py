@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-__all__ = ["Progress", "TwicingStep", "drain"]
+__all__ = ["Progress", "TwicingStep", "drain", "forward_progress"]
 
 _R = TypeVar("_R")
 
@@ -74,3 +74,15 @@ class TwicingStep:
     stage: int
     t: int
     image: np.ndarray
+
+
+def forward_progress(gen: Generator[Any, None, _R], prefix: str) -> Generator[Progress, None, _R]:
+    """Re-yield the :class:`Progress` events of ``gen`` with ``prefix`` before their stage (other
+    events are dropped); return ``gen``'s return value.  For ``yield from`` in nested pipelines."""
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if isinstance(event, Progress):
+            yield Progress(f"{prefix}{event.stage}", event.done, event.total, event.message)

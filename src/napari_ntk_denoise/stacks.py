@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .events import Progress
+from .events import Progress, drain, forward_progress
 from .tiling import iter_denoise_tiled
 from .vst import PoissonGaussian, estimate_poisson_gaussian, gat_forward, gat_inverse
 
@@ -156,28 +156,14 @@ def iter_denoise_stack(
             plane, plane_sigma = gat_forward(plane, noise), 1.0
         gen = iter_denoise_tiled(plane, plane_sigma, tile=tile, overlap=overlap,
                                  channel_axis=-1 if colour else None, **ntk_kwargs)
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                result = stop.value.image
-                break
-            yield Progress(f"plane {k + 1}/{n_planes}: {event.stage}", event.done, event.total, event.message)
+        result = (yield from forward_progress(gen, f"plane {k + 1}/{n_planes}: ")).image
         out[idx] = gat_inverse(result, noise) if noise is not None else result
         yield Progress("planes", k + 1, n_planes, f"plane {k + 1}/{n_planes}")
     return np.transpose(out, np.argsort(order))
 
 
-def _drain(gen: Generator[Progress, None, np.ndarray]) -> np.ndarray:
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
-
-
 def _denoise_block(block: np.ndarray, **kwargs: Any) -> np.ndarray:
-    return _drain(iter_denoise_stack(block, **kwargs))
+    return drain(iter_denoise_stack(block, **kwargs))
 
 
 def denoise_stack(
@@ -188,13 +174,12 @@ def denoise_stack(
     channels: Literal["colour", "independent"] = "colour",
     noise_model: NoiseModel = "gaussian",
     noise: PoissonGaussian | None = None,
-    tile: int = 512,
-    overlap: int | None = None,
-    **ntk_kwargs: Any,
+    **kwargs: Any,
 ) -> Any:
     """Denoise a numpy or dask stack plane by plane; dask in, (lazy) dask out.
 
-    Parameters are those of :func:`iter_denoise_stack`.
+    Parameters are those of :func:`iter_denoise_stack` (``tile``, ``overlap`` and the NTK
+    options in ``kwargs``).
 
     Returns
     -------
@@ -220,9 +205,9 @@ def denoise_stack(
     (2, 32, 32)
     """
     da = sys.modules.get("dask.array")  # an array cannot be a dask array unless dask.array was imported
-    kwargs = dict(channels=channels, noise_model=noise_model, tile=tile, overlap=overlap, **ntk_kwargs)
+    kwargs = dict(channels=channels, noise_model=noise_model, **kwargs)
     if da is None or not isinstance(array, da.Array):
-        return _drain(iter_denoise_stack(array, sigma, axes=axes, noise=noise, **kwargs))
+        return drain(iter_denoise_stack(array, sigma, axes=axes, noise=noise, **kwargs))
     ax = check_axes(axes, array.ndim)
     _check_options(channels, noise_model, sigma)
     if noise_model == "poisson-gaussian" and noise is None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from ._input import check_memory, prepare_image, resolve_device
 from .denoise import DEFAULT_RANK, _n_anchors, iter_denoise_ntk
-from .events import Progress
+from .events import Progress, drain, forward_progress
 from .kernels import CNNKernel
 from .nystrom import estimate_bytes
 from .stopping import estimate_noise_sigma
@@ -188,14 +188,7 @@ def iter_denoise_tiled(
             k = i * len(cols) + j
             sl = (slice(r0, r0 + th), slice(c0, c0 + tw))
             gen = iter_denoise_ntk(y[sl], sigma, channel_axis=-1, depth=depth, kernel_size=kernel_size, **ntk_kwargs)
-            while True:
-                try:
-                    event = next(gen)
-                except StopIteration as stop:
-                    res = stop.value
-                    break
-                if isinstance(event, Progress):
-                    yield Progress(f"tile {k + 1}/{n_tiles}: {event.stage}", event.done, event.total, event.message)
+            res = yield from forward_progress(gen, f"tile {k + 1}/{n_tiles}: ")
             weight = np.outer(blend_window(th, *rr), blend_window(tw, *rc))[..., None]
             acc[sl] += weight * res.image
             wsum[sl] += weight
@@ -208,9 +201,5 @@ def iter_denoise_tiled(
 
 def denoise_tiled(image: np.ndarray, sigma: float | None = None, **kwargs: Any) -> tuple[np.ndarray, TiledResult]:
     """Non-streaming :func:`iter_denoise_tiled`; returns ``(denoised, result)``."""
-    gen = iter_denoise_tiled(image, sigma, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value.image, stop.value
+    result = drain(iter_denoise_tiled(image, sigma, **kwargs))
+    return result.image, result
