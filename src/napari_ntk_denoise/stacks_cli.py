@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .cli import _add_ntk_options, _ntk_kwargs, progress_bar
+from . import cli  # module import: cli.py imports this module to register the subcommand
+from .events import drain
 from .imageio import read_image, write_image
 from .stacks import _plane_order, check_axes, denoise_stack, estimate_stack_noise, iter_denoise_stack
 from .vst import PoissonGaussian
@@ -45,7 +46,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=int, default=None, help="tile overlap (default twice the receptive field)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="address of a running dask.distributed scheduler, e.g. tcp://10.0.0.1:8786")
-    _add_ntk_options(p)
+    cli._add_ntk_options(p)
     p.set_defaults(func=run)
     return p
 
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     noise = _noise(args, data, axes)
     sigma = None if noise is not None else args.sigma
     kw = dict(axes=axes, channels=args.channels, noise_model=args.noise_model, noise=noise, tile=args.tile,
-              overlap=args.overlap, **_ntk_kwargs(args))
+              overlap=args.overlap, **cli._ntk_kwargs(args))
     client = None
     if args.scheduler is not None:
         from distributed import Client
@@ -95,15 +96,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         if isinstance(data, np.ndarray) and client is None:
-            gen = iter_denoise_stack(data, sigma, **kw)
-            while True:
-                try:
-                    event = next(gen)
-                except StopIteration as stop:
-                    result = stop.value
-                    break
-                if not args.quiet and event.stage == "planes":
-                    progress_bar(event)
+            show = None if args.quiet else (lambda e: cli.progress_bar(e) if e.stage == "planes" else None)
+            result = drain(iter_denoise_stack(data, sigma, **kw), show)
         else:
             if isinstance(data, np.ndarray):  # one task per plane on the cluster
                 import dask.array as da
