@@ -83,6 +83,15 @@ def test_dask_in_dask_out_equals_numpy(zstack):
                                atol=1e-5)
 
 
+def test_memory_guard_refuses_before_dask_graph(zstack, monkeypatch):
+    _, noisy = zstack
+    monkeypatch.setattr("napari_ntk_denoise._input.available_memory", lambda device: 1 << 16)
+    with pytest.raises(MemoryError, match="smaller tiles"):
+        denoise_stack(da.from_array(noisy), 0.1, axes="ZYX", **FAST)  # refused eagerly, nothing computed
+    with pytest.raises(MemoryError, match="smaller tiles"):
+        denoise_stack(noisy, 0.1, axes="ZYX", **FAST)
+
+
 def test_dask_poisson_gaussian_estimates_like_numpy():
     rng = np.random.default_rng(4)
     clean = 5 + 60 * np.stack([smooth_image((48, 48)), smooth_image((48, 48)).T, smooth_image((48, 48))[::-1]])

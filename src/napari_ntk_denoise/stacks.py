@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .events import Progress, drain, forward_progress
-from .tiling import iter_denoise_tiled
+from .tiling import check_tiled_request, iter_denoise_tiled
 from .vst import PoissonGaussian, estimate_poisson_gaussian, gat_forward, gat_inverse
 
 __all__ = ["AXES", "check_axes", "estimate_stack_noise", "iter_denoise_stack", "denoise_stack"]
@@ -194,6 +194,7 @@ def denoise_stack(
     blended with smooth weights (:mod:`~napari_ntk_denoise.tiling`), which needs the neighbouring
     tiles' outputs, and a 2048 x 2048 float32 plane is only 16 MiB.  Poisson-Gaussian parameters
     not given are estimated once, eagerly, from three planes, so every task uses the same ones.
+    The memory guard also runs eagerly, on this machine's memory, before the graph is built.
 
     Examples
     --------
@@ -205,15 +206,18 @@ def denoise_stack(
     (2, 32, 32)
     """
     da = sys.modules.get("dask.array")  # an array cannot be a dask array unless dask.array was imported
-    kwargs = dict(channels=channels, noise_model=noise_model, **kwargs)
     if da is None or not isinstance(array, da.Array):
-        return drain(iter_denoise_stack(array, sigma, axes=axes, noise=noise, **kwargs))
+        return drain(iter_denoise_stack(array, sigma, axes=axes, channels=channels, noise_model=noise_model,
+                                        noise=noise, **kwargs))
     ax = check_axes(axes, array.ndim)
     _check_options(channels, noise_model, sigma)
+    colour_channels = array.shape[ax.index("C")] if "C" in ax and channels == "colour" else 1
+    check_tiled_request((array.shape[ax.index("Y")], array.shape[ax.index("X")], colour_channels), **kwargs)
     if noise_model == "poisson-gaussian" and noise is None:
         noise = estimate_stack_noise(array, ax)
     whole = {"Y", "X"} | ({"C"} if channels == "colour" else set())
     chunks = {i: -1 for i, a in enumerate(ax) if a in whole}
     out_dtype = np.float64 if array.dtype == np.float64 else np.float32
-    func = partial(_denoise_block, sigma=sigma, axes=ax, noise=noise, **kwargs)
+    func = partial(_denoise_block, sigma=sigma, axes=ax, channels=channels, noise_model=noise_model, noise=noise,
+                   **kwargs)
     return array.rechunk(chunks).map_blocks(func, dtype=out_dtype, meta=np.empty((0,) * array.ndim, out_dtype))

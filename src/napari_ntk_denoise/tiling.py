@@ -21,7 +21,7 @@ from .kernels import CNNKernel
 from .nystrom import estimate_bytes
 from .stopping import estimate_noise_sigma
 
-__all__ = ["TiledResult", "tile_starts", "blend_window", "iter_denoise_tiled", "denoise_tiled"]
+__all__ = ["TiledResult", "tile_starts", "blend_window", "check_tiled_request", "iter_denoise_tiled", "denoise_tiled"]
 
 
 @dataclass
@@ -95,6 +95,60 @@ def _ramps(starts: list[int], tile: int, n: int) -> list[tuple[int, int]]:
     return out
 
 
+def check_tiled_request(
+    shape: tuple[int, int, int],
+    *,
+    tile: int = 512,
+    overlap: int | None = None,
+    depth: int = 2,
+    kernel_size: int = 11,
+    **ntk_kwargs: Any,
+) -> int:
+    """Check a tiled request before any work and return the overlap it will use.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(H, W, C)`` of one plane.
+    tile, overlap, depth, kernel_size, **ntk_kwargs
+        As for :func:`iter_denoise_tiled`.
+
+    Returns
+    -------
+    int
+        The overlap (default: twice the receptive field).
+
+    Raises
+    ------
+    ValueError
+        Non-integer sizes, an overlap below the receptive field or a tile not larger than it.
+    MemoryError
+        When one tile's filter (times the pipeline passes: MC-SURE, guided stage) plus the plane's
+        accumulation buffers exceed the free memory of the device
+        (:func:`~napari_ntk_denoise.nystrom.estimate_bytes`).
+    """
+    kern = CNNKernel(depth=depth, kernel_size=kernel_size, kind=ntk_kwargs.get("kernel", "ntk"))
+    rf = kern.receptive_field
+    overlap = 2 * rf if overlap is None else overlap
+    if int(tile) != tile or int(overlap) != overlap:
+        raise ValueError(f"tile and overlap must be integers, got {tile}, {overlap}")
+    if overlap < rf:
+        raise ValueError(f"overlap {overlap} is smaller than the receptive field {rf}")
+    if tile <= overlap:
+        raise ValueError(f"tile {tile} must be larger than the overlap {overlap}")
+    h, w, n_ch = shape
+    th, tw = min(tile, h), min(tile, w)
+    d = th * tw
+    m = _n_anchors(d, ntk_kwargs.get("fraction", 0.02), ntk_kwargs.get("n_anchors"))
+    rank = min(int(ntk_kwargs.get("rank", DEFAULT_RANK)), m)
+    passes = (1 + (ntk_kwargs.get("stop", "sure") == "sure")) * (1 + bool(ntk_kwargs.get("guided", False)))
+    need = estimate_bytes(d, n_ch, m, rank, kern) * passes + 16 * h * w * n_ch + 8 * h * w  # + plane buffers
+    check_memory(need, resolve_device(ntk_kwargs.get("device")),
+                 f"tiled NTK denoising of a {h}x{w} image in {th}x{tw} tiles with {m} anchors per tile",
+                 "use smaller tiles or a smaller anchor fraction or rank")
+    return int(overlap)
+
+
 def iter_denoise_tiled(
     image: np.ndarray,
     sigma: float | None = None,
@@ -154,25 +208,10 @@ def iter_denoise_tiled(
     if "reference" in ntk_kwargs:
         raise ValueError("reference is not supported by the tiled denoiser; compare the blended output instead")
     y, layout = prepare_image(image, channel_axis)
-    kern = CNNKernel(depth=depth, kernel_size=kernel_size, kind=ntk_kwargs.get("kernel", "ntk"))
-    rf = kern.receptive_field
-    overlap = 2 * rf if overlap is None else overlap
-    if int(tile) != tile or int(overlap) != overlap:
-        raise ValueError(f"tile and overlap must be integers, got {tile}, {overlap}")
-    if overlap < rf:
-        raise ValueError(f"overlap {overlap} is smaller than the receptive field {rf}")
-    if tile <= overlap:
-        raise ValueError(f"tile {tile} must be larger than the overlap {overlap}")
     h, w, n_ch = y.shape
+    overlap = check_tiled_request((h, w, n_ch), tile=tile, overlap=overlap, depth=depth, kernel_size=kernel_size,
+                                  **ntk_kwargs)
     th, tw = min(tile, h), min(tile, w)
-    d = th * tw
-    m = _n_anchors(d, ntk_kwargs.get("fraction", 0.02), ntk_kwargs.get("n_anchors"))
-    rank = min(int(ntk_kwargs.get("rank", DEFAULT_RANK)), m)
-    passes = (1 + (ntk_kwargs.get("stop", "sure") == "sure")) * (1 + bool(ntk_kwargs.get("guided", False)))
-    need = estimate_bytes(d, n_ch, m, rank, kern) * passes + 16 * h * w * n_ch + 8 * h * w  # + plane buffers
-    check_memory(need, resolve_device(ntk_kwargs.get("device")),
-                 f"tiled NTK denoising of a {h}x{w} image in {th}x{tw} tiles with {m} anchors per tile",
-                 "use smaller tiles or a smaller anchor fraction or rank")
     sigma_estimated = sigma is None
     if sigma is None:
         sigma = estimate_noise_sigma(image, channel_axis)
