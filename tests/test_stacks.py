@@ -154,3 +154,5 @@ def test_cli_poisson_gaussian_options(tmp_path):
         run_stack_cli([*base, "--noise-model", "poisson-gaussian", "--gain", "2"])
     with pytest.raises(ValueError, match="poisson-gaussian"):
         run_stack_cli([*base, "--gain", "2", "--read-noise", "3"])
+    with pytest.raises(ValueError, match="Gaussian model"):
+        run_stack_cli([*base, "--noise-model", "poisson-gaussian", "--sigma", "1"])

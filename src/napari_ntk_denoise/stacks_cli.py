@@ -84,8 +84,9 @@ def run(args: argparse.Namespace) -> int:
     out_path = Path(args.output)
     if not (_is_zarr(out_path) or out_path.suffix.lower() in (".tif", ".tiff")):
         raise ValueError(f"output must end in .zarr or .tif, got {out_path}")
+    if args.noise_model == "poisson-gaussian" and args.sigma is not None:
+        raise ValueError("--sigma applies to the Gaussian model; give --gain and --read-noise instead")
     noise = _noise(args, data, axes)
-    sigma = None if noise is not None else args.sigma
     kw = dict(axes=axes, channels=args.channels, noise_model=args.noise_model, noise=noise, tile=args.tile,
               overlap=args.overlap, **cli._ntk_kwargs(args))
     client = None
@@ -97,14 +98,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         if isinstance(data, np.ndarray) and client is None:
             show = None if args.quiet else (lambda e: cli.progress_bar(e) if e.stage == "planes" else None)
-            result = drain(iter_denoise_stack(data, sigma, **kw), show)
+            result = drain(iter_denoise_stack(data, args.sigma, **kw), show)
         else:
             if isinstance(data, np.ndarray):  # one task per plane on the cluster
                 import dask.array as da
 
                 order, n_loop = _plane_order(axes, args.channels)
                 data = da.from_array(data, chunks=tuple(1 if i in order[:n_loop] else -1 for i in range(data.ndim)))
-            result = denoise_stack(data, sigma, **kw)
+            result = denoise_stack(data, args.sigma, **kw)
         if _is_zarr(out_path):
             import dask.array as da
 
