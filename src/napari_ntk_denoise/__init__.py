@@ -9,6 +9,9 @@ from .events import Progress, TwicingStep
 from .kernels import CNNKernel
 from .networks import VanillaCNN, empirical_ntk
 from .nystrom import LowRankFilter, iter_nystrom, sample_anchors
+from .stacks import denoise_stack, iter_denoise_stack
+from .tiling import TiledResult, denoise_tiled, iter_denoise_tiled
+from .vst import PoissonGaussian, estimate_poisson_gaussian, gat_forward, gat_inverse
 
 __version__ = "0.1.0"
 
@@ -16,13 +19,22 @@ __all__ = [
     "CNNKernel",
     "LowRankFilter",
     "NTKResult",
+    "PoissonGaussian",
     "Progress",
     "StageResult",
+    "TiledResult",
     "TwicingStep",
     "VanillaCNN",
     "denoise_ntk",
+    "denoise_stack",
+    "denoise_tiled",
     "empirical_ntk",
+    "estimate_poisson_gaussian",
+    "gat_forward",
+    "gat_inverse",
     "iter_denoise_ntk",
+    "iter_denoise_stack",
+    "iter_denoise_tiled",
     "iter_filter",
     "iter_nystrom",
     "low_rank_filter",
