@@ -70,6 +70,8 @@ def test_poisson_gaussian_stack_improves_and_keeps_mean():
         denoise_stack(noisy, 1.0, axes="ZYX", noise_model="poisson-gaussian")
     with pytest.raises(ValueError, match="noise_model"):
         denoise_stack(noisy, axes="ZYX", noise_model="poisson")
+    with pytest.raises(ValueError, match="noise_model='gaussian'"):
+        denoise_stack(noisy, axes="ZYX", noise=PoissonGaussian(gain, read))
 
 
 def test_dask_in_dask_out_equals_numpy(zstack):

@@ -78,13 +78,15 @@ def estimate_stack_noise(array: Any, axes: str, *, offset: float = 0.0) -> Poiss
     return estimate_poisson_gaussian(_sample_planes(array, ax), offset=offset)
 
 
-def _check_options(channels: str, noise_model: str, sigma: float | None) -> None:
+def _check_options(channels: str, noise_model: str, sigma: float | None, noise: PoissonGaussian | None) -> None:
     if channels not in ("colour", "independent"):
         raise ValueError(f"channels must be 'colour' or 'independent', got {channels!r}")
     if noise_model not in ("gaussian", "poisson-gaussian"):
         raise ValueError(f"noise_model must be 'gaussian' or 'poisson-gaussian', got {noise_model!r}")
     if noise_model == "poisson-gaussian" and sigma is not None:
         raise ValueError("sigma is 1 after the variance-stabilising transform; give gain and read noise instead")
+    if noise_model == "gaussian" and noise is not None:
+        raise ValueError("Poisson-Gaussian parameters were given with noise_model='gaussian'")
 
 
 def iter_denoise_stack(
@@ -140,7 +142,7 @@ def iter_denoise_stack(
     """
     arr = np.asarray(array)
     ax = check_axes(axes, arr.ndim)
-    _check_options(channels, noise_model, sigma)
+    _check_options(channels, noise_model, sigma, noise)
     if noise_model == "poisson-gaussian" and noise is None:
         noise = estimate_stack_noise(arr, ax)
     order, n_loop = _plane_order(ax, channels)
@@ -159,7 +161,7 @@ def iter_denoise_stack(
         result = (yield from forward_progress(gen, f"plane {k + 1}/{n_planes}: ")).image
         out[idx] = gat_inverse(result, noise) if noise is not None else result
         yield Progress("planes", k + 1, n_planes, f"plane {k + 1}/{n_planes}")
-    return np.transpose(out, np.argsort(order))
+    return np.ascontiguousarray(np.transpose(out, np.argsort(order)))
 
 
 def _denoise_block(block: np.ndarray, **kwargs: Any) -> np.ndarray:
@@ -210,7 +212,7 @@ def denoise_stack(
         return drain(iter_denoise_stack(array, sigma, axes=axes, channels=channels, noise_model=noise_model,
                                         noise=noise, **kwargs))
     ax = check_axes(axes, array.ndim)
-    _check_options(channels, noise_model, sigma)
+    _check_options(channels, noise_model, sigma, noise)
     colour_channels = array.shape[ax.index("C")] if "C" in ax and channels == "colour" else 1
     check_tiled_request((array.shape[ax.index("Y")], array.shape[ax.index("X")], colour_channels), **kwargs)
     if noise_model == "poisson-gaussian" and noise is None:
