@@ -109,7 +109,8 @@ def test_local_cluster_equals_in_process(zstack, tmp_path):
     distributed = pytest.importorskip("distributed")
     _, noisy = zstack
     expected = denoise_stack(noisy, 0.1, axes="ZYX", **FAST)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+    cluster_kw = dict(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None)
+    with distributed.LocalCluster(**cluster_kw) as cluster:
         with distributed.Client(cluster) as client:
             lazy = denoise_stack(da.from_array(noisy, chunks=(1, 32, 40)), 0.1, axes="ZYX", **FAST)
             result = client.compute(lazy).result()
@@ -147,7 +148,8 @@ def test_cli_tiff_to_zarr_and_back(zstack, tmp_path):
 def test_cli_poisson_gaussian_options(tmp_path):
     rng = np.random.default_rng(3)
     clean = 5 + 60 * np.stack([smooth_image((48, 48))] * 2)
-    tifffile.imwrite(tmp_path / "pg.tif", (2 * rng.poisson(clean / 2) + 3 * rng.standard_normal(clean.shape)).astype(np.float32))
+    noisy = 2 * rng.poisson(clean / 2) + 3 * rng.standard_normal(clean.shape)
+    tifffile.imwrite(tmp_path / "pg.tif", noisy.astype(np.float32))
     base = [str(tmp_path / "pg.tif"), "-o", str(tmp_path / "pg_out.tif"), "--axes", "ZYX", *CLI_FAST]
     assert run_stack_cli([*base, "--noise-model", "poisson-gaussian"]) == 0  # parameters estimated
     out = tifffile.imread(tmp_path / "pg_out.tif")

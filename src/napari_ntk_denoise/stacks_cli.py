@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import cli  # module import: cli.py imports this module to register the subcommand
-from .events import drain
+from ._textbar import TextBar
+from .events import Progress, drain
 from .imageio import read_image, write_image
 from .stacks import _plane_order, check_axes, denoise_stack, estimate_stack_noise, iter_denoise_stack
 from .vst import PoissonGaussian
@@ -66,6 +68,17 @@ def _noise(args: argparse.Namespace, data: Any, axes: str) -> PoissonGaussian | 
     return est
 
 
+def _plane_bar() -> Callable[[Progress], None]:
+    """Event handler drawing a text bar over the planes of a stack."""
+    bar = TextBar()
+
+    def show(event: Progress) -> None:
+        if event.stage == "planes":
+            bar.update("planes", event.done, event.total)
+
+    return show
+
+
 def _read(args: argparse.Namespace) -> Any:
     path = Path(args.input_path)
     if not _is_zarr(path):
@@ -97,8 +110,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         if isinstance(data, np.ndarray) and client is None:
-            show = None if args.quiet else (lambda e: cli.progress_bar(e) if e.stage == "planes" else None)
-            result = drain(iter_denoise_stack(data, args.sigma, **kw), show)
+            result = drain(iter_denoise_stack(data, args.sigma, **kw), None if args.quiet else _plane_bar())
         else:
             if isinstance(data, np.ndarray):  # one task per plane on the cluster
                 import dask.array as da
