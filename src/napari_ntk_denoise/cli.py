@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .denoise import iter_denoise_ntk
+from . import stacks_cli
 from .dip import cli as dip_cli
 from ._textbar import TextBar
 from .events import Progress, drain
@@ -158,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sample)
     dip_cli.add_parser(sub)
+    stacks_cli.add_parser(sub)
     return parser
 
 
