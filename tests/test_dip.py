@@ -474,7 +474,11 @@ def test_cli_png_keeps_uint8_and_reports_the_best_iteration(tmp_path, capsys):
     assert out.dtype == np.uint8 and out.shape == noisy.shape
     assert "6/6" in bar.getvalue() and "PSNR" in bar.getvalue()
     printed = capsys.readouterr().out
-    assert "best iteration" in printed and "by psnr" in printed and "PSNR" in printed and "sigma 25" in printed
+    assert "best iteration" in printed and "by psnr" in printed and "PSNR" in printed and "sigma = 25\n" in printed
+    quiet = _parse(["dip", str(tmp_path / "noisy.png"), "-o", str(tmp_path / "q.tif"), "--iters", "2", "--width", "2",
+                    "--sigma", "25", "--quiet", "--channel-axis", "-1"])
+    silent = io.StringIO()
+    assert quiet.func(quiet, stream=silent) == 0 and silent.getvalue() == ""
 
 
 def test_cli_tiff_float_gray(tmp_path, capsys):
@@ -495,6 +499,8 @@ def test_cli_rejects_bad_values(tmp_path):
         _parse(["dip", "x.png", "-o", "y.png", "--iters", "0"])
     with pytest.raises(SystemExit):
         _parse(["dip", "x.png", "-o", "y.png", "--arch", "resnet"])
+    with pytest.raises(SystemExit):
+        _parse(["dip", "x.png", "-o", "y.png", "--channel-axis", "rgb"])
     args = _parse(["dip", str(tmp_path / "missing.png"), "-o", str(tmp_path / "y.png")])
     with pytest.raises(FileNotFoundError, match="no such image"):
         dip_cli.run(args)
