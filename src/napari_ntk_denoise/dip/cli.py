@@ -66,7 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", default=None, help="clean image: print PSNR and keep the best output by it")
     p.add_argument("--width", type=_bounded_int(MAX_WIDTH), default=64, help="hidden channels (default: 64)")
     p.add_argument("--lr", type=_positive_float, default=None,
-                   help="learning rate (default: Adam 0.01, vanilla 0.001; GD 1/lambda_max of the NTK)")
+                   help="learning rate (default: Adam 0.001, GD 1/lambda_max of the NTK at initialisation)")
     p.add_argument("--every", type=_bounded_int(MAX_ITERATIONS), default=100,
                    help="iterations between evaluations (default: 100)")
     p.add_argument("--sigma", type=_positive_float, default=None,
