@@ -248,6 +248,11 @@ def iter_dip(
         Non-finite values, wrong shapes, an image smaller than the architecture allows
         (:func:`~napari_ntk_denoise.dip.architectures.min_image_size`; nothing is padded), or
         width, iterations or other options out of range.
+    TypeError
+        A non-numeric image.
+    ImportError
+        ``criterion="sure"`` (or ``"auto"`` without reference, image input), no ``sigma``, and
+        no PyWavelets for :func:`skimage.restoration.estimate_sigma`.
 
     Notes
     -----
