@@ -313,7 +313,7 @@ def test_mc_sure_stops_near_the_oracle():
         (dict(lr=-1.0), "lr"),
         (dict(lr=float("nan")), "lr"),
         (dict(sigma=float("inf")), "sigma"),
-        (dict(device="cuda:0" if not torch.cuda.is_available() else "nonsense"), ""),
+        (dict(device="cuda:0" if not torch.cuda.is_available() else "nonsense"), "cuda|device"),
     ],
 )
 def test_bad_options_raise(gray, kwargs, message):
