@@ -1,9 +1,9 @@
 """``ntk-denoise dip``: deep-image-prior training from the command line.
 
 :func:`add_parser` registers the subcommand on the package CLI's subparsers and sets
-``func=run``; :func:`run` executes it.  Images are read with ``tifffile`` (``.tif``/``.tiff``) or
-``skimage.io`` (PNG and the rest); integer images are trained on in ``[0, 1]`` and written back
-in their own dtype and range (``uint8`` stays ``uint8``), float images as they are, float32.
+``func=run``.  Files are read and written by :mod:`napari_ntk_denoise.imageio`, in the file's
+units (``--sigma 25`` for an 8-bit image; the trainer scales internally), and the output keeps
+the input's dtype (``uint8`` stays ``uint8``).
 """
 
 from __future__ import annotations
@@ -16,42 +16,15 @@ import numpy as np
 
 from .._textbar import TextBar
 from ..events import drain
-from ..imageio import read_image, write_image
+from ..imageio import guess_channel_axis, read_image, write_image
 from .architectures import ARCHITECTURES
-from .trainer import DIPProgress, DIPResult, DIPStep, MAX_ITERATIONS, MAX_WIDTH, iter_dip
+from .events import DIPProgress, DIPResult, DIPStep
+from .trainer import MAX_ITERATIONS, MAX_WIDTH, iter_dip
 
 __all__ = ["add_parser", "run"]
 
-def _to_unit(image: np.ndarray) -> tuple[np.ndarray, float]:
-    """Float32 working copy and the factor that maps it back (the integer dtype's maximum, or 1)."""
-    if image.dtype.kind in "ui":
-        peak = float(np.iinfo(image.dtype).max)
-        return image.astype(np.float32) / peak, peak
-    return image.astype(np.float32), 1.0
 
-
-def _from_unit(image: np.ndarray, peak: float, dtype: np.dtype) -> np.ndarray:
-    if dtype.kind in "ui":
-        return np.clip(np.rint(image * peak), 0, peak).astype(dtype)
-    return image.astype(np.float32)
-
-
-def _channel_axis(image: np.ndarray, option: str) -> int | None:
-    """``--channel-axis``: an integer, ``none``, or ``auto`` (a last or first axis of 3 or 4)."""
-    if option == "none":
-        return None
-    if option != "auto":
-        return int(option)
-    if image.ndim == 2:
-        return None
-    if image.ndim == 3 and image.shape[-1] in (3, 4):
-        return -1
-    if image.ndim == 3 and image.shape[0] in (3, 4):
-        return 0
-    raise ValueError(f"cannot tell the channel axis of an image of shape {image.shape}; pass --channel-axis")
-
-
-def _positive_int(upper: int):
+def _bounded_int(upper: int):
     def parse(text: str) -> int:
         value = int(text)
         if not 1 <= value <= upper:
@@ -68,90 +41,103 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _channel_axis(text: str) -> str | int | None:
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--channel-axis takes an integer, 'auto' or 'none', not {text!r}") from None
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``dip`` subcommand (its handler is ``args.func``, i.e. :func:`run`)."""
     p = subparsers.add_parser(
         "dip",
         help="denoise by training a deep image prior (vanilla CNN, U-Net or autoencoder)",
-        description="Train a network on one noisy image (Tachella et al. 2021, sections 5-6) and "
-        "write the best output: by PSNR against --reference, else by MC-SURE (image input), else the last.",
+        description="Train a network on one noisy image (Tachella et al. 2021, sections 5-6) and write the "
+        "best output: by PSNR against --reference, else by MC-SURE (image input), else the last.",
     )
-    p.add_argument("input", metavar="INPUT", help="noisy image (.tif/.tiff, .png, ...)")
-    p.add_argument("-o", "--output", required=True, help="where to write the denoised image")
+    p.add_argument("input_path", metavar="INPUT", help="noisy image (PNG, JPEG, TIFF)")
+    p.add_argument("-o", "--output", required=True, help="output image (same dtype as the input)")
     p.add_argument("--arch", choices=ARCHITECTURES, default="ae", help="architecture (default: ae)")
     p.add_argument("--optim", choices=("adam", "gd"), default="adam", help="optimiser (default: adam)")
-    p.add_argument("--input", dest="input_mode", choices=("image", "noise"), default="image",
+    p.add_argument("--input", choices=("image", "noise"), default="image",
                    help="network input: the noisy image or i.i.d. noise (default: image)")
-    p.add_argument("--iters", type=_positive_int(MAX_ITERATIONS), default=3000, help="iterations (default: 3000)")
-    p.add_argument("--reference", metavar="CLEAN", help="clean image: report PSNR and keep the best by it")
-    p.add_argument("--width", type=_positive_int(MAX_WIDTH), default=64, help="hidden channels (default: 64)")
-    p.add_argument("--lr", type=_positive_float, help="learning rate (default: 0.01 for Adam, 1/lambda_max(NTK) for GD)")
-    p.add_argument("--every", type=_positive_int(MAX_ITERATIONS), default=100,
+    p.add_argument("--iters", type=_bounded_int(MAX_ITERATIONS), default=3000, help="iterations (default: 3000)")
+    p.add_argument("--reference", default=None, help="clean image: print PSNR and keep the best output by it")
+    p.add_argument("--width", type=_bounded_int(MAX_WIDTH), default=64, help="hidden channels (default: 64)")
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help="learning rate (default: Adam 0.001, GD 1/lambda_max of the NTK at initialisation)")
+    p.add_argument("--every", type=_bounded_int(MAX_ITERATIONS), default=100,
                    help="iterations between evaluations (default: 100)")
-    p.add_argument("--sigma", type=_positive_float,
-                   help="noise standard deviation in the input file's units (e.g. 25 for 8-bit); estimated if omitted")
-    p.add_argument("--channel-axis", default="auto",
-                   help="axis of the colour channels, 'none', or 'auto' (a first or last axis of 3 or 4)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, mps (default: auto)")
+    p.add_argument("--sigma", type=_positive_float, default=None,
+                   help="noise level in the image's units (estimated if omitted)")
+    p.add_argument("--channel-axis", type=_channel_axis, default="auto",
+                   help="axis of the colour channels, 'none', or 'auto' (RGB(A) last axis; alpha dropped)")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
-def _figures(step: DIPStep, peak: float) -> str:
-    text = f"loss {step.loss * peak**2:.4g}"
-    if step.psnr is not None:
-        text += f"  PSNR {step.psnr:.2f} dB"
-    if step.sure is not None:
-        text += f"  SURE {step.sure * peak**2:.4g}"
+def _load(path: str, channel_axis: str | int | None) -> tuple[np.ndarray, int | None]:
+    image = read_image(path)
+    if channel_axis != "auto":
+        return image, channel_axis
+    axis = guess_channel_axis(image)
+    return (image[..., :3] if axis is not None and image.shape[-1] == 4 else image), axis
+
+
+def _dtype_range(dtype: np.dtype) -> float:
+    return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
+
+
+def _figures(loss: float, psnr: float | None, sure: float | None) -> str:
+    text = f"loss {loss:.4g}"
+    if psnr is not None and np.isfinite(psnr):
+        text += f"  PSNR {psnr:.2f} dB"
+    if sure is not None and np.isfinite(sure):
+        text += f"  SURE {sure:.4g}"
     return text
 
 
 def run(args: argparse.Namespace, stream: TextIO | None = None) -> int:
-    """Execute ``ntk-denoise dip``; returns the process exit status.
+    """Execute ``ntk-denoise dip``; returns the exit status.
 
-    The progress bar goes to ``stream`` (standard error by default), the best iteration's
-    figures to standard output.
+    The progress bar goes to ``stream`` (standard error by default) unless ``--quiet``; the best
+    iteration's figures (data units) go to standard output.
     """
     stream = sys.stderr if stream is None else stream
-    raw = read_image(args.input)
-    axis = _channel_axis(raw, args.channel_axis)
-    image, peak = _to_unit(raw)
-    reference = None
-    if args.reference is not None:
-        reference, _ = _to_unit(read_image(args.reference))
+    noisy, axis = _load(args.input_path, args.channel_axis)
+    reference, data_range = None, None
+    if args.reference:
+        reference, _ = _load(args.reference, args.channel_axis)
+        data_range = _dtype_range(reference.dtype)
     gen = iter_dip(
-        image, channel_axis=axis, arch=args.arch, optimizer=args.optim, input=args.input_mode,
-        width=args.width, lr=args.lr, iterations=args.iters, every=args.every, reference=reference,
-        sigma=None if args.sigma is None else args.sigma / peak, device=args.device, seed=args.seed,
+        noisy, channel_axis=axis, arch=args.arch, optimizer=args.optim, input=args.input, width=args.width,
+        lr=args.lr, iterations=args.iters, every=args.every, reference=reference, sigma=args.sigma,
+        data_range=data_range, device=args.device, seed=args.seed,
     )
-    bar, extra, tick = TextBar(stream), "", max(1, args.iters // 200)
+    bar, figures, tick = TextBar(stream), "", max(1, args.iters // 200)
 
     def show(event) -> None:
-        nonlocal extra
+        nonlocal figures
         if isinstance(event, DIPStep):
-            extra = _figures(event, peak)
-            bar.update(f"{args.arch} {args.optim}", event.iteration, args.iters, extra)
-        elif isinstance(event, DIPProgress) and event.iteration % tick == 0:
-            bar.update(f"{args.arch} {args.optim}", event.iteration, args.iters, extra)
+            figures = _figures(event.loss, event.psnr, event.sure)
+        shown = isinstance(event, DIPStep) or (isinstance(event, DIPProgress) and event.iteration % tick == 0)
+        if shown and not args.quiet:
+            bar.update(f"dip {args.arch} {args.optim}", event.iteration, args.iters, figures)
 
     result: DIPResult = drain(gen, show)
-    out = _from_unit(result.image, peak, raw.dtype)
-    write_image(args.output, out, out.dtype)
+    write_image(args.output, result.image, noisy.dtype)
     best = int(np.flatnonzero(result.iterations == result.best_iteration)[0])
     p = result.params
-    line = (
-        f"best iteration {result.best_iteration} of {args.iters} (by {result.criterion}): "
-        f"mean squared residual {result.loss[best] * peak**2:.4g}"
-    )
-    if result.psnr is not None:
-        line += f", PSNR {result.psnr[best]:.2f} dB"
-    if result.sure is not None:
-        line += f", MC-SURE {result.sure[best] * peak**2:.4g}"
+    print(f"best iteration {result.best_iteration} of {args.iters} (by {result.criterion}): "
+          + _figures(float(result.loss[best]), None if result.psnr is None else float(result.psnr[best]),
+                     None if result.sure is None else float(result.sure[best])))
     if "sigma" in p:
-        line += f", sigma {p['sigma'] * peak:.4g}{' (estimated)' if p['sigma_estimated'] else ''}"
-    print(line)
-    print(
-        f"{p['arch']} / {p['optimizer']} / {p['input']} input, width {p['width']}, lr {p['lr']:.3g}, "
-        f"{result.timings['iterations_per_s']:.1f} it/s on {p['device']}; wrote {args.output}"
-    )
+        print(f"sigma = {p['sigma']:.6g}" + (" (estimated)" if p["sigma_estimated"] else ""))
+    print(f"{p['arch']} / {p['optimizer']} / {p['input']} input, width {p['width']}, lr {p['lr']:.3g}, "
+          f"{result.timings['iterations_per_s']:.2f} it/s on {p['device']}; wrote {args.output}")
     return 0

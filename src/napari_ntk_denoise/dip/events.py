@@ -40,7 +40,8 @@ class DIPStep:
         Iteration of the best output so far by the run's criterion.
     eigenvalues, eigenimages : numpy.ndarray or None
         Leading eigenpairs ``(k,)`` and ``(k, H, W)`` of the covariance of the last hidden
-        pre-activations, when ``eigenimages=k > 0`` was asked for.
+        pre-activations (paper Fig. 5), when ``eigenimages=k > 0`` was asked for; eigenvalues
+        in the network's units (the trainer works on ``y / max|y|``).
     """
 
     iteration: int
