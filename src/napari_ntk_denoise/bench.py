@@ -173,7 +173,8 @@ METHODS: dict[str, Method] = {
     "nystrom-image": _nystrom("image", False),
     "nystrom-noise": _nystrom("noise", False),
     "nystrom-guided": _nystrom("image", True),
-    **{f"{o}-{a}-{i}": _dip(o, a, i) for o in ("adam", "gd") for a in ("vanilla", "unet", "ae") for i in ("image", "noise")},
+    **{f"{o}-{a}-{i}": _dip(o, a, i)
+       for o in ("adam", "gd") for a in ("vanilla", "unet", "ae") for i in ("image", "noise")},
     "nlm": _nlm,
     "bm3d": _bm3d,
 }
@@ -263,7 +264,8 @@ def _score(method: str, fn: Method, name: str, noisy: np.ndarray, clean: np.ndar
     est = np.clip(out.image, 0, 1)
     rec = Record(image=name, method=method, psnr=psnr(est, clean, 1.0),
                  ssim=float(structural_similarity(clean, est, data_range=1.0, channel_axis=axis)),
-                 stop=out.stop, t=out.t, seconds=seconds, device=out.device, noisy_psnr=psnr(noisy, clean, 1.0), **extra)
+                 stop=out.stop, t=out.t, seconds=seconds, device=out.device, noisy_psnr=psnr(noisy, clean, 1.0),
+                 **extra)
     return rec, out
 
 
@@ -433,7 +435,7 @@ def markdown_table(records: Sequence[Record]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pyplot():
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")

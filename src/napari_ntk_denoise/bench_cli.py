@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -74,13 +75,14 @@ def _settings(args: argparse.Namespace) -> BenchSettings:
                          limit=args.limit, device=args.device, ntk=ntk, width=args.width, every=args.every)
 
 
-def _log(stream: TextIO, quiet: bool):
+def _log(stream: TextIO, quiet: bool) -> Callable[[Record | Skip], None]:
     def on_event(event: Record | Skip) -> None:
         if isinstance(event, Skip):
             stream.write(f"ntk-denoise bench: {event.reason}\n")
         elif not quiet:
             depth = "" if event.depth is None else f" L={event.depth} r={event.kernel_size}"
-            stream.write(f"{event.image:>12s} {event.method}{depth}: {event.psnr:.2f} dB (noisy {event.noisy_psnr:.2f}),"
+            stream.write(f"{event.image:>12s} {event.method}{depth}: {event.psnr:.2f} dB"
+                         f" (noisy {event.noisy_psnr:.2f}),"
                          f" t={event.t}, {event.seconds:.1f} s\n")
         stream.flush()
 
