@@ -14,6 +14,7 @@ from skimage import io as skio
 
 from conftest import smooth_image
 from napari_ntk_denoise import bench, bench_cli
+from napari_ntk_denoise.events import drain
 
 FAST_NTK = ["--kernel-size", "5", "--fraction", "0.1", "--rank", "32"]
 
@@ -107,3 +108,20 @@ def test_crop_limit_unknown_method_and_missing_bm3d(folder, monkeypatch):
 def test_method_names_follow_table_1():
     dip = {f"{o}-{a}-{i}" for o in ("adam", "gd") for a in ("vanilla", "unet", "ae") for i in ("image", "noise")}
     assert set(bench.METHODS) == dip | {"nystrom-image", "nystrom-noise", "nystrom-guided", "nlm", "bm3d"}
+
+
+@pytest.mark.parametrize("stop, expected", [("oracle", {"nystrom-image": "oracle", "gd-vanilla-image": "oracle",
+                                                        "adam-vanilla-noise": "oracle"}),
+                                            ("sure", {"nystrom-image": "sure", "gd-vanilla-image": "sure",
+                                                      "adam-vanilla-noise": "last"})])
+def test_stopping_rule_per_method(folder, stop, expected):
+    settings = bench.BenchSettings(stop=stop, max_iters=6, every=2, width=8, seed=1,
+                                   ntk={"kernel_size": 5, "fraction": 0.1, "rank": 16})
+    run = drain(bench.iter_bench(bench.list_images(folder, limit=1), list(expected), settings))
+    assert {r.method: r.stop for r in run.records} == expected
+    for r in run.records:
+        assert r.t is not None and math.isfinite(r.psnr)
+        if r.method != "nystrom-image":
+            assert 0 <= r.t <= 6
+    steps, values = run.curves["a"]["gd-vanilla-image"]
+    assert list(steps) == [0, 2, 4, 6] and np.isfinite(values).all()
