@@ -342,7 +342,7 @@ def iter_figure6(
     For each depth ``L`` and kernel size ``r`` (default :data:`FIGURE6_DEPTHS`, receptive field 13),
     the analytic filter (method ``"nystrom"``, stopped by ``settings.stop``) and the trained network
     for each optimiser (methods ``"gd"``, ``"adam"``, ``settings.max_iters`` iterations) are scored.
-    ``settings.ntk`` may not set ``depth`` or ``kernel_size``.
+    The sweep's ``depth`` and ``kernel_size`` override those of ``settings.ntk``.
 
     Yields
     ------
