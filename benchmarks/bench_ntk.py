@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from napari_ntk_denoise import denoise_ntk
+from napari_ntk_denoise.bench import METHODS, BenchSettings
 from napari_ntk_denoise.imageio import read_image
 from napari_ntk_denoise.samples import SIGMA, add_noise, clean_sample
 from napari_ntk_denoise.stopping import psnr
@@ -49,11 +50,9 @@ def run_ntk(noisy, clean, axis, **kw):
 
 
 def run_nlm(noisy, clean, axis):
-    from skimage.restoration import denoise_nl_means
-
+    """scikit-image NLM with the parameters of ``ntk-denoise bench`` (``bench.NLM_PARAMS``)."""
     t0 = time.perf_counter()
-    out = denoise_nl_means(noisy, h=0.8 * SIGMA, sigma=SIGMA, patch_size=5, patch_distance=6, fast_mode=True,
-                           channel_axis=axis)
+    out = METHODS["nlm"](noisy, clean, axis, BenchSettings(sigma=SIGMA * 255)).image
     return dict(time=time.perf_counter() - t0, psnr=psnr(np.clip(out, 0, 1), clean, 1.0))
 
 

@@ -1,0 +1,485 @@
+"""Benchmark against the paper's Table 1 and Figure 6, with NLM and BM3D baselines (Qt-free).
+
+Protocol (``shared/data/README.md``, the paper's and the deep image prior's): the clean image is
+scaled to ``[0, 1]`` (integer images by their dtype's maximum), optionally centre-cropped,
+``noisy = clip(clean + N(0, sigma^2), 0, 1)`` with ``sigma`` given on the 0-255 scale and one fixed
+seed for every image; PSNR (data range 1) and SSIM are computed on the output clipped to ``[0, 1]``.
+
+Methods are named as in Table 1: ``nystrom-{image,noise,guided}`` (the analytic filter,
+:func:`~napari_ntk_denoise.denoise.denoise_ntk`), ``{adam,gd}-{vanilla,unet,ae}-{image,noise}``
+(deep image prior, :func:`~napari_ntk_denoise.dip.trainer.train_dip`) and the baselines ``nlm``
+(scikit-image) and ``bm3d`` (the ``bm3d`` package, CBM3D for colour).  With ``stop="oracle"`` each
+method keeps its best-PSNR step or iteration (the paper's protocol); with ``stop="sure"`` the
+Nyström rows and image-input DIP rows stop by Monte-Carlo SURE and noise-input DIP rows keep their
+last iteration.
+
+:func:`iter_bench` and :func:`iter_figure6` yield :class:`Record` and :class:`Skip` events and
+return a :class:`BenchRun`; :func:`markdown_table`, :func:`write_json`, :func:`plot_curves` and
+:func:`plot_figure6` turn it into files (matplotlib is imported only by the plots).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .denoise import denoise_ntk
+from .dip.cli import _to_unit
+from .dip.trainer import train_dip
+from .imageio import guess_channel_axis, read_image
+from .samples import add_noise
+from .stopping import psnr
+
+__all__ = [
+    "BASELINES", "FIGURE6_DEPTHS", "IMAGE_SUFFIXES", "METHODS", "NLM_PARAMS", "BenchRun", "BenchSettings", "Outcome",
+    "Record", "Skip", "iter_bench", "iter_figure6", "list_images", "load_clean", "machine_info", "markdown_table",
+    "plot_curves", "plot_figure6", "write_json",
+]
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+#: scikit-image ``denoise_nl_means``: 5x5 patches, 13x13 search window, ``h = 0.8 sigma`` (the
+#: value scikit-image's documentation suggests with ``fast_mode=True``), noise-variance correction
+NLM_PARAMS = {"patch_size": 5, "patch_distance": 6, "h_over_sigma": 0.8, "fast_mode": True}
+#: Figure 6: depth L -> kernel size r with receptive field (r - 1)(L - 1) + 1 = 13
+FIGURE6_DEPTHS = {2: 13, 3: 7, 4: 5, 7: 3}
+
+Stop = Literal["oracle", "sure"]
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Settings shared by every method of a run.
+
+    Attributes
+    ----------
+    sigma : float
+        Noise standard deviation on the 0-255 scale.
+    stop : {"oracle", "sure"}
+        Early stopping (see the module docstring).
+    max_iters : int
+        Training iterations of the DIP rows.
+    seed : int
+        Seeds the noise (the same for every image), anchors, weights and probes.
+    crop : int, optional
+        Side of the centre crop (None: whole images).
+    limit : int, optional
+        Number of images used (the first in name order).
+    device : str, optional
+        ``"cpu"``, ``"cuda"`` or None (CUDA when available).
+    ntk : dict
+        Extra keyword arguments of :func:`~napari_ntk_denoise.denoise.denoise_ntk`
+        (``kernel_size``, ``fraction``, ``rank``...).
+    width : int
+        Hidden channels of the DIP networks.
+    every : int
+        Iterations between recorded DIP outputs (PSNR curve points and stopping candidates).
+    """
+
+    sigma: float = 25.0
+    stop: Stop = "oracle"
+    max_iters: int = 3000
+    seed: int = 0
+    crop: int | None = None
+    limit: int | None = None
+    device: str | None = None
+    ntk: dict[str, Any] = field(default_factory=dict)
+    width: int = 64
+    every: int = 10
+
+    @property
+    def sigma_unit(self) -> float:
+        """``sigma`` on the ``[0, 1]`` scale of the images."""
+        return self.sigma / 255.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one method returns for one image.
+
+    Attributes
+    ----------
+    image : numpy.ndarray
+        Denoised image (not yet clipped).
+    t : int or None
+        Chosen twicing step or training iteration (None for the baselines).
+    stop : str
+        How it was chosen: ``"oracle"``, ``"sure"``, ``"last"`` or ``"none"``.
+    device : str
+        Where it ran.
+    curve : tuple of numpy.ndarray, optional
+        ``(steps, psnr)``: PSNR over twicing steps or training iterations.
+    """
+
+    image: np.ndarray
+    t: int | None
+    stop: str
+    device: str
+    curve: tuple[np.ndarray, np.ndarray] | None = None
+
+
+Method = Callable[[np.ndarray, np.ndarray, int | None, BenchSettings], Outcome]
+
+
+def _nystrom(input: str, guided: bool) -> Method:
+    def run(noisy: np.ndarray, clean: np.ndarray, axis: int | None, s: BenchSettings) -> Outcome:
+        _, res = denoise_ntk(noisy, s.sigma_unit, channel_axis=axis, input=input, guided=guided, stop=s.stop,
+                             reference=clean, device=s.device, seed=s.seed, **s.ntk)
+        return Outcome(res.image, res.t, s.stop, res.params["device"], (res.t_grid, res.psnr))
+
+    return run
+
+
+def _dip(optimizer: str, arch: str, input: str, **net: int) -> Method:
+    def run(noisy: np.ndarray, clean: np.ndarray, axis: int | None, s: BenchSettings) -> Outcome:
+        criterion = "psnr" if s.stop == "oracle" else "sure" if input == "image" else "last"
+        res = train_dip(noisy, channel_axis=axis, arch=arch, optimizer=optimizer, input=input, width=s.width,
+                        iterations=s.max_iters, every=min(s.every, s.max_iters), reference=clean,
+                        sigma=s.sigma_unit, criterion=criterion, device=s.device or "auto", seed=s.seed, **net)
+        stop = "oracle" if criterion == "psnr" else criterion
+        return Outcome(res.image, res.best_iteration, stop, str(res.params["device"]), (res.iterations, res.psnr))
+
+    return run
+
+
+def _nlm(noisy: np.ndarray, clean: np.ndarray, axis: int | None, s: BenchSettings) -> Outcome:
+    from skimage.restoration import denoise_nl_means
+
+    p = NLM_PARAMS
+    out = denoise_nl_means(noisy, h=p["h_over_sigma"] * s.sigma_unit, sigma=s.sigma_unit, patch_size=p["patch_size"],
+                           patch_distance=p["patch_distance"], fast_mode=p["fast_mode"], channel_axis=axis)
+    return Outcome(out, None, "none", "cpu")
+
+
+def _bm3d(noisy: np.ndarray, clean: np.ndarray, axis: int | None, s: BenchSettings) -> Outcome:
+    import bm3d
+
+    run = bm3d.bm3d if axis is None else bm3d.bm3d_rgb  # CBM3D (opponent colour space) for RGB
+    return Outcome(np.asarray(run(noisy, sigma_psd=s.sigma_unit)), None, "none", "cpu")
+
+
+#: method name (as in Table 1) -> runner
+METHODS: dict[str, Method] = {
+    "nystrom-image": _nystrom("image", False),
+    "nystrom-noise": _nystrom("noise", False),
+    "nystrom-guided": _nystrom("image", True),
+    **{f"{o}-{a}-{i}": _dip(o, a, i)
+       for o in ("adam", "gd") for a in ("vanilla", "unet", "ae") for i in ("image", "noise")},
+    "nlm": _nlm,
+    "bm3d": _bm3d,
+}
+#: optional modules that a method needs
+BASELINES = {"bm3d": "bm3d"}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One (image, method) result; :func:`write_json` writes these fields."""
+
+    image: str
+    method: str
+    psnr: float
+    ssim: float
+    stop: str
+    t: int | None
+    seconds: float
+    device: str
+    noisy_psnr: float
+    depth: int | None = None
+    kernel_size: int | None = None
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A method that could not run, and why."""
+
+    method: str
+    reason: str
+
+
+@dataclass
+class BenchRun:
+    """Outcome of :func:`iter_bench` or :func:`iter_figure6`.
+
+    Attributes
+    ----------
+    records : list of Record
+    skipped : list of Skip
+    curves : dict
+        Image name -> method name -> ``(steps, psnr)``.
+    settings : dict
+        The run's settings, JSON-friendly.
+    """
+
+    records: list[Record] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
+    curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def list_images(folder: str | Path, limit: int | None = None) -> list[Path]:
+    """Image files of ``folder`` (by suffix, sorted by name), the first ``limit`` of them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no such folder: {folder}")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return paths[:limit]
+
+
+def load_clean(path: str | Path, crop: int | None = None) -> tuple[np.ndarray, int | None]:
+    """Clean image in ``[0, 1]`` (float32, alpha dropped, centre-cropped to ``crop``) and its channel axis."""
+    img = read_image(path)
+    axis = guess_channel_axis(img)
+    if axis is not None:
+        img = img[..., :3]
+    clean, _ = _to_unit(img)
+    if crop is not None:
+        h, w = clean.shape[:2]
+        if crop > min(h, w):
+            raise ValueError(f"crop {crop} is larger than {Path(path).name} ({h} x {w})")
+        top, left = (h - crop) // 2, (w - crop) // 2
+        clean = clean[top : top + crop, left : left + crop]
+    return np.ascontiguousarray(clean), axis
+
+
+def _score(method: str, fn: Method, name: str, noisy: np.ndarray, clean: np.ndarray, axis: int | None,
+           s: BenchSettings, **extra: int) -> tuple[Record, Outcome]:
+    from skimage.metrics import structural_similarity
+
+    t0 = time.perf_counter()
+    out = fn(noisy, clean, axis, s)
+    seconds = time.perf_counter() - t0
+    est = np.clip(out.image, 0, 1)
+    rec = Record(image=name, method=method, psnr=psnr(est, clean, 1.0),
+                 ssim=float(structural_similarity(clean, est, data_range=1.0, channel_axis=axis)),
+                 stop=out.stop, t=out.t, seconds=seconds, device=out.device, noisy_psnr=psnr(noisy, clean, 1.0),
+                 **extra)
+    return rec, out
+
+
+def _missing(method: str) -> str | None:
+    module = BASELINES.get(method)
+    if module is not None and importlib.util.find_spec(module) is None:
+        return f"{method} skipped: the '{module}' package is not installed (pip install {module})"
+    return None
+
+
+def _noisy_pair(path: Path, s: BenchSettings) -> tuple[np.ndarray, np.ndarray, int | None]:
+    clean, axis = load_clean(path, s.crop)
+    return add_noise(clean, s.sigma_unit, s.seed), clean, axis
+
+
+def iter_bench(
+    paths: Sequence[str | Path], methods: Sequence[str], settings: BenchSettings
+) -> Generator[Record | Skip, None, BenchRun]:
+    """Run every method on every image, streaming results.
+
+    Parameters
+    ----------
+    paths : sequence of path
+        Clean images.
+    methods : sequence of str
+        Keys of :data:`METHODS`.
+    settings : BenchSettings
+
+    Yields
+    ------
+    Record or Skip
+        A result as soon as it is scored; a :class:`Skip` for a method whose optional package is
+        missing (once, before any image).
+
+    Returns
+    -------
+    BenchRun
+
+    Raises
+    ------
+    ValueError
+        An unknown method name.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
+    run = BenchRun(settings=asdict(settings) | {"methods": list(methods), "images": [Path(p).name for p in paths]})
+    active = []
+    for m in methods:
+        reason = _missing(m)
+        if reason is None:
+            active.append(m)
+        else:
+            run.skipped.append(Skip(m, reason))
+            yield run.skipped[-1]
+    for path in paths:
+        noisy, clean, axis = _noisy_pair(Path(path), settings)
+        name = Path(path).stem
+        for m in active:
+            rec, out = _score(m, METHODS[m], name, noisy, clean, axis, settings)
+            run.records.append(rec)
+            if out.curve is not None and out.curve[1] is not None:
+                run.curves.setdefault(name, {})[m] = out.curve
+            yield rec
+    return run
+
+
+def iter_figure6(
+    paths: Sequence[str | Path], settings: BenchSettings, depths: dict[int, int] | None = None,
+    optimizers: Sequence[str] = ("gd", "adam"),
+) -> Generator[Record, None, BenchRun]:
+    """The paper's Figure 6: vanilla CNNs of several depths with one receptive field, image input.
+
+    For each depth ``L`` and kernel size ``r`` (default :data:`FIGURE6_DEPTHS`, receptive field 13),
+    the analytic filter (method ``"nystrom"``, stopped by ``settings.stop``) and the trained network
+    for each optimiser (methods ``"gd"``, ``"adam"``, ``settings.max_iters`` iterations) are scored.
+    The sweep's ``depth`` and ``kernel_size`` override those of ``settings.ntk``.
+
+    Yields
+    ------
+    Record
+        With ``depth`` and ``kernel_size`` set.
+
+    Returns
+    -------
+    BenchRun
+    """
+    depths = dict(FIGURE6_DEPTHS if depths is None else depths)
+    run = BenchRun(settings=asdict(settings) | {"figure6": {str(k): v for k, v in depths.items()},
+                                               "optimizers": list(optimizers),
+                                               "images": [Path(p).name for p in paths]})
+    for path in paths:
+        noisy, clean, axis = _noisy_pair(Path(path), settings)
+        name = Path(path).stem
+        for depth, r in depths.items():
+            s = BenchSettings(**(asdict(settings) | {"ntk": settings.ntk | {"depth": depth, "kernel_size": r}}))
+            rows = {"nystrom": _nystrom("image", False)}
+            rows |= {o: _dip(o, "vanilla", "image", depth=depth, kernel_size=r) for o in optimizers}
+            for m, fn in rows.items():
+                rec, _ = _score(m, fn, name, noisy, clean, axis, s, depth=depth, kernel_size=r)
+                run.records.append(rec)
+                yield rec
+    return run
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """Host, accelerator, thread count and package versions, for the JSON's ``machine``."""
+    cuda = torch.cuda.is_available()
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if cuda else None,
+        "python": platform.python_version(),
+        "versions": {d: _version(d) for d in ("napari-ntk-denoise", "torch", "numpy", "scikit-image", "bm3d",
+                                              "matplotlib")},
+    }
+
+
+def write_json(path: str | Path, run: BenchRun, machine: dict[str, Any] | None = None) -> None:
+    """Write ``{"machine": ..., "settings": ..., "skipped": [...], "results": [...]}``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"machine": machine_info() if machine is None else machine, "settings": run.settings,
+           "skipped": [s.reason for s in run.skipped], "results": [asdict(r) for r in run.records]}
+    path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+
+
+def _table(rows: list[str], columns: list[str], cell: Callable[[str, str], str], head: str) -> list[str]:
+    lines = [f"| {head} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {r} | " + " | ".join(cell(r, c) for c in columns) + " |" for r in rows]
+    return lines
+
+
+def markdown_table(records: Sequence[Record]) -> str:
+    """PSNR (dB) per image and method, the noisy input's, the means and the seconds per image.
+
+    Figure-6 records (with a depth) get one column per method and depth (``nystrom L=2``...).
+    """
+    def col(r: Record) -> str:
+        return r.method if r.depth is None else f"{r.method} L={r.depth}"
+
+    columns = list(dict.fromkeys(col(r) for r in records))
+    images = list(dict.fromkeys(r.image for r in records))
+    by = {(r.image, col(r)): r for r in records}
+    noisy = {r.image: r.noisy_psnr for r in records}
+
+    def mean(c: str, key: str) -> str:
+        vals = [getattr(r, key) for r in records if col(r) == c]
+        return f"{np.mean(vals):.2f}" if vals else ""
+
+    lines = _table(images, ["noisy", *columns],
+                   lambda i, c: f"{noisy[i]:.2f}" if c == "noisy" else
+                   (f"{by[i, c].psnr:.2f}" if (i, c) in by else ""), "image")
+    lines.append("| **mean PSNR** | " + f"{np.mean(list(noisy.values())):.2f} | " +
+                 " | ".join(f"**{mean(c, 'psnr')}**" for c in columns) + " |")
+    lines.append("| mean SSIM | | " + " | ".join(mean(c, "ssim") for c in columns) + " |")
+    lines.append("| seconds / image | | " + " | ".join(mean(c, "seconds") for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(path: str | Path, image: str, curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """PSNR against iteration (log axis) for the DIP runs and twicing step for the Nyström ones.
+
+    With gradient descent at step ``1 / lambda_max`` (the trainer's default), iteration ``t`` is
+    twicing step ``t`` of the analytic filter (paper eq. 9), so both share one axis.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, (steps, values) in curves.items():
+        keep = np.asarray(steps) > 0
+        style = "-" if method.startswith("nystrom") else "-o"
+        label = f"{method} (analytic twicing)" if method.startswith("nystrom") else method
+        ax.plot(np.asarray(steps)[keep], np.asarray(values)[keep], style, ms=2, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("iteration / twicing step t")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title(image)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_figure6(path: str | Path, records: Sequence[Record]) -> None:
+    """Mean PSNR against depth, one line per method (the paper's Figure 6)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for method in dict.fromkeys(r.method for r in records):
+        depths = sorted({r.depth for r in records if r.method == method})
+        means = [np.mean([r.psnr for r in records if r.method == method and r.depth == d]) for d in depths]
+        ax.plot(depths, means, "-o", label=method)
+    ax.set_xlabel("depth L (receptive field 13 x 13)")
+    ax.set_ylabel("mean PSNR (dB)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

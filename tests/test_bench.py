@@ -1,0 +1,127 @@
+"""``ntk-denoise bench`` end to end on two tiny images, and the benchmark engine's checks."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+from skimage import io as skio
+
+from conftest import smooth_image
+from napari_ntk_denoise import bench, bench_cli
+from napari_ntk_denoise.events import drain
+
+FAST_NTK = ["--kernel-size", "5", "--fraction", "0.1", "--rank", "32"]
+
+
+def _bench(argv: list[str]) -> tuple[int, str]:
+    parser = argparse.ArgumentParser()
+    bench_cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["bench", *argv])
+    err = io.StringIO()
+    return args.func(args, stream=err), err.getvalue()
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Two 32 x 32 clean images: a grayscale PNG and an RGB PNG (and a file that is not an image)."""
+    d = tmp_path / "clean"
+    d.mkdir()
+    skio.imsave(d / "a.png", np.round(255 * smooth_image((32, 32))).astype(np.uint8), check_contrast=False)
+    skio.imsave(d / "b.png", np.round(255 * smooth_image((32, 32), channels=3, seed=1)).astype(np.uint8),
+                check_contrast=False)
+    (d / "MANIFEST.txt").write_text("not an image\n")
+    return d
+
+
+def test_bench_end_to_end_json_table_and_plots(folder, tmp_path, capsys):
+    out = tmp_path / "res" / "run.json"
+    rc, err = _bench(["--images", str(folder), "--sigma", "25", "--methods", "nystrom-image,nlm", "--json", str(out),
+                      "--seed", "3", *FAST_NTK])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    assert set(doc) >= {"machine", "settings", "results"}
+    assert doc["machine"]["versions"]["torch"] and doc["machine"]["versions"]["numpy"]
+    assert doc["settings"]["sigma"] == 25 and doc["settings"]["seed"] == 3 and doc["settings"]["ntk"]["rank"] == 32
+    results = doc["results"]
+    assert [(r["image"], r["method"]) for r in results] == [("a", "nystrom-image"), ("a", "nlm"),
+                                                           ("b", "nystrom-image"), ("b", "nlm")]
+    keys = {"image", "method", "psnr", "ssim", "stop", "t", "seconds", "device"}
+    for r in results:
+        assert keys <= set(r)
+        assert math.isfinite(r["psnr"]) and 0 < r["ssim"] <= 1 and r["seconds"] >= 0
+        # noise of sigma 25/255 gives about 20 dB; both denoisers must do clearly better
+        assert 19 < r["noisy_psnr"] < 22
+        assert r["psnr"] > r["noisy_psnr"] + 2, r
+    ntk = [r for r in results if r["method"] == "nystrom-image"]
+    assert all(r["stop"] == "oracle" and r["t"] >= 1 for r in ntk)
+    table = capsys.readouterr().out
+    assert table == (out.with_suffix(".md")).read_text()
+    assert "| image | noisy | nystrom-image | nlm |" in table
+    mean_ntk = np.mean([r["psnr"] for r in ntk])
+    assert f"**{mean_ntk:.2f}**" in table
+    if importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("matplotlib is not installed: the plots are not written")
+    for image in ("a", "b"):
+        png = out.with_name(f"run_{image}_curves.png")
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_same_noise_for_every_method_and_protocol(folder):
+    settings = bench.BenchSettings(sigma=25, seed=5, ntk={"kernel_size": 5, "fraction": 0.1, "rank": 16})
+    paths = bench.list_images(folder)
+    assert [p.name for p in paths] == ["a.png", "b.png"]
+    clean, axis = bench.load_clean(paths[1])
+    assert axis == -1 and clean.dtype == np.float32 and clean.max() <= 1
+    noisy = bench.add_noise(clean, 25 / 255, 5)
+    residual = noisy - clean
+    inside = (noisy > 0) & (noisy < 1)
+    assert abs(residual[inside].std() * 255 - 25) < 2.5
+    run = bench.BenchRun()
+    run.records.append(bench._score("nlm", bench.METHODS["nlm"], "b", noisy, clean, axis, settings)[0])
+    assert run.records[0].noisy_psnr == pytest.approx(bench.psnr(noisy, clean, 1.0))
+
+
+def test_crop_limit_unknown_method_and_missing_bm3d(folder, monkeypatch):
+    clean, _ = bench.load_clean(folder / "a.png", crop=16)
+    assert clean.shape == (16, 16)
+    with pytest.raises(ValueError, match="larger"):
+        bench.load_clean(folder / "a.png", crop=64)
+    assert len(bench.list_images(folder, limit=1)) == 1
+    settings = bench.BenchSettings()
+    with pytest.raises(ValueError, match="unknown method"):
+        next(bench.iter_bench(bench.list_images(folder), ["nystrom-magic"], settings))
+    monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name: None)
+    gen = bench.iter_bench(bench.list_images(folder), ["bm3d"], settings)
+    skip = next(gen)
+    assert isinstance(skip, bench.Skip) and "pip install bm3d" in skip.reason
+    with pytest.raises(StopIteration) as stop:
+        next(gen)
+    assert stop.value.value.records == [] and stop.value.value.skipped == [skip]
+
+
+def test_method_names_follow_table_1():
+    dip = {f"{o}-{a}-{i}" for o in ("adam", "gd") for a in ("vanilla", "unet", "ae") for i in ("image", "noise")}
+    assert set(bench.METHODS) == dip | {"nystrom-image", "nystrom-noise", "nystrom-guided", "nlm", "bm3d"}
+
+
+@pytest.mark.parametrize("stop, expected", [("oracle", {"nystrom-image": "oracle", "gd-vanilla-image": "oracle",
+                                                        "adam-vanilla-noise": "oracle"}),
+                                            ("sure", {"nystrom-image": "sure", "gd-vanilla-image": "sure",
+                                                      "adam-vanilla-noise": "last"})])
+def test_stopping_rule_per_method(folder, stop, expected):
+    settings = bench.BenchSettings(stop=stop, max_iters=6, every=2, width=8, seed=1,
+                                   ntk={"kernel_size": 5, "fraction": 0.1, "rank": 16})
+    run = drain(bench.iter_bench(bench.list_images(folder, limit=1), list(expected), settings))
+    assert {r.method: r.stop for r in run.records} == expected
+    for r in run.records:
+        assert r.t is not None and math.isfinite(r.psnr)
+        if r.method != "nystrom-image":
+            assert 0 <= r.t <= 6
+    steps, values = run.curves["a"]["gd-vanilla-image"]
+    assert list(steps) == [0, 2, 4, 6] and np.isfinite(values).all()
