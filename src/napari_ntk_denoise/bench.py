@@ -35,9 +35,8 @@ import numpy as np
 import torch
 
 from .denoise import denoise_ntk
-from .dip.cli import _to_unit
 from .dip.trainer import train_dip
-from .imageio import guess_channel_axis, read_image
+from .imageio import guess_channel_axis, read_image, to_unit
 from .samples import add_noise
 from .stopping import psnr
 
@@ -244,7 +243,7 @@ def load_clean(path: str | Path, crop: int | None = None) -> tuple[np.ndarray, i
     axis = guess_channel_axis(img)
     if axis is not None:
         img = img[..., :3]
-    clean, _ = _to_unit(img)
+    clean, _ = to_unit(img)
     if crop is not None:
         h, w = clean.shape[:2]
         if crop > min(h, w):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .denoise import iter_denoise_ntk
-from . import stacks_cli
+from . import bench_cli, stacks_cli
 from .dip import cli as dip_cli
 from ._textbar import TextBar
 from .events import Progress, drain
@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sample)
     dip_cli.add_parser(sub)
     stacks_cli.add_parser(sub)
+    bench_cli.add_parser(sub)
     return parser
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["read_image", "write_image", "guess_channel_axis"]
+__all__ = ["read_image", "write_image", "guess_channel_axis", "to_unit"]
 
 _TIFF = {".tif", ".tiff"}
 
@@ -60,3 +60,12 @@ def write_image(path: str | Path, image: np.ndarray, dtype: np.dtype | type) -> 
     from skimage import io
 
     io.imsave(path, out, check_contrast=False)
+
+
+def to_unit(image: np.ndarray) -> tuple[np.ndarray, float]:
+    """Float32 copy scaled to ``[0, 1]`` for integer dtypes, and the factor that maps it back
+    (the dtype's maximum, or 1 for float images)."""
+    if image.dtype.kind in "ui":
+        peak = float(np.iinfo(image.dtype).max)
+        return image.astype(np.float32) / peak, peak
+    return image.astype(np.float32), 1.0
