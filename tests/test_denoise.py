@@ -161,3 +161,16 @@ def test_memory_guard_refuses_before_heavy_work(monkeypatch):
     gen = iter_denoise_ntk(noisy, 0.1, **FAST)
     with pytest.raises(MemoryError, match="smaller anchor fraction"):
         next(gen)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("guided", [False, True])
+def test_cuda_matches_cpu(guided):
+    noisy, clean = _noisy(shape=(40, 40), channels=3)
+    kw = dict(channel_axis=-1, reference=clean, guided=guided, **FAST)
+    out_cpu, res_cpu = denoise_ntk(noisy, 0.1, device="cpu", **kw)
+    out_gpu, res_gpu = denoise_ntk(noisy, 0.1, device="cuda", **kw)
+    assert res_gpu.params["device"].startswith("cuda")
+    np.testing.assert_allclose(res_gpu.filter.eigenvalues[:8], res_cpu.filter.eigenvalues[:8], rtol=2e-2)
+    assert abs(psnr(out_gpu, clean, 1) - psnr(out_cpu, clean, 1)) < 0.1
+    np.testing.assert_allclose(res_gpu.psnr, res_cpu.psnr, atol=0.1)

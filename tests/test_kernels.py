@@ -142,3 +142,14 @@ def test_network_matches_kernel_size_and_receptive_field():
     out = net(x)[0, 0]
     support = np.argwhere(out.detach().numpy() != 0)
     assert support.min() >= 10 - 4 and support.max() <= 10 + 4
+
+
+def test_bfloat16_split_keeps_sixteen_bits_compiled_or_not():
+    from napari_ntk_denoise.kernels import _fused, _split_bf16
+
+    a = torch.randn(300, 200, generator=torch.Generator().manual_seed(3))
+    for split in (_split_bf16, _fused("split")):
+        hi, lo = split(a[:, :150])  # a strided view, as the padded kernel blocks are
+        assert hi.dtype == lo.dtype == torch.bfloat16
+        err = (hi.double() + lo.double() - a[:, :150].double()).abs() / a[:, :150].double().abs()
+        assert float(err.max()) < 2**-15

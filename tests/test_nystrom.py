@@ -136,3 +136,15 @@ def test_twicing_factors_edge_cases():
     with pytest.raises(ValueError):
         twicing_factors(lam, -1)
     assert twicing_schedule(100, 6)[-1] == 100 and twicing_schedule(100, 6)[0] == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_split_bfloat16_product_has_float32_accuracy():
+    from napari_ntk_denoise.nystrom import _SplitProduct
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(1000, 544, generator=g), torch.randn(544, 64, generator=g)
+    assert _SplitProduct.supported(torch.device("cuda"))
+    got = _SplitProduct(b.cuda())(a.cuda()).cpu().double()
+    exact = a.double() @ b.double()
+    assert float((got - exact).abs().max() / exact.abs().max()) < 1e-4

@@ -184,7 +184,7 @@ def _setup(
     rank = int(min(rank, m))
     dev = resolve_device(device)
     channels = y.shape[2] if input == "image" else noise_channels
-    need = estimate_bytes(d, channels, m, rank, kern) * passes
+    need = estimate_bytes(d, channels, m, rank, kern, device=dev) * passes
     check_memory(need, dev, f"an NTK filter of a {y.shape[0]}x{y.shape[1]} image with {m} anchors and rank {rank}",
                  "use a smaller anchor fraction or rank, or denoise in tiles")
     anchors = sample_anchors(y.shape[:2], m, seed)
@@ -286,7 +286,7 @@ def iter_denoise_ntk(
     noise_channels : int
         Channels of the noise input.
     stream_steps : int
-        Number of intermediate twicing outputs yielded per stage.
+        Number of intermediate twicing outputs yielded per stage (0: none).
 
     Yields
     ------
@@ -430,5 +430,6 @@ def denoise_ntk(image: np.ndarray, sigma: float | None = None, **kwargs: Any) ->
     >>> bool(np.mean((out - clean) ** 2) < np.mean((noisy - clean) ** 2))
     True
     """
+    kwargs.setdefault("stream_steps", 0)  # nobody looks at intermediate steps here
     result = drain(iter_denoise_ntk(image, sigma, **kwargs))
     return result.image, result

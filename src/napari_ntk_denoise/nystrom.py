@@ -15,15 +15,23 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .events import Progress
-from .kernels import CNNKernel, ColumnSide
+from .kernels import CNNKernel, ColumnSide, _fused
 from .twicing import twicing_factors, twicing_output
 
 __all__ = ["LowRankFilter", "sample_anchors", "iter_nystrom", "NystromPass", "estimate_bytes"]
 
-#: bytes of the largest temporary kernel block (rows x anchors, float32) computed at once
+#: bytes of the largest temporary kernel block (rows x anchors, float32) computed at once on a CPU
 BLOCK_BYTES = 48 * 2**20
+#: the same on a GPU, where fewer and larger blocks keep the kernel launches few
+GPU_BLOCK_BYTES = 512 * 2**20
+
+
+def block_bytes(device: torch.device | str = "cpu") -> int:
+    """Bytes of the largest temporary kernel block on ``device``."""
+    return GPU_BLOCK_BYTES if torch.device(device).type == "cuda" else BLOCK_BYTES
 
 
 def sample_anchors(shape: tuple[int, int], m: int, seed: int = 0) -> np.ndarray:
@@ -68,13 +76,13 @@ def sample_anchors(shape: tuple[int, int], m: int, seed: int = 0) -> np.ndarray:
     return idx
 
 
-def _block_sizes(kernel: CNNKernel, m: int, d: int) -> tuple[int, int]:
-    """Rows per block and anchors per chunk so that the largest temporary fits ``BLOCK_BYTES``.
+def _block_sizes(kernel: CNNKernel, m: int, d: int, device: torch.device | str = "cpu") -> tuple[int, int]:
+    """Rows per block and anchors per chunk so that the largest temporary fits :func:`block_bytes`.
 
     Deep kernels evaluate lower layers on neighbourhoods of up to ``g = ((r-1)(L-2)+1)^2`` pixels
     per requested pixel, so both rows and anchors are chunked.
     """
-    budget = BLOCK_BYTES // 4
+    budget = block_bytes(device) // 4
     if kernel.depth == 2:
         return max(1, budget // m), m
     g = ((kernel.kernel_size - 1) * (kernel.depth - 2) + 1) ** 2
@@ -82,27 +90,31 @@ def _block_sizes(kernel: CNNKernel, m: int, d: int) -> tuple[int, int]:
     return side, min(m, side)
 
 
-def estimate_bytes(d: int, channels: int, m: int, rank: int, kernel: CNNKernel, keep_basis: bool = True) -> int:
+def estimate_bytes(
+    d: int, channels: int, m: int, rank: int, kernel: CNNKernel, keep_basis: bool = True, device: torch.device | str = "cpu"
+) -> int:
     """Peak memory of one Nyström pass in bytes (float32), for the memory guard.
 
     Counts the eigenimages (``d x k``), the anchor core and its eigensolver workspace
-    (``~4 m^2``), the block temporaries (``~4`` blocks), patches of the anchors and the image.
+    (``~4 m^2``), the block temporaries (``~4`` blocks of :func:`block_bytes` on ``device``),
+    patches of the anchors and the image.
     """
-    n_rows, chunk = _block_sizes(kernel, m, d)
+    n_rows, chunk = _block_sizes(kernel, m, d, device)
     g = ((kernel.kernel_size - 1) * (kernel.depth - 2) + 1) ** 2
     block = n_rows * chunk * (1 if kernel.depth == 2 else g * g)
     patches = (m + n_rows) * channels * kernel.kernel_size**2
-    elems = d * rank * keep_basis + 4 * m * m + 4 * min(block, BLOCK_BYTES // 4) + patches + 8 * d * channels
+    elems = d * rank * keep_basis + 4 * m * m + 4 * min(block, block_bytes(device) // 4) + patches + 8 * d * channels
     return 4 * int(elems) + m * (rank + 32) * 8
 
 
 def _kernel_rows(
-    kernel: CNNKernel, x: torch.Tensor, rows: torch.Tensor, sides: list[ColumnSide]
+    kernel: CNNKernel, x: torch.Tensor, rows: torch.Tensor, sides: list[ColumnSide], padded: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``K[rows, anchors]`` (and ``K_eps - K``) over the anchor chunks described by ``sides``."""
+    """``K[rows, anchors]`` (and ``K_eps - K``) over the anchor chunks described by ``sides``;
+    ``padded`` keeps a single chunk's zero padding columns (see :meth:`CNNKernel.block_fast`)."""
+    if len(sides) == 1:
+        return kernel.block_fast(x, rows, sides[0], padded)
     parts = [kernel.block_fast(x, rows, side) for side in sides]
-    if len(parts) == 1:
-        return parts[0]
     k = torch.cat([p[0] for p in parts], dim=1)
     return k, None if parts[0][1] is None else torch.cat([p[1] for p in parts], dim=1)
 
@@ -124,12 +136,39 @@ def default_gemm_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
 
 
+class _SplitProduct:
+    """``a @ b`` to about float32 accuracy from bfloat16 tensor-core products with float32 outputs:
+    ``a_hi b_hi + a_hi b_lo + a_lo b_hi`` (a GPU runs them ~3x faster than one float32 product)."""
+
+    def __init__(self, b: torch.Tensor) -> None:
+        b_hi, b_lo = _fused("split")(b)
+        self.k, self.b_hi, self.b_cat = b.shape[1], b_hi, torch.cat([b_hi, b_lo], dim=1)
+
+    @staticmethod
+    def supported(device: torch.device) -> bool:
+        """Whether ``device`` has matrix products with a float32 output from bfloat16 inputs."""
+        if device.type != "cuda":
+            return False
+        try:
+            one = torch.ones(8, 8, dtype=torch.bfloat16, device=device)
+            torch.mm(one, one, out_dtype=torch.float32)
+        except (TypeError, RuntimeError, NotImplementedError):
+            return False
+        return True
+
+    def __call__(self, a: torch.Tensor) -> torch.Tensor:
+        a_hi, a_lo = _fused("split")(a)
+        both = torch.mm(a_hi, self.b_cat, out_dtype=torch.float32)
+        out = torch.mm(a_lo, self.b_hi, out_dtype=torch.float32)
+        return out.add_(both[:, : self.k]).add_(both[:, self.k :])
+
+
 class _Accumulator:
     """Streams ``B = C M`` row blocks into ``B^T B``, projections ``B^T v`` and optionally ``B``."""
 
     def __init__(self, proj_m: torch.Tensor, d: int, project: Sequence[torch.Tensor], keep_basis: bool) -> None:
         k, dev = proj_m.shape[1], proj_m.device
-        self.proj_m, self.project = proj_m, list(project)
+        self.project = list(project)
         self.basis = torch.empty((d, k), dtype=torch.float32, device=dev) if keep_basis else None
         self.gram = torch.zeros(k, k, dtype=torch.float64, device=dev)
         self.bt_v = [torch.zeros(k, v.shape[1], dtype=torch.float64, device=dev) for v in project]
@@ -159,25 +198,42 @@ class _Accumulator:
 
 
 def _top_eigh(mat: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` eigenpairs of a symmetric PSD matrix (descending), exact or randomised.
+    """Top-``k`` eigenpairs of symmetric PSD matrices ``(..., n, n)`` (descending), exact or
+    randomised.
 
     Matrices up to 2048 are decomposed exactly in float64; larger ones by randomised subspace
     iteration (Halko, Martinsson & Tropp 2011, alg. 4.4) with ``k + 32`` vectors and three power
-    steps, then Rayleigh-Ritz in float64.
+    steps, then Rayleigh-Ritz in float64.  The start block is ``k + 32`` columns of the matrix
+    picked at random (for a PSD matrix with a decaying spectrum they span its leading eigenspace
+    about as well as a Gaussian sketch, without drawing ``n (k + 32)`` random numbers), and the
+    iterates are orthonormalised by CholeskyQR2, which is matrix products only (fast on a GPU).
+    A batch of matrices shares the start columns and runs as batched products.
     """
-    n = mat.shape[0]
+    n = mat.shape[-1]
     if n <= 2048:
         lam, vec = torch.linalg.eigh(mat.double())
-        return lam.flip(0)[:k], vec.flip(1)[:, :k]
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    q = torch.randn(n, min(n, k + 32), generator=g, dtype=mat.dtype).to(mat.device)
+        return lam.flip(-1)[..., :k], vec.flip(-1)[..., :k]
+    pick = np.sort(np.random.default_rng(seed).choice(n, min(n, k + 32), replace=False))
+    q = _orthonormalize(mat[..., torch.as_tensor(pick, device=mat.device)])
     for _ in range(3):
-        q, _ = torch.linalg.qr(mat @ q)
+        q = _orthonormalize(mat @ q)
     q64 = q.double()
-    small = q64.T @ (mat @ q).double()
-    lam, vec = torch.linalg.eigh((small + small.T) / 2)
-    vec = q64 @ vec.flip(1)[:, :k]
-    return lam.flip(0)[:k], vec
+    small = q64.mT @ (mat @ q).double()
+    lam, vec = torch.linalg.eigh((small + small.mT) / 2)
+    vec = q64 @ vec.flip(-1)[..., :k]
+    return lam.flip(-1)[..., :k], vec
+
+
+def _orthonormalize(q: torch.Tensor) -> torch.Tensor:
+    """Orthonormal basis of the columns of ``q`` (tall, full rank): CholeskyQR2 in float64,
+    Householder QR where the Gram matrix is too ill-conditioned for Cholesky."""
+    q64 = q.double()
+    for _ in range(2):
+        r, info = torch.linalg.cholesky_ex(q64.mT @ q64, upper=True)
+        if bool((info != 0).any()):
+            return torch.linalg.qr(q)[0]
+        q64 = torch.linalg.solve_triangular(r, q64, upper=True, left=False)
+    return q64.to(q.dtype)
 
 
 @dataclass
@@ -253,24 +309,30 @@ class NystromPass:
     projections: list[torch.Tensor]
 
 
-def _core(kernel, x, s, diags, n_rows, chunk, x_eps=None, diags_eps=None):
-    """Anchor core ``K[S, S]`` (and ``K_eps[S, S]``) in float32 products, symmetrised."""
+def _core(kernel, x, s, diags, n_rows, chunk, x_eps=None, diags_eps=None) -> torch.Tensor:
+    """Anchor cores ``[K[S, S]]`` (and ``K_eps[S, S]``) stacked ``(1 or 2, m, m)``, in float32
+    products, symmetrised."""
     sides = _column_sides(kernel, x, s, diags, chunk, x_eps, diags_eps)
     parts = [_kernel_rows(kernel, x, s[i : i + n_rows], sides) for i in range(0, len(s), n_rows)]
     core = torch.cat([p[0] for p in parts])
-    core_eps = None if x_eps is None else core + torch.cat([p[1] for p in parts])
-    sym = [(c + c.T) / 2 if c is not None else None for c in (core, core_eps)]
-    return sym[0], sym[1]
+    cores = core[None] if x_eps is None else torch.stack([core, core + torch.cat([p[1] for p in parts])])
+    return (cores + cores.mT) / 2
 
 
-def _core_projection(core: torch.Tensor, rank: int, seed: int, k: int | None = None) -> tuple:
-    """``M = U Lambda^{-1/2}`` of the top eigenpairs of a core; ``k`` fixes the count, else the
-    numerically meaningful part (``lambda > lambda_1 eps sqrt(m)``) of the top ``rank`` is kept."""
-    lam, u = _top_eigh(core, rank if k is None else k, seed)
-    if k is None:
-        k = int((lam > lam[0] * torch.finfo(torch.float32).eps * core.shape[0] ** 0.5).sum())
-    lam, u = lam[:k].clamp_min(lam[0] * torch.finfo(torch.float32).eps), u[:, :k]
-    return u, lam, (u / lam.sqrt()).float()
+def _core_projections(cores: torch.Tensor, rank: int, seed: int) -> list[tuple]:
+    """``M = U Lambda^{-1/2}`` of the top eigenpairs of each of the stacked cores (batched).
+
+    The count ``k`` is the numerically meaningful part (``lambda > lambda_1 eps sqrt(m)``) of the
+    first core's top ``rank``, and the same for all cores.  Returns ``(U, lambda, M)`` per core.
+    """
+    lam, u = _top_eigh(cores, rank, seed)
+    eps = torch.finfo(torch.float32).eps
+    k = int((lam[0] > lam[0, 0] * eps * cores.shape[-1] ** 0.5).sum())
+    out = []
+    for lam_i, u_i in zip(lam[:, :k], u[:, :, :k]):
+        lam_i = lam_i.clamp_min(lam_i[0] * eps)
+        out.append((u_i, lam_i, (u_i / lam_i.sqrt()).float()))
+    return out
 
 
 def iter_nystrom(
@@ -333,32 +395,40 @@ def iter_nystrom(
     s = torch.as_tensor(anchors, device=dev, dtype=torch.long)
     diags = kernel.diagonals(x)
     diags_eps = None if x_eps is None else kernel.diagonals(x_eps)
-    n_rows, chunk = _block_sizes(kernel, len(s), d)
+    n_rows, chunk = _block_sizes(kernel, len(s), d, dev)
     n_rows = max(w, n_rows // w * w)  # whole image rows: patches unfold from a band
     blocks = [(i, min(d, i + n_rows)) for i in range(0, d, n_rows)]
     total = len(blocks) + 1
     yield Progress(stage, 0, total, "anchor kernel")
-    core, core_eps = _core(kernel, x, s, diags, n_rows, chunk, x_eps, diags_eps)
-    u, lam, proj_m = _core_projection(core, rank, seed)  # m x k
-    k = proj_m.shape[1]
+    cores = _core(kernel, x, s, diags, n_rows, chunk, x_eps, diags_eps)
+    projections = _core_projections(cores, rank, seed)
+    u, lam, proj_m = projections[0]  # m x k
     main = _Accumulator(proj_m, d, project, keep_basis)
     pert = None
     if x_eps is not None:
-        proj_eps = _core_projection(core_eps, rank, seed, k)[2]
+        proj_eps = projections[1][2]
         pert = _Accumulator(proj_eps, d, project_eps, keep_basis_eps)
         # C (M_eps - M) is kept in the span of U, where it is B Lambda^{1/2} U^T (M_eps - M): the
         # part orthogonal to the core's top-k eigenvectors is second order (small C residual times
         # small dM) and measured not to move the SURE minimum (see benchmarks/bench_ntk.py notes).
         in_span = ((u * lam.sqrt()).T @ (proj_eps - proj_m).double()).to(x.dtype)
         m_eps_low = proj_eps.to(gemm_dtype)
-    del core, core_eps
+    del cores
     basis = kernel.patch_basis(x, s) if gemm_dtype not in (torch.float32, torch.float64) else None
     sides = _column_sides(kernel, x, s, diags, chunk, x_eps, diags_eps, gemm_dtype, basis)
     yield Progress(stage, 1, total, "kernel columns")
+    product = None
     for b, (i0, i1) in enumerate(blocks):
         rows = torch.arange(i0, i1, device=dev)
-        kr, dk = _kernel_rows(kernel, x, rows, sides)
-        brows = kr @ proj_m  # float32: the trailing eigen-directions cancel strongly
+        kr, dk = _kernel_rows(kernel, x, rows, sides, padded=True)
+        if product is None:
+            if kr.shape[1] != proj_m.shape[0]:  # zero padding columns meet zero rows
+                proj_m = F.pad(proj_m, (0, 0, 0, kr.shape[1] - proj_m.shape[0]))
+                if pert is not None:
+                    m_eps_low = F.pad(m_eps_low, (0, 0, 0, kr.shape[1] - m_eps_low.shape[0]))
+            split = gemm_dtype == torch.bfloat16 and _SplitProduct.supported(dev)
+            product = _SplitProduct(proj_m) if split else lambda a: a @ proj_m
+        brows = product(kr)  # float32 accuracy: the trailing eigen-directions cancel strongly
         main.add(i0, i1, brows)
         if pert is not None:
             # B_eps = C_eps M_eps = C M + (C_eps - C) M_eps + C (M_eps - M); the deltas are small, so

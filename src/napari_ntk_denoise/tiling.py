@@ -142,8 +142,9 @@ def check_tiled_request(
     m = _n_anchors(d, ntk_kwargs.get("fraction", 0.02), ntk_kwargs.get("n_anchors"))
     rank = min(int(ntk_kwargs.get("rank", DEFAULT_RANK)), m)
     passes = (1 + (ntk_kwargs.get("stop", "sure") == "sure")) * (1 + bool(ntk_kwargs.get("guided", False)))
-    need = estimate_bytes(d, n_ch, m, rank, kern) * passes + 16 * h * w * n_ch + 8 * h * w  # + plane buffers
-    check_memory(need, resolve_device(ntk_kwargs.get("device")),
+    dev = resolve_device(ntk_kwargs.get("device"))
+    need = estimate_bytes(d, n_ch, m, rank, kern, device=dev) * passes + 16 * h * w * n_ch + 8 * h * w  # + buffers
+    check_memory(need, dev,
                  f"tiled NTK denoising of a {h}x{w} image in {th}x{tw} tiles with {m} anchors per tile",
                  "use smaller tiles or a smaller anchor fraction or rank")
     return int(overlap)

@@ -50,7 +50,10 @@ def twicing_output(basis: torch.Tensor, coeffs: torch.Tensor, factors: np.ndarra
 
 
 def twicing_schedule(t_final: int, n: int = 12) -> list[int]:
-    """Roughly log-spaced integer steps from 1 to ``t_final`` (inclusive) for streaming."""
+    """Roughly log-spaced integer steps from 1 to ``t_final`` (inclusive) for streaming; ``n``
+    of them at most (none for ``n = 0``)."""
+    if n <= 0:
+        return []
     if t_final < 1:
         return [int(t_final)]
     steps = np.unique(np.round(np.geomspace(1, t_final, n)).astype(int))

@@ -96,8 +96,8 @@ class _Run:
     ) -> None:
         self.net, self.x, self.y, self.reference, self.probe = net, x, y, reference, probe
         self.epsilon = epsilon
-        with torch.no_grad():
-            self.z0 = net(x) if translate else None
+        self.translate = translate
+        self.z0: torch.Tensor | None = None  # computed by place(), on the device that trains
         self.w0 = [w.detach().clone() for w in effective_weights(net)]
         self.best: torch.Tensor | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -105,8 +105,12 @@ class _Run:
         self.device = device
 
     def place(self) -> None:
-        """Move everything to :attr:`device` (a no-op once there)."""
+        """Move everything to :attr:`device` (a no-op once there); with ``translate``, record the
+        initial output there, so that the first output is exactly zero on any device."""
         self.to(self.device)
+        if self.translate and self.z0 is None:
+            with torch.no_grad():
+                self.z0 = self.net(self.x)
 
     def start(self, make_optimizer: Callable[[], torch.optim.Optimizer]) -> None:
         self._make_optimizer = make_optimizer
