@@ -140,11 +140,11 @@ def test_twicing_factors_edge_cases():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_split_bfloat16_product_has_float32_accuracy():
-    from napari_ntk_denoise.nystrom import _SplitProduct
+    from napari_ntk_denoise.nystrom import _SplitProduct, _has_float32_output_bf16_products
 
     g = torch.Generator().manual_seed(0)
     a, b = torch.rand(1000, 544, generator=g), torch.randn(544, 64, generator=g)
-    assert _SplitProduct.supported(torch.device("cuda"))
+    assert _has_float32_output_bf16_products(torch.device("cuda"))
     got = _SplitProduct(b.cuda())(a.cuda()).cpu().double()
     exact = a.double() @ b.double()
     assert float((got - exact).abs().max() / exact.abs().max()) < 1e-4

@@ -390,6 +390,11 @@ class ColumnSide:
     low: torch.Tensor | None = None
     delta: torch.Tensor | None = None
 
+    @property
+    def width(self) -> int:
+        """Columns of a ``block_fast(..., padded=True)`` block (anchors plus zero padding)."""
+        return len(self.cols) if self.low is None else self.low.shape[1]
+
 
 #: matrix dimensions are padded to multiples of this: odd sizes like ``3 * 11^2 = 363`` inner or
 #: 5243 anchors send cuBLAS to slow unaligned kernels (3-4x slower on an H100)

@@ -10,6 +10,7 @@ eigenvalues ``Sigma``.  ``C`` is never stored: it is produced in row blocks that
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
@@ -136,6 +137,19 @@ def default_gemm_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
 
 
+@functools.cache
+def _has_float32_output_bf16_products(device: torch.device) -> bool:
+    """Whether ``device`` has matrix products with a float32 output from bfloat16 inputs."""
+    if device.type != "cuda":
+        return False
+    try:
+        one = torch.ones(8, 8, dtype=torch.bfloat16, device=device)
+        torch.mm(one, one, out_dtype=torch.float32)
+    except (TypeError, RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
 class _SplitProduct:
     """``a @ b`` to about float32 accuracy from bfloat16 tensor-core products with float32 outputs:
     ``a_hi b_hi + a_hi b_lo + a_lo b_hi`` (a GPU runs them ~3x faster than one float32 product)."""
@@ -143,18 +157,6 @@ class _SplitProduct:
     def __init__(self, b: torch.Tensor) -> None:
         b_hi, b_lo = _fused("split")(b)
         self.k, self.b_hi, self.b_cat = b.shape[1], b_hi, torch.cat([b_hi, b_lo], dim=1)
-
-    @staticmethod
-    def supported(device: torch.device) -> bool:
-        """Whether ``device`` has matrix products with a float32 output from bfloat16 inputs."""
-        if device.type != "cuda":
-            return False
-        try:
-            one = torch.ones(8, 8, dtype=torch.bfloat16, device=device)
-            torch.mm(one, one, out_dtype=torch.float32)
-        except (TypeError, RuntimeError, NotImplementedError):
-            return False
-        return True
 
     def __call__(self, a: torch.Tensor) -> torch.Tensor:
         a_hi, a_lo = _fused("split")(a)
@@ -416,18 +418,16 @@ def iter_nystrom(
     del cores
     basis = kernel.patch_basis(x, s) if gemm_dtype not in (torch.float32, torch.float64) else None
     sides = _column_sides(kernel, x, s, diags, chunk, x_eps, diags_eps, gemm_dtype, basis)
+    pad = (0, 0, 0, (sides[0].width if len(sides) == 1 else len(s)) - len(s))  # zero rows meet zero columns
+    proj_m = F.pad(proj_m, pad)
+    if pert is not None:
+        m_eps_low = F.pad(m_eps_low, pad)
+    split = gemm_dtype == torch.bfloat16 and _has_float32_output_bf16_products(dev)
+    product = _SplitProduct(proj_m) if split else lambda a: a @ proj_m
     yield Progress(stage, 1, total, "kernel columns")
-    product = None
     for b, (i0, i1) in enumerate(blocks):
         rows = torch.arange(i0, i1, device=dev)
         kr, dk = _kernel_rows(kernel, x, rows, sides, padded=True)
-        if product is None:
-            if kr.shape[1] != proj_m.shape[0]:  # zero padding columns meet zero rows
-                proj_m = F.pad(proj_m, (0, 0, 0, kr.shape[1] - proj_m.shape[0]))
-                if pert is not None:
-                    m_eps_low = F.pad(m_eps_low, (0, 0, 0, kr.shape[1] - m_eps_low.shape[0]))
-            split = gemm_dtype == torch.bfloat16 and _SplitProduct.supported(dev)
-            product = _SplitProduct(proj_m) if split else lambda a: a @ proj_m
         brows = product(kr)  # float32 accuracy: the trailing eigen-directions cancel strongly
         main.add(i0, i1, brows)
         if pert is not None:
