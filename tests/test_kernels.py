@@ -12,21 +12,23 @@ from napari_ntk_denoise.kernels import CNNKernel, relu_expectations
 from napari_ntk_denoise.networks import VanillaCNN, empirical_ntk
 
 
-def _image(c, h, w, seed=0, dtype=torch.float64):
-    return torch.rand(c, h, w, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+def _image(c, *shape, seed=0, dtype=torch.float64):
+    return torch.rand(c, *shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
 def _full(kernel, x):
-    idx = torch.arange(x.shape[1] * x.shape[2])
+    idx = torch.arange(math.prod(x.shape[1:]))
     return kernel.block(x, idx, idx)
 
 
-def test_empirical_ntk_matches_bruteforce_autograd():
-    x = _image(3, 6, 6)[None]
-    net = VanillaCNN(3, width=8, depth=3, kernel_size=3, generator=torch.Generator().manual_seed(0)).double()
+@pytest.mark.parametrize("shape,ndim", [((6, 6), 2), ((3, 4, 5), 3)])
+def test_empirical_ntk_matches_bruteforce_autograd(shape, ndim):
+    x = _image(3, *shape)[None]
+    net = VanillaCNN(3, width=8, depth=3, kernel_size=3, generator=torch.Generator().manual_seed(0), ndim=ndim).double()
     z = net(x)[0, 0].reshape(-1)
     params = list(net.parameters())
-    rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(z[i], params, retain_graph=True)]) for i in range(36)]
+    rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(z[i], params, retain_graph=True)])
+            for i in range(len(z))]
     jac = torch.stack(rows)
     torch.testing.assert_close(empirical_ntk(net, x), jac @ jac.T)
     jo = jac[:, -params[-1].numel():]
@@ -34,26 +36,31 @@ def test_empirical_ntk_matches_bruteforce_autograd():
 
 
 @pytest.mark.parametrize(
-    "depth,r,channels,kind",
-    [(2, 3, 1, "ntk"), (2, 5, 3, "ntk"), (2, 5, 1, "nngp"), (3, 3, 1, "ntk"), (3, 3, 3, "ntk"), (3, 3, 3, "nngp")],
+    "depth,r,channels,kind,rz",
+    [(2, 3, 1, "ntk", None), (2, 5, 3, "ntk", None), (2, 5, 1, "nngp", None), (3, 3, 1, "ntk", None),
+     (3, 3, 3, "ntk", None), (3, 3, 3, "nngp", None),
+     (2, 3, 1, "ntk", 3), (2, 3, 2, "nngp", 1), (3, 3, 2, "ntk", 3)],
 )
-def test_referee_empirical_ntk_converges_to_analytic(depth, r, channels, kind):
+def test_referee_empirical_ntk_converges_to_analytic(depth, r, channels, kind, rz):
     """Relative Frobenius error of J J^T against the closed form falls with width (~ c^-1/2).
 
     The statistic is the root-mean-square over independent initialisations (16 for L = 2, 8 for
     L = 3) of the per-network relative error, which estimates the c^-1/2 fluctuation; 16x the
     width should divide it by ~4.  Widths are 64/256/1024 for L = 2 and 32/128/512 for L = 3 (to
-    keep the suite fast); the seeds are fixed, so the test is deterministic.
+    keep the suite fast); the seeds are fixed, so the test is deterministic.  ``rz`` set: a 3-D
+    network (``rz x r x r`` convolutions) on a 4 x 5 x 5 volume against the 3-D kernel.
     """
-    x = _image(channels, 7, 7, seed=depth * 10 + r)
-    analytic = _full(CNNKernel(depth=depth, kernel_size=r, kind=kind), x).float()
+    ndim = 2 if rz is None else 3
+    x = _image(channels, *((7, 7) if ndim == 2 else (4, 5, 5)), seed=depth * 10 + r)
+    analytic = _full(CNNKernel(depth=depth, kernel_size=r, kind=kind, ndim=ndim, kernel_size_z=rz), x).float()
     layers = "all" if kind == "ntk" else "output"
     widths, seeds = ((64, 256, 1024), 16) if depth == 2 else ((32, 128, 512), 8)
     rms = []
     for width in widths:
         errs = [
-            float((empirical_ntk(VanillaCNN(channels, width=width, depth=depth, kernel_size=r,
-                                            generator=torch.Generator().manual_seed(s)), x[None].float(),
+            float((empirical_ntk(VanillaCNN(channels, width=width, depth=depth, kernel_size=r, ndim=ndim,
+                                            kernel_size_z=rz, generator=torch.Generator().manual_seed(s)),
+                                 x[None].float(),
                                  layers=layers).float() - analytic).norm() / analytic.norm())
             for s in range(seeds)
         ]
@@ -63,11 +70,12 @@ def test_referee_empirical_ntk_converges_to_analytic(depth, r, channels, kind):
     assert rms[2] < (0.1 if depth == 2 else 0.25), rms
 
 
-def test_kernel_block_is_slice_of_full_matrix_deep():
+@pytest.mark.parametrize("shape,rz", [((9, 11), None), ((3, 5, 7), 3)])
+def test_kernel_block_is_slice_of_full_matrix_deep(shape, rz):
     """Deep kernels expand neighbourhoods per layer; any block must equal the full matrix slice."""
-    x = _image(2, 9, 11, seed=3)
+    x = _image(2, *shape, seed=3)
     for depth in (3, 4):
-        kern = CNNKernel(depth=depth, kernel_size=3)
+        kern = CNNKernel(depth=depth, kernel_size=3, ndim=len(shape), kernel_size_z=rz)
         full = _full(kern, x)
         rows = torch.tensor([0, 5, 17, 50, 98])
         cols = torch.tensor([3, 40, 41, 77])
@@ -76,6 +84,14 @@ def test_kernel_block_is_slice_of_full_matrix_deep():
         assert torch.linalg.eigvalsh(full).min() > -1e-8 * full.diag().max()
         _, _, kdiag = kern.diagonals(x)
         torch.testing.assert_close(full.diag(), kdiag.reshape(-1))
+
+
+def test_volume_kernel_of_one_plane_with_flat_patches_is_the_image_kernel():
+    """A 3-D kernel with ``r_z = 1`` on a one-plane volume is the 2-D kernel (same patches, same scale)."""
+    x = _image(2, 6, 7, seed=5)
+    for depth in (2, 3):
+        flat = CNNKernel(depth=depth, kernel_size=3, ndim=3, kernel_size_z=1)
+        torch.testing.assert_close(_full(flat, x[:, None]), _full(CNNKernel(depth=depth, kernel_size=3), x))
 
 
 def test_two_layer_closed_forms_eq16():
@@ -104,11 +120,11 @@ def test_relu_expectations_monte_carlo():
     assert abs(float(vp[0, 1] - mc_vp)) < 0.01
 
 
-@pytest.mark.parametrize("depth", [2, 3])
-def test_block_fast_pair_matches_two_exact_blocks(depth):
-    x = _image(3, 12, 12, seed=7, dtype=torch.float32)
+@pytest.mark.parametrize("depth,shape", [(2, (12, 12)), (3, (12, 12)), (2, (4, 6, 6)), (3, (4, 6, 6))])
+def test_block_fast_pair_matches_two_exact_blocks(depth, shape):
+    x = _image(3, *shape, seed=7, dtype=torch.float32)
     x_eps = x + 1e-3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
-    kern = CNNKernel(depth=depth, kernel_size=3)
+    kern = CNNKernel(depth=depth, kernel_size=3, ndim=len(shape))
     rows, cols = torch.arange(0, 144, 3), torch.tensor([1, 30, 77, 100, 143])
     d, de = kern.diagonals(x), kern.diagonals(x_eps)
     exact = kern.block(x.double(), rows, cols)
@@ -123,7 +139,8 @@ def test_block_fast_pair_matches_two_exact_blocks(depth):
         torch.testing.assert_close(dkb.double(), exact_eps - exact, rtol=5e-2, atol=2e-5)
 
 
-@pytest.mark.parametrize("bad", [dict(depth=1), dict(kernel_size=4), dict(kernel_size=0), dict(kind="rbf")])
+@pytest.mark.parametrize("bad", [dict(depth=1), dict(kernel_size=4), dict(kernel_size=0), dict(kind="rbf"),
+                                 dict(ndim=4), dict(kernel_size_z=3), dict(ndim=3, kernel_size_z=2)])
 def test_kernel_rejects_bad_parameters(bad):
     with pytest.raises(ValueError):
         CNNKernel(**bad)
@@ -132,6 +149,10 @@ def test_kernel_rejects_bad_parameters(bad):
 def test_kernel_rejects_image_smaller_than_kernel():
     with pytest.raises(ValueError, match="smaller than the kernel"):
         CNNKernel(kernel_size=11).check_image((4, 30))
+    with pytest.raises(ValueError, match="along Z"):
+        CNNKernel(kernel_size=3, ndim=3, kernel_size_z=5).check_image((2, 30, 30))
+    with pytest.raises(ValueError, match="spatial axes"):
+        CNNKernel(kernel_size=3, ndim=3).check_image((30, 30))
 
 
 def test_network_matches_kernel_size_and_receptive_field():

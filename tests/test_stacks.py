@@ -12,7 +12,7 @@ from conftest import smooth_image
 
 from napari_ntk_denoise import denoise_ntk
 from napari_ntk_denoise.stacks_cli import add_parser
-from napari_ntk_denoise.stacks import check_axes, denoise_stack, estimate_stack_noise
+from napari_ntk_denoise.stacks import check_axes, denoise_stack, estimate_stack_noise, estimate_stack_sigma
 from napari_ntk_denoise.vst import PoissonGaussian
 
 FAST = dict(kernel_size=5, fraction=0.1, rank=32, tile=64)
@@ -85,6 +85,24 @@ def test_dask_in_dask_out_equals_numpy(zstack):
                                atol=1e-5)
 
 
+@pytest.mark.parametrize("axes,shape,chunks,extra", [
+    ("ZYX", (2, 70, 90), (1, 25, 30), {}),  # gray planes, 3 x 3 tiles
+    ("YXC", (70, 60, 3), (35, 20, 1), {}),  # colour plane, C merged into one chunk
+    ("ZYX", (12, 40, 40), (5, 16, 16), dict(patches="3d", kernel_size=3, tile=28, tile_z=10)),  # volume tiles
+])
+def test_dask_chunks_across_tiles_equal_numpy(axes, shape, chunks, extra):
+    """Y-X (and Z) chunks smaller than a plane: halo-widened tasks blended like the in-memory tiles."""
+    rng = np.random.default_rng(8)
+    noisy = (smooth_image(shape[:2])[..., None] * np.ones(shape[2]) if axes == "YXC" else
+             np.stack([smooth_image(shape[1:])] * shape[0])) + 0.1 * rng.standard_normal(shape)
+    kw = {**FAST, "tile": 40, **extra}
+    lazy = denoise_stack(da.from_array(noisy, chunks=chunks), 0.1, axes=axes, **kw)
+    expected = denoise_stack(noisy, 0.1, axes=axes, **kw)
+    n_tasks = lazy.__dask_graph__()  # built, nothing computed yet
+    assert isinstance(lazy, da.Array) and len(n_tasks) > 1
+    np.testing.assert_allclose(lazy.compute(scheduler="threads"), expected, atol=1e-5)
+
+
 def test_memory_guard_refuses_before_dask_graph(zstack, monkeypatch):
     _, noisy = zstack
     monkeypatch.setattr("napari_ntk_denoise._input.available_memory", lambda device: 1 << 16)
@@ -92,6 +110,37 @@ def test_memory_guard_refuses_before_dask_graph(zstack, monkeypatch):
         denoise_stack(da.from_array(noisy), 0.1, axes="ZYX", **FAST)  # refused eagerly, nothing computed
     with pytest.raises(MemoryError, match="smaller tiles"):
         denoise_stack(noisy, 0.1, axes="ZYX", **FAST)
+
+
+def test_volume_patches_use_the_third_dimension():
+    """3-D patches on a stack whose planes repeat along Z beat plane-by-plane filtering; tiles along Z
+    blend like tiles in a plane; a Z axis is required."""
+    rng = np.random.default_rng(6)
+    clean = np.stack([smooth_image((32, 32))] * 10)
+    noisy = clean + 0.1 * rng.standard_normal(clean.shape)
+    kw = dict(kernel_size=3, fraction=0.05, rank=32)
+    flat = denoise_stack(noisy, 0.1, axes="ZYX", **kw)
+    vol = denoise_stack(noisy, 0.1, axes="ZYX", patches="3d", kernel_size_z=3, **kw)
+    tiled = denoise_stack(noisy, 0.1, axes="ZYX", patches="3d", kernel_size_z=3, tile_z=8, overlap_z=4, **kw)
+    mse = {name: np.mean((out - clean) ** 2) for name, out in [("flat", flat), ("vol", vol), ("tiled", tiled)]}
+    assert mse["vol"] < 0.7 * mse["flat"], mse
+    assert mse["tiled"] < 0.8 * mse["flat"], mse
+    one, res = denoise_ntk(noisy, 0.1, volume=True, kernel_size_z=3, **kw)
+    np.testing.assert_allclose(vol, one, atol=1e-5)  # one tile: the untiled volume filter
+    assert res.params["volume"] and res.filter.shape == (10, 32, 32)
+    assert res.filter.weights((4, 5, 6)).shape == (10, 32, 32)
+    with pytest.raises(ValueError, match="needs a Z axis"):
+        denoise_stack(noisy[0], 0.1, axes="YX", patches="3d")
+
+
+def test_stack_sigma_is_estimated_once():
+    rng = np.random.default_rng(7)
+    clean = np.stack([smooth_image((48, 48))] * 3)
+    noisy = clean + 0.05 * rng.standard_normal(clean.shape)
+    assert estimate_stack_sigma(noisy, "ZYX") == pytest.approx(0.05, rel=0.15)
+    assert estimate_stack_sigma(da.from_array(noisy, chunks=(1, 16, 48)), "ZYX") == estimate_stack_sigma(noisy, "ZYX")
+    np.testing.assert_allclose(denoise_stack(noisy, axes="ZYX", **FAST),
+                               denoise_stack(noisy, estimate_stack_sigma(noisy, "ZYX"), axes="ZYX", **FAST))
 
 
 def test_dask_poisson_gaussian_estimates_like_numpy():
@@ -143,6 +192,14 @@ def test_cli_tiff_to_zarr_and_back(zstack, tmp_path):
     assert run_stack_cli([str(tmp_path / "out.zarr"), "-o", str(tmp_path / "again.tif"), "--axes", "ZYX",
                           "--sigma", "0.1", *CLI_FAST]) == 0
     assert tifffile.imread(tmp_path / "again.tif").shape == noisy.shape
+    vol = ["--patches", "3d", "--kernel-size-z", "3"]
+    assert run_stack_cli([str(tmp_path / "in.tif"), "-o", str(tmp_path / "vol.tif"), "--axes", "ZYX",
+                          "--sigma", "0.1", *CLI_FAST, *vol]) == 0
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "vol.tif"),
+                               denoise_stack(noisy, 0.1, axes="ZYX", patches="3d", kernel_size_z=3, **FAST), atol=1e-5)
+    with pytest.raises(ValueError, match="need --patches 3d"):
+        run_stack_cli([str(tmp_path / "in.tif"), "-o", str(tmp_path / "x.tif"), "--axes", "ZYX", *CLI_FAST,
+                       "--kernel-size-z", "3"])
 
 
 def test_cli_poisson_gaussian_options(tmp_path):

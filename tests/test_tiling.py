@@ -8,7 +8,7 @@ import pytest
 import napari_ntk_denoise.tiling as tiling
 from napari_ntk_denoise import denoise_ntk
 from napari_ntk_denoise.events import Progress
-from napari_ntk_denoise.tiling import blend_window, denoise_tiled, iter_denoise_tiled, tile_starts
+from napari_ntk_denoise.tiling import TileGrid, blend_window, denoise_tiled, iter_denoise_tiled, tile_cores
 
 FAST = dict(kernel_size=5, fraction=0.1, rank=48)
 N = 96
@@ -29,15 +29,22 @@ def seam_jump_ratio(out, clean, res) -> float:
 
 
 def test_tile_grid_covers_with_overlap():
-    assert tile_starts(40, 64, 16) == [0]
+    assert tile_cores(40, 64, 8) == [0, 40]
     for n in (65, 100, 200, 2048):
-        starts = tile_starts(n, 64, 16)
-        assert starts[0] == 0 and starts[-1] + 64 == n
-        assert all(0 < b - a <= 64 - 16 for a, b in zip(starts, starts[1:]))
-        assert (len(starts) - 2) * (64 - 16) + 64 < n  # one tile fewer could not cover n
+        cores = tile_cores(n, 64, 8)
+        assert cores[0] == 0 and cores[-1] == n and all(a < b for a, b in zip(cores, cores[1:]))
+        spans = TileGrid((cores,), (8,)).axis_tiles(0)
+        assert all(sl.stop - sl.start <= 64 for sl, _ in spans)
+        assert all(a.stop - b.start == 16 for (a, _), (b, _) in zip(spans, spans[1:]))  # overlap = 2 halos
+        k = len(cores) - 2  # one tile fewer could not cover n
+        assert (64 if k == 1 else 2 * (64 - 8) + (k - 2) * (64 - 16)) < n
     w = blend_window(64, 16, 16)
     assert w.min() > 0 and w[16:48].min() == 1
     np.testing.assert_allclose(w[48:] + w[:16], 1.0)  # a falling ramp and the next tile's rising ramp
+    weights = np.zeros((100, 90))
+    for sl, weight in TileGrid((tile_cores(100, 40, 6), tile_cores(90, 40, 6)), (6, 6)).tiles():
+        weights[sl] += weight
+    np.testing.assert_allclose(weights, 1.0)  # the windows of a grid are a partition of unity
 
 
 def test_no_seams(smooth_noisy):

@@ -13,7 +13,7 @@ __all__ = ["ImageLayout", "prepare_image", "resolve_device", "available_memory",
 
 @dataclass(frozen=True)
 class ImageLayout:
-    """How to put a ``(H, W, C)`` working array back into the caller's layout."""
+    """How to put a ``(*spatial, C)`` working array back into the caller's layout."""
 
     ndim: int
     channel_axis: int | None
@@ -27,17 +27,21 @@ class ImageLayout:
         return np.moveaxis(out, -1, self.channel_axis)
 
 
-def prepare_image(image: np.ndarray, channel_axis: int | None, name: str = "image") -> tuple[np.ndarray, ImageLayout]:
-    """Check an image and return a float ``(H, W, C)`` copy and its layout.
+def prepare_image(
+    image: np.ndarray, channel_axis: int | None, name: str = "image", spatial: int = 2
+) -> tuple[np.ndarray, ImageLayout]:
+    """Check an image and return a float ``(H, W, C)`` (or ``(Z, H, W, C)``) copy and its layout.
 
     Parameters
     ----------
     image : array_like
-        2-D image, or 3-D with a channel axis.
+        2-D image (3-D volume with ``spatial=3``), with one more axis for channels.
     channel_axis : int or None
-        Axis of the colour channels (``None`` for a gray 2-D image).
+        Axis of the colour channels (``None`` for a gray image).
     name : str
         Name used in error messages.
+    spatial : {2, 3}
+        Spatial dimensions: 2 for images, 3 for volumes (Z, Y, X).
 
     Raises
     ------
@@ -47,9 +51,9 @@ def prepare_image(image: np.ndarray, channel_axis: int | None, name: str = "imag
     arr = np.asarray(image)
     if arr.dtype == bool or np.iscomplexobj(arr) or not np.issubdtype(arr.dtype, np.number):
         raise ValueError(f"{name} has unsupported dtype {arr.dtype}; expected real integers or floats")
-    expected = 2 if channel_axis is None else 3
+    expected = spatial + (channel_axis is not None)
     if arr.ndim != expected:
-        hint = " (pass channel_axis for colour images)" if arr.ndim == 3 and channel_axis is None else ""
+        hint = " (pass channel_axis for colour images)" if arr.ndim == spatial + 1 and channel_axis is None else ""
         raise ValueError(f"{name} must be {expected}-D with channel_axis={channel_axis}, got shape {arr.shape}{hint}")
     if arr.size == 0:
         raise ValueError(f"{name} is empty")
@@ -61,7 +65,7 @@ def prepare_image(image: np.ndarray, channel_axis: int | None, name: str = "imag
         work = work[..., None]
         axis = None
     else:
-        axis = channel_axis % 3
+        axis = channel_axis % arr.ndim
         work = np.ascontiguousarray(np.moveaxis(work, axis, -1))
     return work, ImageLayout(ndim=arr.ndim, channel_axis=axis, dtype=out_dtype)
 

@@ -7,6 +7,7 @@ widget, the CLI and the tests all drive it; :func:`denoise_ntk` simply drains it
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import torch
 from ._input import ImageLayout, check_memory, prepare_image, resolve_device
 from .events import Progress, TwicingStep, drain
 from .kernels import CNNKernel
-from .nystrom import LowRankFilter, NystromPass, estimate_bytes, iter_nystrom, sample_anchors
+from .nystrom import LowRankFilter, estimate_bytes, iter_nystrom, sample_anchors
 from .stopping import SureCurve, estimate_noise_sigma, mc_sure_curve, mse_curve, psnr, t_grid
 from .twicing import twicing_factors, twicing_output, twicing_schedule
 
@@ -135,11 +136,11 @@ class NTKResult:
 
 
 def _kernel_input(y: np.ndarray, kind: str, noise_channels: int, seed: int, dev: torch.device) -> torch.Tensor:
-    """Image fed to the kernel: ``y`` itself (C, H, W) or i.i.d. N(0, 1) noise (DIP input)."""
+    """Image fed to the kernel: ``y`` itself (C, *spatial) or i.i.d. N(0, 1) noise (DIP input)."""
     if kind == "image":
         return torch.from_numpy(np.ascontiguousarray(np.moveaxis(y, -1, 0))).to(dev, torch.float32)
     g = torch.Generator().manual_seed(seed + 7919)
-    return torch.randn(noise_channels, *y.shape[:2], generator=g, dtype=torch.float32).to(dev, torch.float32)
+    return torch.randn(noise_channels, *y.shape[:-1], generator=g, dtype=torch.float32).to(dev, torch.float32)
 
 
 def _n_anchors(d: int, fraction: float, n_anchors: int | None) -> int:
@@ -168,16 +169,18 @@ class _Setup:
 
 
 def _setup(
-    image, channel_axis, depth, kernel_size, kernel, input, fraction, n_anchors, rank, device, seed, noise_channels, passes
+    image, channel_axis, depth, kernel_size, kernel, input, fraction, n_anchors, rank, device, seed, noise_channels,
+    passes, volume=False, kernel_size_z=None,
 ) -> _Setup:
-    y, layout = prepare_image(image, channel_axis)
-    kern = CNNKernel(depth=depth, kernel_size=kernel_size, kind=kernel)
-    kern.check_image(y.shape[:2])
+    kern = CNNKernel(depth=depth, kernel_size=kernel_size, kind=kernel, ndim=3 if volume else 2,
+                     kernel_size_z=kernel_size_z)
+    y, layout = prepare_image(image, channel_axis, spatial=kern.ndim)
+    kern.check_image(y.shape[:-1])
     if input not in ("image", "noise"):
         raise ValueError(f"input must be 'image' or 'noise', got {input!r}")
     if int(noise_channels) < 1:
         raise ValueError(f"noise_channels must be >= 1, got {noise_channels}")
-    d = y.shape[0] * y.shape[1]
+    d = math.prod(y.shape[:-1])
     m = _n_anchors(d, fraction, n_anchors)
     if int(rank) != rank or not 1 <= rank:
         raise ValueError(f"rank must be a positive integer, got {rank}")
@@ -185,9 +188,10 @@ def _setup(
     dev = resolve_device(device)
     channels = y.shape[2] if input == "image" else noise_channels
     need = estimate_bytes(d, channels, m, rank, kern, device=dev) * passes
-    check_memory(need, dev, f"an NTK filter of a {y.shape[0]}x{y.shape[1]} image with {m} anchors and rank {rank}",
+    size = "x".join(map(str, y.shape[:-1]))
+    check_memory(need, dev, f"an NTK filter of a {size} {'volume' if volume else 'image'} with {m} anchors and rank {rank}",
                  "use a smaller anchor fraction or rank, or denoise in tiles")
-    anchors = sample_anchors(y.shape[:2], m, seed)
+    anchors = sample_anchors(y.shape[:-1], m, seed)
     return _Setup(y, layout, kern, anchors, rank, dev, input, int(noise_channels), seed)
 
 
@@ -205,6 +209,8 @@ def iter_filter(
     device: str | None = None,
     seed: int = 0,
     noise_channels: int = 32,
+    volume: bool = False,
+    kernel_size_z: int | None = None,
 ) -> Generator[Progress, None, LowRankFilter]:
     """Compute the low-rank NTK filter of an image, streaming progress.
 
@@ -219,7 +225,7 @@ def iter_filter(
     LowRankFilter
     """
     st = _setup(image, channel_axis, depth, kernel_size, kernel, input, fraction, n_anchors, rank, device, seed,
-                noise_channels, passes=1)
+                noise_channels, passes=1, volume=volume, kernel_size_z=kernel_size_z)
     x = _kernel_input(st.y, st.input, st.noise_channels, seed, st.device)
     result, _ = yield from iter_nystrom(st.kernel, x, st.anchors, st.rank, seed=seed)
     return result.filter
@@ -249,13 +255,16 @@ def iter_denoise_ntk(
     seed: int = 0,
     noise_channels: int = 32,
     stream_steps: int = 12,
+    volume: bool = False,
+    kernel_size_z: int | None = None,
 ) -> Generator[Progress | TwicingStep, None, NTKResult]:
     """Denoise with the analytic NTK filter of a CNN, streaming progress and twicing steps.
 
     Parameters
     ----------
     image : numpy.ndarray
-        Noisy image, 2-D or 3-D with ``channel_axis``; never modified.
+        Noisy image, 2-D or 3-D with ``channel_axis`` (with ``volume``: a 3-D ``(Z, Y, X)`` volume,
+        4-D with ``channel_axis``); never modified.
     sigma : float, optional
         Noise standard deviation in the image's units; estimated (wavelet MAD) when omitted.
     channel_axis : int, optional
@@ -287,6 +296,11 @@ def iter_denoise_ntk(
         Channels of the noise input.
     stream_steps : int
         Number of intermediate twicing outputs yielded per stage (0: none).
+    volume : bool
+        Treat the image as a Z stack and compute the kernel from 3-D patches (the NTK of a CNN with
+        ``r_z x r x r`` convolutions); one filter for the whole volume.
+    kernel_size_z : int, optional
+        Convolution size ``r_z`` along Z with ``volume`` (default ``kernel_size``).
 
     Yields
     ------
@@ -318,11 +332,11 @@ def iter_denoise_ntk(
         raise ValueError("stop='oracle' needs a reference image")
     n_stages = 1 + bool(guided)
     st = _setup(image, channel_axis, depth, kernel_size, kernel, input, fraction, n_anchors, rank, device, seed,
-                noise_channels, passes=1 + (stop == "sure"))
+                noise_channels, passes=1 + (stop == "sure"), volume=volume, kernel_size_z=kernel_size_z)
     y, dev = st.y, st.device
     ref = None
     if reference is not None:
-        ref, _ = prepare_image(reference, channel_axis, name="reference")
+        ref, _ = prepare_image(reference, channel_axis, name="reference", spatial=st.kernel.ndim)
         if ref.shape != y.shape:
             raise ValueError(f"reference shape {ref.shape} differs from the image's {y.shape}")
     sigma_estimated = sigma is None
@@ -332,7 +346,7 @@ def iter_denoise_ntk(
         raise ValueError(f"sigma must be a finite non-negative number, got {sigma}")
     if stop == "sure" and sigma == 0:
         raise ValueError("stop='sure' needs sigma > 0")
-    d, n_ch = y.shape[0] * y.shape[1], y.shape[2]
+    d, n_ch = math.prod(y.shape[:-1]), y.shape[-1]
     data_range = float(ref.max() - ref.min()) if ref is not None else float(y.max() - y.min())
     data_range = 1.0 if ref is not None and ref.max() <= 1 and ref.min() >= 0 else data_range
     timings["setup"] = time.perf_counter() - t0
@@ -351,7 +365,7 @@ def iter_denoise_ntk(
     def kernel_image(guide_img: torch.Tensor | None, noisy: np.ndarray) -> torch.Tensor:
         if guide_img is None:
             return _kernel_input(noisy, st.input, st.noise_channels, seed, dev)
-        return guide_img.T.reshape(n_ch, *y.shape[:2]).contiguous()
+        return guide_img.T.reshape(n_ch, *y.shape[:-1]).contiguous()
 
     for stage in (1, 2) if guided else (1,):
         label = "guided " if stage == 2 else ""
@@ -402,6 +416,8 @@ def iter_denoise_ntk(
     params = dict(sigma=sigma, channel_axis=channel_axis, depth=depth, kernel_size=kernel_size, kernel=kernel,
                   input=input, fraction=fraction, n_anchors=len(st.anchors), rank=st.rank, stop=stop, guided=guided,
                   device=str(dev), seed=seed)
+    if volume:
+        params.update(volume=True, kernel_size_z=st.kernel.sizes[0])
     res = NTKResult(image=image_out, t=final.t, sigma=float(sigma), sigma_estimated=sigma_estimated, t_grid=ts,
                     stages=stages, layout=st.layout, data_range=data_range, timings=timings, params=params)
     if ref is not None:

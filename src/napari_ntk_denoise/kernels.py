@@ -82,86 +82,126 @@ class CNNKernel:
     depth : int
         Number of weight layers ``L >= 2``.
     kernel_size : int
-        Odd convolution size ``r`` (3 to 15 are typical).
+        Odd convolution size ``r`` along Y and X (3 to 15 are typical).
     kind : {"ntk", "nngp"}
         Full neural tangent kernel, or the output-layer-only (NNGP) kernel of eq. 12/16.
     sigma_w2 : float
         He factor ``sigma_w^2``.
+    ndim : {2, 3}
+        Spatial dimensions of the convolutions: 2 (images ``(C, H, W)``) or 3 (volumes
+        ``(C, Z, H, W)``, the kernel of a CNN with ``r_z x r x r`` convolutions: 3-D patches).
+    kernel_size_z : int, optional
+        Odd convolution size ``r_z`` along Z for ``ndim=3`` (default ``kernel_size``).
 
     Notes
     -----
     For ``L = 2`` and ``sigma_w^2 = 2`` the NTK between patches ``p, q`` is
     ``|p||q|/pi (sin t + 2 (pi - t) cos t) * 2/(r^2 C)`` and the NNGP kernel is eq. 16 of
     Tachella et al. (2021), ``|p||q|/pi (sin t + (pi - t) cos t)``, up to the same constant.
+    In 3-D every ``r^2`` becomes ``r_z r^2``; the recursion is otherwise the same.
     """
 
     depth: int = 2
     kernel_size: int = 11
     kind: Literal["ntk", "nngp"] = "ntk"
     sigma_w2: float = 2.0
+    ndim: int = 2
+    kernel_size_z: int | None = None
 
     def __post_init__(self) -> None:
         if int(self.depth) != self.depth or self.depth < 2:
             raise ValueError(f"depth must be an integer >= 2, got {self.depth}")
-        if int(self.kernel_size) != self.kernel_size or self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be a positive odd integer, got {self.kernel_size}")
+        if self.ndim not in (2, 3):
+            raise ValueError(f"ndim must be 2 or 3, got {self.ndim}")
+        if self.kernel_size_z is not None and self.ndim == 2:
+            raise ValueError("kernel_size_z needs ndim=3 (3-D patches)")
+        for name in ("kernel_size", "kernel_size_z"):
+            r = getattr(self, name)
+            if r is not None and (int(r) != r or r < 1 or r % 2 == 0):
+                raise ValueError(f"{name} must be a positive odd integer, got {r}")
         if self.kind not in ("ntk", "nngp"):
             raise ValueError(f"kind must be 'ntk' or 'nngp', got {self.kind!r}")
 
     @property
+    def sizes(self) -> tuple[int, ...]:
+        """Convolution size along each spatial axis: ``(r, r)`` or ``(r_z, r, r)``."""
+        r = self.kernel_size
+        return (r, r) if self.ndim == 2 else (r if self.kernel_size_z is None else self.kernel_size_z, r, r)
+
+    @property
+    def patch_size(self) -> int:
+        """Pixels of one patch, ``r^2`` or ``r_z r^2``."""
+        return math.prod(self.sizes)
+
+    @property
+    def receptive_fields(self) -> tuple[int, ...]:
+        """Receptive field along each spatial axis, ``(r - 1)(L - 1) + 1``."""
+        return tuple((s - 1) * (self.depth - 1) + 1 for s in self.sizes)
+
+    @property
     def receptive_field(self) -> int:
-        """Side of the square receptive field, ``(r - 1)(L - 1) + 1``."""
-        return (self.kernel_size - 1) * (self.depth - 1) + 1
+        """Side of the receptive field in Y and X, ``(r - 1)(L - 1) + 1``."""
+        return self.receptive_fields[-1]
+
+    @property
+    def lower_neighbourhood(self) -> int:
+        """Pixels that one output pixel reads at layer 1 of a deep kernel, ``prod((r - 1)(L - 2) + 1)``."""
+        return math.prod((s - 1) * (self.depth - 2) + 1 for s in self.sizes)
 
     # ------------------------------------------------------------------ geometry
-    def _offsets(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        p = self.kernel_size // 2
-        ar = torch.arange(-p, p + 1, device=device)
-        dy, dx = torch.meshgrid(ar, ar, indexing="ij")
-        return dy.reshape(-1), dx.reshape(-1)
+    def _offsets(self, device: torch.device) -> list[torch.Tensor]:
+        """Patch offsets along each spatial axis, flattened in C order: ``ndim`` tensors of ``patch_size``."""
+        grids = torch.meshgrid(*(torch.arange(-(s // 2), s // 2 + 1, device=device) for s in self.sizes),
+                               indexing="ij")
+        return [g.reshape(-1) for g in grids]
 
-    def _neighbours(self, idx: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-        """Flat indices of the reflected ``r x r`` neighbourhood of each pixel: ``(n, r^2)``."""
-        h, w = shape
-        dy, dx = self._offsets(idx.device)
-        yy = _reflect(idx[:, None] // w + dy[None, :], h)
-        xx = _reflect(idx[:, None] % w + dx[None, :], w)
-        return yy * w + xx
+    def _neighbours(self, idx: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """Flat indices of the reflected patch neighbourhood of each pixel: ``(n, patch_size)``."""
+        flat = torch.zeros(len(idx), self.patch_size, dtype=idx.dtype, device=idx.device)
+        rest, stride = idx, 1
+        for n, off in zip(reversed(shape), reversed(self._offsets(idx.device))):
+            flat += _reflect(rest[:, None] % n + off[None, :], n) * stride
+            rest, stride = rest // n, stride * n
+        return flat
 
     def _patches(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Reflect-padded ``r x r`` patches of ``x`` (C, H, W) at flat pixels ``idx``: ``(n, C r^2)``.
+        """Reflect-padded patches of ``x`` (C, H, W) or (C, Z, H, W) at flat pixels ``idx``:
+        ``(n, C patch_size)``.
 
-        A run of whole image rows (what the Nyström sweep asks for) is unfolded from a padded band;
-        any other set of pixels is gathered through reflected neighbour indices.
+        In 2-D a run of whole image rows (what the Nyström sweep asks for) is unfolded from a padded
+        band; any other set of pixels is gathered through reflected neighbour indices.
         """
-        c, h, w = x.shape
+        c, w = x.shape[0], x.shape[-1]
         n = len(idx)
         first = int(idx[0]) if n else 0
-        if n and first % w == 0 and n % w == 0 and int(idx[-1]) == first + n - 1:
-            p = self.kernel_size // 2
+        if x.ndim == 3 and n and first % w == 0 and n % w == 0 and int(idx[-1]) == first + n - 1:
+            h, p = x.shape[1], self.kernel_size // 2
             r0, r1 = first // w, (first + n) // w
             rows = _reflect(torch.arange(r0 - p, r1 + p, device=x.device), h)
             band = F.pad(x[:, rows], (p, p), mode="reflect") if p else x[:, rows]
             return F.unfold(band[None], self.kernel_size)[0].T
-        nb = self._neighbours(idx, (h, w))
+        nb = self._neighbours(idx, tuple(x.shape[1:]))
         return x.reshape(c, -1)[:, nb].permute(1, 0, 2).reshape(n, -1)
 
     def _box(self, img: torch.Tensor) -> torch.Tensor:
-        """``A`` on a diagonal: reflect-padded ``r x r`` mean filter of an (H, W) map."""
-        p = self.kernel_size // 2
-        if p == 0:
+        """``A`` on a diagonal: reflect-padded mean filter of patch size over an (H, W) or (Z, H, W) map."""
+        if self.patch_size == 1:
             return img
-        padded = F.pad(img[None, None], (p, p, p, p), mode="reflect")
-        return F.avg_pool2d(padded, self.kernel_size, stride=1)[0, 0]
+        pad = [p for s in reversed(self.sizes) for p in (s // 2, s // 2)]
+        padded = F.pad(img[None, None], pad, mode="reflect")
+        pool = F.avg_pool2d if self.ndim == 2 else F.avg_pool3d
+        return pool(padded, self.sizes, stride=1)[0, 0]
 
-    def check_image(self, shape: tuple[int, int]) -> None:
-        """Raise ``ValueError`` if a ``(H, W)`` image is too small for reflect padding."""
-        p = self.kernel_size // 2
-        if min(shape) <= p:
-            raise ValueError(
-                f"image of shape {tuple(shape)} is smaller than the kernel: kernel_size "
-                f"{self.kernel_size} needs at least {p + 1} pixels along each axis"
-            )
+    def check_image(self, shape: tuple[int, ...]) -> None:
+        """Raise ``ValueError`` if an ``(H, W)`` image or ``(Z, H, W)`` volume is too small for reflect padding."""
+        if len(shape) != self.ndim:
+            raise ValueError(f"a {self.ndim}-D kernel needs {self.ndim} spatial axes, got shape {tuple(shape)}")
+        for n, s, name in zip(shape, self.sizes, ("Z", "Y", "X")[-self.ndim :]):
+            if n <= s // 2:
+                raise ValueError(
+                    f"image of shape {tuple(shape)} is smaller than the kernel: size {s} along {name} "
+                    f"needs at least {s // 2 + 1} pixels along that axis"
+                )
 
     # ------------------------------------------------------------------ kernels
     def diagonals(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
@@ -170,14 +210,14 @@ class CNNKernel:
         Parameters
         ----------
         x : torch.Tensor
-            Input image ``(C, H, W)``.
+            Input image ``(C, H, W)`` (or volume ``(C, Z, H, W)``).
 
         Returns
         -------
         sigmas, thetas : list of torch.Tensor
-            ``Sigma^l_ii`` and ``Theta^l_ii`` as ``(H, W)`` maps for ``l = 1 .. L-1``.
+            ``Sigma^l_ii`` and ``Theta^l_ii`` as spatial maps (``(H, W)`` or ``(Z, H, W)``) for ``l = 1 .. L-1``.
         k_diag : torch.Tensor
-            ``K_ii`` as an ``(H, W)`` map.
+            ``K_ii`` as a spatial map.
         """
         c = x.shape[0]
         s1 = self.sigma_w2 * self._box((x * x).sum(0)) / c
@@ -204,7 +244,7 @@ class CNNKernel:
         Parameters
         ----------
         x : torch.Tensor
-            Input image ``(C, H, W)`` (float32 or float64) on the compute device.
+            Input image ``(C, H, W)`` (or volume ``(C, Z, H, W)``) (float32 or float64) on the compute device.
         rows, cols : torch.Tensor
             1-D integer tensors of flat pixel indices.
         diagonals : tuple, optional
@@ -215,20 +255,20 @@ class CNNKernel:
         torch.Tensor
             ``(len(rows), len(cols))`` block of the kernel.
         """
-        c, h, w = x.shape
-        self.check_image((h, w))
+        c, shape = x.shape[0], tuple(x.shape[1:])
+        self.check_image(shape)
         sigmas, thetas, _ = diagonals if diagonals is not None else self.diagonals(x)
         # index sets per layer, from layer L-1 (the requested ones) down to layer 1
         row_sets, col_sets, row_maps, col_maps = [rows], [cols], [], []
         for _ in range(self.depth - 2):
             for sets, maps in ((row_sets, row_maps), (col_sets, col_maps)):
-                nb = self._neighbours(sets[-1], (h, w))
+                nb = self._neighbours(sets[-1], shape)
                 uniq, inv = torch.unique(nb, return_inverse=True)
                 sets.append(uniq)
                 maps.append(inv)
         r1, c1 = row_sets[-1], col_sets[-1]
         sigma = self._patches(x, r1) @ self._patches(x, c1).T
-        sigma *= self.sigma_w2 / (c * self.kernel_size**2)
+        sigma *= self.sigma_w2 / (c * self.patch_size)
         theta = sigma
         for layer in range(1, self.depth - 1):  # builds Sigma^{layer+1}
             level = self.depth - 2 - layer  # position of layer+1's sets in the lists
@@ -279,7 +319,7 @@ class CNNKernel:
         Parameters
         ----------
         x, x_eps : torch.Tensor
-            Input image ``(C, H, W)`` and, for Monte-Carlo SURE, its perturbed version.
+            Input image ``(C, H, W)`` (or volume ``(C, Z, H, W)``) and, for Monte-Carlo SURE, its perturbed version.
         cols : torch.Tensor
             Flat column indices.
         diagonals, diagonals_eps : tuple
@@ -297,7 +337,7 @@ class CNNKernel:
             return side
         pc = self._patches(x, cols)
         pad = -len(cols) % _ALIGN  # zero columns (zero norm: zero kernel) keep the blocks' rows aligned
-        side.scale = self.sigma_w2 / (x.shape[0] * self.kernel_size**2)
+        side.scale = self.sigma_w2 / (x.shape[0] * self.patch_size)
         side.norms = F.pad(self._norms(diagonals, cols), (0, pad))
         if basis is not None:
             principal = pc @ basis

@@ -8,7 +8,8 @@ Conventions (shared with the analytic kernel)
 ---------------------------------------------
 * Layer 1: ``r x r`` convolution ``C_in -> c``; layers ``2 .. L-1``: ``r x r`` convolutions
   ``c -> c``; layer ``L`` (output): ``1 x 1`` convolution ``c -> C_out``.  ReLU after every
-  layer but the last, no biases.  Receptive field ``(r - 1)(L - 1) + 1``.
+  layer but the last, no biases.  Receptive field ``(r - 1)(L - 1) + 1``.  With ``ndim=3`` the
+  convolutions are ``r_z x r x r`` on volumes (3-D patches) and the output layer ``1 x 1 x 1``.
 * Padding: ``reflect`` (an index map, so the kernel recursion simply reads reflected entries).
 * NTK parameterisation: weights ``w ~ N(0, 1)`` and each layer multiplies its output by
   ``sigma_w / sqrt(fan_in)`` (``fan_in = r^2 * channels_in``), ``sigma_w^2 = 2`` (He).  At
@@ -52,6 +53,10 @@ class VanillaCNN(nn.Module):
         ``torch`` padding mode of the ``r x r`` convolutions (``"reflect"`` by default).
     generator : torch.Generator, optional
         Source of the initial weights (for reproducible runs).
+    ndim : {2, 3}
+        Spatial dimensions: 2 (``Conv2d``-like, images) or 3 (volumes, 3-D patches).
+    kernel_size_z : int, optional
+        Size ``r_z`` of the convolutions along Z for ``ndim=3`` (default ``kernel_size``).
     """
 
     def __init__(
@@ -65,8 +70,12 @@ class VanillaCNN(nn.Module):
         parameterization: Literal["ntk", "standard"] = "ntk",
         padding_mode: str = "reflect",
         generator: torch.Generator | None = None,
+        ndim: int = 2,
+        kernel_size_z: int | None = None,
     ) -> None:
         super().__init__()
+        if ndim not in (2, 3):
+            raise ValueError(f"ndim must be 2 or 3, got {ndim}")
         if depth < 2:
             raise ValueError(f"depth must be >= 2, got {depth}")
         if kernel_size < 1 or kernel_size % 2 == 0:
@@ -76,16 +85,17 @@ class VanillaCNN(nn.Module):
         if parameterization not in ("ntk", "standard"):
             raise ValueError(f"parameterization must be 'ntk' or 'standard', got {parameterization!r}")
         out_channels = in_channels if out_channels is None else out_channels
-        self.depth, self.kernel_size, self.width = depth, kernel_size, width
+        self.depth, self.kernel_size, self.width, self.ndim = depth, kernel_size, width, ndim
         self.padding_mode, self.parameterization = padding_mode, parameterization
-        shapes = [(width, in_channels, kernel_size)]
-        shapes += [(width, width, kernel_size)] * (depth - 2)
-        shapes += [(out_channels, width, 1)]
+        sizes = (kernel_size,) * 2 if ndim == 2 else (kernel_size_z or kernel_size, kernel_size, kernel_size)
+        shapes = [(width, in_channels, sizes)]
+        shapes += [(width, width, sizes)] * (depth - 2)
+        shapes += [(out_channels, width, (1,) * ndim)]
         self.weights = nn.ParameterList()
         self.scales: list[float] = []
-        for c_out, c_in, r in shapes:
-            std = math.sqrt(sigma_w2 / (c_in * r * r))
-            w = torch.randn(c_out, c_in, r, r, generator=generator)
+        for c_out, c_in, size in shapes:
+            std = math.sqrt(sigma_w2 / (c_in * math.prod(size)))
+            w = torch.randn(c_out, c_in, *size, generator=generator)
             if parameterization == "standard":
                 w, std = w * std, 1.0
             self.weights.append(nn.Parameter(w))
@@ -93,13 +103,11 @@ class VanillaCNN(nn.Module):
 
     def _conv(self, h: torch.Tensor, layer: int) -> torch.Tensor:
         w = self.weights[layer]
-        pad = w.shape[-1] // 2
-        if pad:
-            h = F.pad(h, (pad, pad, pad, pad), mode=self.padding_mode)
-        return F.conv2d(h, w) * self.scales[layer]
+        h = _pad_same(h, w.shape[2:], self.padding_mode)
+        return (F.conv2d if self.ndim == 2 else F.conv3d)(h, w) * self.scales[layer]
 
     def forward(self, x: torch.Tensor, return_preactivations: bool = False):
-        """Apply the network to ``x`` of shape ``(N, C_in, H, W)``.
+        """Apply the network to ``x`` of shape ``(N, C_in, H, W)`` (``(N, C_in, Z, H, W)`` in 3-D).
 
         With ``return_preactivations=True`` also return the list of pre-activations
         ``[a^1, ..., a^L]`` (``a^L`` is the output).
@@ -111,6 +119,21 @@ class VanillaCNN(nn.Module):
             pre.append(a)
             h = torch.relu(a)
         return (pre[-1], pre) if return_preactivations else pre[-1]
+
+
+def _pad_same(h: torch.Tensor, sizes: tuple[int, ...], mode: str) -> torch.Tensor:
+    """Pad the spatial axes of ``h`` by half the odd kernel ``sizes`` (output size = input size)."""
+    pad = [p for s in reversed(sizes) for p in (s // 2, s // 2)]
+    return F.pad(h, pad, mode=mode) if any(pad) else h
+
+
+def _unfold(h: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+    """Patches of a padded ``(1, C, *spatial)`` tensor as ``(C prod(sizes), positions)`` (2-D or 3-D)."""
+    for axis, s in enumerate(sizes):
+        h = h.unfold(2 + axis, s, 1)  # appends a kernel-offset axis per spatial axis
+    n = len(sizes)
+    order = [0, *range(1 + n, 1 + 2 * n), *range(1, 1 + n)]  # C, kernel offsets, positions
+    return h[0].permute(order).reshape(h.shape[1] * math.prod(sizes), -1)
 
 
 def _layer_inputs(model: VanillaCNN, x: torch.Tensor, pre: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -136,7 +159,7 @@ def empirical_ntk(
     model : VanillaCNN
         The network, with respect to whose (NTK-parameterised) weights the kernel is taken.
     x : torch.Tensor
-        One input image ``(1, C_in, H, W)``.
+        One input image ``(1, C_in, H, W)`` (``(1, C_in, Z, H, W)`` for a 3-D network).
     layers : {"all", "output"}
         Differentiate with respect to every layer (NTK) or the output layer only (NNGP kernel).
     output_channel : int
@@ -145,12 +168,12 @@ def empirical_ntk(
     Returns
     -------
     torch.Tensor
-        ``(H*W, H*W)`` kernel matrix in float64.
+        ``(d, d)`` kernel matrix in float64, ``d`` the number of pixels.
     """
-    if x.ndim != 4 or x.shape[0] != 1:
-        raise ValueError("x must have shape (1, C, H, W)")
+    if x.ndim != 2 + model.ndim or x.shape[0] != 1:
+        raise ValueError(f"x must have shape (1, C, {', '.join('ZHW'[-model.ndim:])})")
     out, pre = model(x, return_preactivations=True)
-    d = out.shape[-2] * out.shape[-1]
+    d = math.prod(out.shape[2:])
     z = out[0, output_channel].reshape(-1)
     eye = torch.eye(d, dtype=z.dtype, device=z.device)
     chosen = range(model.depth) if layers == "all" else [model.depth - 1]
@@ -158,12 +181,9 @@ def empirical_ntk(
     inputs = _layer_inputs(model, x, pre)
     theta = torch.zeros(d, d, dtype=torch.float64, device=z.device)
     for layer, g in zip(chosen, grads):
-        w = model.weights[layer]
-        r = w.shape[-1]
-        h = inputs[layer].detach()
-        if r > 1:
-            h = F.pad(h, (r // 2,) * 4, mode=model.padding_mode)
-        patches = F.unfold(h, r)[0].double()  # (C_in r^2, npos)
+        sizes = tuple(model.weights[layer].shape[2:])
+        h = _pad_same(inputs[layer].detach(), sizes, model.padding_mode)
+        patches = _unfold(h, sizes).double()  # (C_in r^2, npos)
         gram = patches.T @ patches  # (npos, npos)
         g = g.detach().double().reshape(d, g.shape[2], -1)  # (d, C_out, npos)
         gp = g @ gram

@@ -11,6 +11,7 @@ eigenvalues ``Sigma``.  ``C`` is never stored: it is produced in row blocks that
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
@@ -35,15 +36,15 @@ def block_bytes(device: torch.device | str = "cpu") -> int:
     return GPU_BLOCK_BYTES if torch.device(device).type == "cuda" else BLOCK_BYTES
 
 
-def sample_anchors(shape: tuple[int, int], m: int, seed: int = 0) -> np.ndarray:
+def sample_anchors(shape: tuple[int, ...], m: int, seed: int = 0) -> np.ndarray:
     """Pick ``m`` anchor pixels spread uniformly: one random pixel per cell of a jittered grid.
 
     Parameters
     ----------
     shape : tuple of int
-        Image shape ``(H, W)``.
+        Image shape ``(H, W)`` (or volume shape ``(Z, H, W)``).
     m : int
-        Number of anchors, ``1 <= m <= H * W``.
+        Number of anchors, ``1 <= m <= prod(shape)``.
     seed : int
         Seed of the random jitter and of the choice of cells.
 
@@ -52,25 +53,24 @@ def sample_anchors(shape: tuple[int, int], m: int, seed: int = 0) -> np.ndarray:
     numpy.ndarray
         Sorted flat pixel indices, shape ``(m,)``.
     """
-    h, w = shape
-    d = h * w
+    d = math.prod(shape)
     if not 1 <= m <= d:
         raise ValueError(f"number of anchors must be in [1, {d}], got {m}")
     rng = np.random.default_rng(seed)
     if m == d:
         return np.arange(d)
-    gh = max(1, min(h, int(np.ceil(np.sqrt(m * h / w)))))
-    gw = max(1, min(w, int(np.ceil(m / gh))))
-    while gh * gw < m:  # rounding at the edges of tiny images
-        gw, gh = min(w, gw + 1), min(h, gh + (gw == w))
-    ye = np.linspace(0, h, gh + 1).astype(int)
-    xe = np.linspace(0, w, gw + 1).astype(int)
-    cy, cx = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
-    cells = rng.choice(gh * gw, size=m, replace=False)
-    cy, cx = cy.reshape(-1)[cells], cx.reshape(-1)[cells]
-    ys = rng.integers(ye[cy], np.maximum(ye[cy + 1], ye[cy] + 1))
-    xs = rng.integers(xe[cx], np.maximum(xe[cx + 1], xe[cx] + 1))
-    idx = np.unique(ys * w + xs)
+    n = len(shape)
+    grid = [max(1, min(s, int(np.ceil((m * s ** (n - 1) / (d // s)) ** (1 / n))))) for s in shape[:-1]]
+    grid.append(max(1, min(shape[-1], int(np.ceil(m / math.prod(grid))))))
+    while math.prod(grid) < m:  # rounding at the edges of tiny images: refine the last axis that can be
+        axis = max(i for i in range(n) if grid[i] < shape[i])
+        grid[axis] += 1
+    cells = np.unravel_index(rng.choice(math.prod(grid), size=m, replace=False), grid)
+    coords = []
+    for s, g, cell in zip(shape, grid, cells):
+        edges = np.linspace(0, s, g + 1).astype(int)
+        coords.append(rng.integers(edges[cell], np.maximum(edges[cell + 1], edges[cell] + 1)))
+    idx = np.unique(np.ravel_multi_index(tuple(coords), shape))
     if len(idx) < m:  # collapsed cells of very small images: top up at random
         rest = np.setdiff1d(np.arange(d), idx)
         idx = np.union1d(idx, rng.choice(rest, size=m - len(idx), replace=False))
@@ -86,7 +86,7 @@ def _block_sizes(kernel: CNNKernel, m: int, d: int, device: torch.device | str =
     budget = block_bytes(device) // 4
     if kernel.depth == 2:
         return max(1, budget // m), m
-    g = ((kernel.kernel_size - 1) * (kernel.depth - 2) + 1) ** 2
+    g = kernel.lower_neighbourhood
     side = max(1, int(np.sqrt(budget)) // g)
     return side, min(m, side)
 
@@ -101,9 +101,9 @@ def estimate_bytes(
     patches of the anchors and the image.
     """
     n_rows, chunk = _block_sizes(kernel, m, d, device)
-    g = ((kernel.kernel_size - 1) * (kernel.depth - 2) + 1) ** 2
+    g = kernel.lower_neighbourhood
     block = n_rows * chunk * (1 if kernel.depth == 2 else g * g)
-    patches = (m + n_rows) * channels * kernel.kernel_size**2
+    patches = (m + n_rows) * channels * kernel.patch_size
     elems = d * rank * keep_basis + 4 * m * m + 4 * min(block, block_bytes(device) // 4) + patches + 8 * d * channels
     return 4 * int(elems) + m * (rank + 32) * 8
 
@@ -182,7 +182,7 @@ class _Accumulator:
         if self.basis is not None:
             self.basis[i0:i1] = brows
 
-    def finish(self, shape: tuple[int, int], anchors: np.ndarray, n_rows: int) -> NystromPass:
+    def finish(self, shape: tuple[int, ...], anchors: np.ndarray, n_rows: int) -> NystromPass:
         """Eigendecompose ``B^T B = V S V^T``; eigenimages ``Q = B V S^{-1/2}`` (in place)."""
         sig, vec = torch.linalg.eigh((self.gram + self.gram.T) / 2)
         sig, vec = sig.flip(0), vec.flip(1)
@@ -245,18 +245,18 @@ class LowRankFilter:
     Attributes
     ----------
     basis : torch.Tensor
-        Orthonormal eigenimages as columns, ``(H*W, k)``.
+        Orthonormal eigenimages as columns, ``(d, k)`` with ``d = prod(shape)``.
     eigenvalues : numpy.ndarray
         Kernel eigenvalues in descending order, ``(k,)``.
     shape : tuple of int
-        Image shape ``(H, W)``.
+        Image shape ``(H, W)`` (or volume shape ``(Z, H, W)``).
     anchors : numpy.ndarray
         Flat indices of the Nyström anchors.
     """
 
     basis: torch.Tensor
     eigenvalues: np.ndarray
-    shape: tuple[int, int]
+    shape: tuple[int, ...]
     anchors: np.ndarray
 
     @property
@@ -270,34 +270,34 @@ class LowRankFilter:
         return self.eigenvalues / self.eigenvalues[0]
 
     def eigenimages(self, n: int | None = None) -> np.ndarray:
-        """Leading ``n`` eigenimages (all by default) as an ``(n, H, W)`` float32 array."""
+        """Leading ``n`` eigenimages (all by default) as an ``(n, *shape)`` float32 array."""
         n = self.rank if n is None else min(int(n), self.rank)
         return self.basis[:, :n].T.reshape(n, *self.shape).float().cpu().numpy()
 
-    def weights(self, pixel: tuple[int, int]) -> np.ndarray:
-        """Filter weights of one pixel: row ``W[i, :]`` of the normalised filter as ``(H, W)``.
+    def weights(self, pixel: tuple[int, ...]) -> np.ndarray:
+        """Filter weights of one pixel: row ``W[i, :]`` of the normalised filter, of the image's shape.
 
         Parameters
         ----------
         pixel : tuple of int
-            ``(row, col)`` of the pixel.
+            ``(row, col)`` of the pixel (``(z, row, col)`` for a volume).
         """
-        r, c = (int(v) for v in pixel)
-        h, w = self.shape
-        if not (0 <= r < h and 0 <= c < w):
+        pos = tuple(int(v) for v in pixel)
+        if len(pos) != len(self.shape) or not all(0 <= p < n for p, n in zip(pos, self.shape)):
             raise ValueError(f"pixel {pixel} is outside the image of shape {self.shape}")
         lam = torch.as_tensor(self.normalized_eigenvalues, dtype=self.basis.dtype, device=self.basis.device)
-        row = self.basis @ (lam * self.basis[r * w + c])
-        return row.reshape(h, w).float().cpu().numpy()
+        row = self.basis @ (lam * self.basis[int(np.ravel_multi_index(pos, self.shape))])
+        return row.reshape(self.shape).float().cpu().numpy()
 
     def coefficients(self, y: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Coefficients ``Q^T y`` of an image ``(H, W)`` or ``(H, W, C)``: ``(k, C)`` float64."""
+        """Coefficients ``Q^T y`` of an image of :attr:`shape`, with or without a trailing channel
+        axis: ``(k, C)`` float64."""
         yt = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
-        yt = yt.to(self.basis.device, self.basis.dtype).reshape(self.shape[0] * self.shape[1], -1)
+        yt = yt.to(self.basis.device, self.basis.dtype).reshape(math.prod(self.shape), -1)
         return (self.basis.T @ yt).double()
 
     def apply(self, y: np.ndarray, t: float = 1.0) -> np.ndarray:
-        """Twicing output ``z(t)`` of ``y`` (``(H, W)`` or ``(H, W, C)``); ``t = 1`` is ``W y``."""
+        """Twicing output ``z(t)`` of ``y`` (:attr:`shape`, optionally with channels last); ``t = 1`` is ``W y``."""
         y = np.asarray(y)
         z = twicing_output(self.basis, self.coefficients(y), twicing_factors(self.normalized_eigenvalues, t))
         return z.reshape(y.shape).cpu().numpy().astype(np.result_type(y.dtype, np.float32), copy=False)
@@ -358,7 +358,8 @@ def iter_nystrom(
     kernel : CNNKernel
         Analytic kernel.
     x : torch.Tensor
-        Kernel input image ``(C, H, W)``, float32, on the compute device.
+        Kernel input image ``(C, H, W)`` (volume ``(C, Z, H, W)`` for a 3-D kernel), float32, on the
+        compute device.
     anchors : numpy.ndarray
         Flat anchor indices (see :func:`sample_anchors`).
     rank : int
@@ -390,8 +391,8 @@ def iter_nystrom(
     tuple of NystromPass
         The filter of ``x`` and, with ``x_eps``, of ``x_eps`` (else ``None``).
     """
-    _, h, w = x.shape
-    d = h * w
+    shape = tuple(x.shape[1:])
+    d, w = math.prod(shape), shape[-1]
     dev = x.device
     gemm_dtype = default_gemm_dtype(dev) if gemm_dtype is None else gemm_dtype
     s = torch.as_tensor(anchors, device=dev, dtype=torch.long)
@@ -437,5 +438,5 @@ def iter_nystrom(
             pert.add(i0, i1, delta.add_(brows).addmm_(brows, in_span))
         del kr, dk, brows
         yield Progress(stage, b + 2, total, f"kernel rows {i1}/{d}")
-    first = main.finish((h, w), anchors, n_rows)
-    return first, None if pert is None else pert.finish((h, w), anchors, n_rows)
+    first = main.finish(shape, anchors, n_rows)
+    return first, None if pert is None else pert.finish(shape, anchors, n_rows)

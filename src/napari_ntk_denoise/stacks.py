@@ -1,32 +1,41 @@
-"""nD microscopy stacks: plane-by-plane NTK denoising of numpy or (lazy) dask arrays.
+"""nD microscopy stacks: NTK denoising of numpy or (lazy) dask arrays, plane by plane or in 3-D.
 
 An axes string such as ``"TZYX"``, ``"CYX"`` or ``"ZYXC"`` names every dimension.  Each Y-X plane is
-denoised independently (with tiling above the tile size); channels ``C`` are either colour (one
-filter shared by all channels of a plane) or independent planes.  Dask input is processed lazily,
-one chunk of whole planes per task, and returns a dask array, so it runs on any dask scheduler,
-including a ``dask.distributed`` cluster.  Poisson-Gaussian data go through the generalized
-Anscombe transform (:mod:`napari_ntk_denoise.vst`).
+denoised independently by default, or, with ``patches="3d"``, each Z-Y-X volume with the kernel of
+3-D patches; both are tiled above the tile size (:mod:`napari_ntk_denoise.tiling`).  Channels ``C``
+are either colour (one filter shared by all channels) or independent.  Dask input is processed
+chunk by chunk: chunks are aligned with the tile cores, widened by the tile halo
+(``dask.array.overlap.overlap``, the first half of ``map_overlap``), denoised, and the weighted
+tiles added back over their overlaps, which gives the in-memory result exactly, lazily, on any
+dask scheduler including a ``dask.distributed`` cluster.  Poisson-Gaussian data go through the
+generalized Anscombe transform (:mod:`napari_ntk_denoise.vst`).
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Generator
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
 import numpy as np
 
+from .denoise import iter_denoise_ntk
 from .events import Progress, drain, forward_progress
-from .tiling import check_tiled_request, iter_denoise_tiled
+from .stopping import estimate_noise_sigma
+from .tiling import TileGrid, check_tiled_request, iter_denoise_tiled
 from .vst import PoissonGaussian, estimate_poisson_gaussian, gat_forward, gat_inverse
 
-__all__ = ["AXES", "check_axes", "estimate_stack_noise", "iter_denoise_stack", "denoise_stack"]
+__all__ = ["AXES", "check_axes", "estimate_stack_noise", "estimate_stack_sigma", "iter_denoise_stack",
+           "denoise_stack"]
 
 #: recognised axis letters: time, depth, channel, rows, columns
 AXES = "TZCYX"
 
 NoiseModel = Literal["gaussian", "poisson-gaussian"]
+Patches = Literal["2d", "3d"]
 
 
 def check_axes(axes: str, ndim: int) -> str:
@@ -50,10 +59,10 @@ def check_axes(axes: str, ndim: int) -> str:
     return ax
 
 
-def _plane_order(axes: str, channels: str) -> tuple[list[int], int]:
-    """Permutation putting loop axes first, then Y, X (and C when colour); number of loop axes."""
+def _plane_order(axes: str, channels: str, patches: str = "2d") -> tuple[list[int], int]:
+    """Permutation putting loop axes first, then (Z,) Y, X (and C when colour); number of loop axes."""
     colour = channels == "colour" and "C" in axes
-    inner = ["Y", "X"] + (["C"] if colour else [])
+    inner = list("ZYX" if patches == "3d" else "YX") + (["C"] if colour else [])
     loop = [i for i, a in enumerate(axes) if a not in inner]
     return loop + [axes.index(a) for a in inner], len(loop)
 
@@ -78,7 +87,18 @@ def estimate_stack_noise(array: Any, axes: str, *, offset: float = 0.0) -> Poiss
     return estimate_poisson_gaussian(_sample_planes(array, ax), offset=offset)
 
 
-def _check_options(channels: str, noise_model: str, sigma: float | None, noise: PoissonGaussian | None) -> None:
+def estimate_stack_sigma(array: Any, axes: str) -> float:
+    """Gaussian noise level of a stack: the mean wavelet estimate of up to three evenly spaced
+    Y-X planes (every channel of them), so that one value serves every plane and every chunk.
+
+    Works on numpy and dask arrays (only the sampled planes are computed).
+    """
+    ax = check_axes(axes, array.ndim)
+    return float(np.mean([estimate_noise_sigma(p) for p in _sample_planes(array, ax)]))
+
+
+def _check_options(channels: str, noise_model: str, sigma: float | None, noise: PoissonGaussian | None,
+                   patches: str, axes: str) -> None:
     if channels not in ("colour", "independent"):
         raise ValueError(f"channels must be 'colour' or 'independent', got {channels!r}")
     if noise_model not in ("gaussian", "poisson-gaussian"):
@@ -87,6 +107,56 @@ def _check_options(channels: str, noise_model: str, sigma: float | None, noise: 
         raise ValueError("sigma is 1 after the variance-stabilising transform; give gain and read noise instead")
     if noise_model == "gaussian" and noise is not None:
         raise ValueError("Poisson-Gaussian parameters were given with noise_model='gaussian'")
+    if patches not in ("2d", "3d"):
+        raise ValueError(f"patches must be '2d' or '3d', got {patches!r}")
+    if patches == "3d" and "Z" not in axes:
+        raise ValueError(f"patches='3d' needs a Z axis, but axes are {axes!r}")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A checked stack request: layout, noise and the keyword arguments of every tile."""
+
+    axes: str
+    order: list[int]
+    n_loop: int
+    colour: bool
+    sigma: float | None
+    noise: PoissonGaussian | None
+    tiling: dict[str, Any]
+    grid: TileGrid
+
+    @property
+    def channel_axis(self) -> int | None:
+        return -1 if self.colour else None
+
+    def stabilise(self, unit: np.ndarray) -> np.ndarray:
+        return unit if self.noise is None else gat_forward(unit, self.noise)
+
+    def restore(self, unit: np.ndarray) -> np.ndarray:
+        return unit if self.noise is None else gat_inverse(unit, self.noise)
+
+    @property
+    def unit_sigma(self) -> float | None:
+        return 1.0 if self.noise is not None else self.sigma
+
+
+def _plan(array: Any, sigma: float | None, axes: str, channels: str, noise_model: str,
+          noise: PoissonGaussian | None, patches: str, tile: int | None, kwargs: dict[str, Any]) -> _Plan:
+    """Check everything (memory guard included) and estimate the noise, before any denoising."""
+    ax = check_axes(axes, array.ndim)
+    _check_options(channels, noise_model, sigma, noise, patches, ax)
+    order, n_loop = _plane_order(ax, channels, patches)
+    shape = tuple(array.shape[i] for i in order[n_loop:])
+    colour = channels == "colour" and "C" in ax
+    volume = patches == "3d"
+    tiling = dict(kwargs, tile=(128 if volume else 512) if tile is None else tile, volume=volume)
+    grid = check_tiled_request(shape if colour else shape + (1,), **tiling)
+    if noise_model == "poisson-gaussian" and noise is None:
+        noise = estimate_stack_noise(array, ax)
+    if noise_model == "gaussian" and sigma is None:
+        sigma = estimate_stack_sigma(array, ax)
+    return _Plan(ax, order, n_loop, colour, sigma, noise, tiling, grid)
 
 
 def iter_denoise_stack(
@@ -97,39 +167,44 @@ def iter_denoise_stack(
     channels: Literal["colour", "independent"] = "colour",
     noise_model: NoiseModel = "gaussian",
     noise: PoissonGaussian | None = None,
-    tile: int = 512,
-    overlap: int | None = None,
-    **ntk_kwargs: Any,
+    patches: Patches = "2d",
+    tile: int | None = None,
+    **kwargs: Any,
 ) -> Generator[Progress, None, np.ndarray]:
-    """Denoise every Y-X plane of an in-memory stack, streaming progress.
+    """Denoise every Y-X plane (or Z-Y-X volume) of an in-memory stack, streaming progress.
 
     Parameters
     ----------
     array : numpy.ndarray
         The stack; never modified.
     sigma : float, optional
-        Gaussian noise level (data units); estimated per plane when omitted.  Not allowed with
+        Gaussian noise level (data units); estimated once for the stack
+        (:func:`estimate_stack_sigma`) when omitted.  Not allowed with
         ``noise_model="poisson-gaussian"`` (the transformed data have unit variance).
     axes : str
         One letter per dimension from ``"TZCYX"``, e.g. ``"TZYX"``, ``"CYX"``, ``"ZYXC"``.
     channels : {"colour", "independent"}
         ``C`` as colour (one filter per plane, patches over all channels) or as separate planes.
     noise_model : {"gaussian", "poisson-gaussian"}
-        With ``"poisson-gaussian"`` each plane is stabilised by the generalized Anscombe transform,
+        With ``"poisson-gaussian"`` the data are stabilised by the generalized Anscombe transform,
         denoised with ``sigma = 1`` and mapped back with the exact unbiased inverse.
     noise : PoissonGaussian, optional
         Gain, read noise and offset; estimated from the stack (:func:`estimate_stack_noise`) when
         omitted.
-    tile, overlap : int
-        Planes larger than ``tile`` are denoised in overlapping tiles
-        (:func:`~napari_ntk_denoise.tiling.iter_denoise_tiled`).
-    **ntk_kwargs
-        Further arguments of :func:`~napari_ntk_denoise.denoise.iter_denoise_ntk`.
+    patches : {"2d", "3d"}
+        ``"2d"``: every Y-X plane on its own; ``"3d"``: every Z-Y-X volume with the kernel of 3-D
+        patches (``kernel_size_z`` sets their depth; needs a ``Z`` axis).
+    tile : int, optional
+        Longest tile side along Y and X (default 512 for planes, 128 for volumes, whose tiles are
+        also cut along Z at ``tile_z = 16``); see :func:`~napari_ntk_denoise.tiling.iter_denoise_tiled`
+        for ``overlap``, ``tile_z`` and ``overlap_z``.
+    **kwargs
+        Tiling options and the NTK options of :func:`~napari_ntk_denoise.denoise.iter_denoise_ntk`.
 
     Yields
     ------
     Progress
-        ``stage="planes"`` after each plane, and every plane's tile and kernel events.
+        ``stage="planes"`` after each plane (or volume), and every plane's tile and kernel events.
 
     Returns
     -------
@@ -141,31 +216,58 @@ def iter_denoise_stack(
     J. Tachella, J. Tang, M. Davies, CVPR 2021.  M. Makitalo, A. Foi, IEEE TIP 22(1), 2013.
     """
     arr = np.asarray(array)
-    ax = check_axes(axes, arr.ndim)
-    _check_options(channels, noise_model, sigma, noise)
-    if noise_model == "poisson-gaussian" and noise is None:
-        noise = estimate_stack_noise(arr, ax)
-    order, n_loop = _plane_order(ax, channels)
-    moved = np.transpose(arr, order)
-    colour = moved.ndim - n_loop == 3
-    out_dtype = np.float64 if arr.dtype == np.float64 else np.float32
-    out = np.empty(moved.shape, out_dtype)
-    loop_shape = moved.shape[:n_loop]
-    n_planes = int(np.prod(loop_shape))
+    plan = _plan(arr, sigma, axes, channels, noise_model, noise, patches, tile, kwargs)
+    moved = np.transpose(arr, plan.order)
+    out = np.empty(moved.shape, np.float64 if arr.dtype == np.float64 else np.float32)
+    loop_shape = moved.shape[: plan.n_loop]
+    n_units, unit = int(np.prod(loop_shape)), "volume" if patches == "3d" else "plane"
     for k, idx in enumerate(np.ndindex(*loop_shape)):
-        plane, plane_sigma = moved[idx], sigma
-        if noise is not None:
-            plane, plane_sigma = gat_forward(plane, noise), 1.0
-        gen = iter_denoise_tiled(plane, plane_sigma, tile=tile, overlap=overlap,
-                                 channel_axis=-1 if colour else None, **ntk_kwargs)
-        result = (yield from forward_progress(gen, f"plane {k + 1}/{n_planes}: ")).image
-        out[idx] = gat_inverse(result, noise) if noise is not None else result
-        yield Progress("planes", k + 1, n_planes, f"plane {k + 1}/{n_planes}")
-    return np.ascontiguousarray(np.transpose(out, np.argsort(order)))
+        gen = iter_denoise_tiled(plan.stabilise(moved[idx]), plan.unit_sigma, channel_axis=plan.channel_axis,
+                                 **plan.tiling)
+        result = (yield from forward_progress(gen, f"{unit} {k + 1}/{n_units}: ")).image
+        out[idx] = plan.restore(result)
+        yield Progress("planes", k + 1, n_units, f"{unit} {k + 1}/{n_units}")
+    return np.ascontiguousarray(np.transpose(out, np.argsort(plan.order)))
 
 
-def _denoise_block(block: np.ndarray, **kwargs: Any) -> np.ndarray:
-    return drain(iter_denoise_stack(block, **kwargs))
+def _denoise_block(block: np.ndarray, plan: _Plan, block_info: dict | None = None) -> np.ndarray:
+    """Weighted denoised tile(s) of one halo-widened chunk: ``w z`` per unit, float64, moved layout."""
+    location = block_info[0]["chunk-location"][plan.n_loop : plan.n_loop + len(plan.grid.halos)]
+    weight = plan.grid.window(location)
+    if plan.colour:
+        weight = weight[..., None]
+    ntk = {k: v for k, v in plan.tiling.items() if k not in ("tile", "overlap", "tile_z", "overlap_z")}
+    out = np.empty(block.shape)
+    for idx in np.ndindex(*block.shape[: plan.n_loop]):
+        res = drain(iter_denoise_ntk(plan.stabilise(block[idx]), plan.unit_sigma, channel_axis=plan.channel_axis,
+                                     stream_steps=0, **ntk))
+        out[idx] = weight * res.image
+    return out
+
+
+def _overlap_add(plan: _Plan, dtype: np.dtype, location: tuple[int, ...], *parts: np.ndarray) -> np.ndarray:
+    """One output chunk: the weighted tiles over it (its own and its neighbours', ``parts`` in
+    :func:`_neighbours` order) summed, normalised by the summed weights and restored."""
+    core = tuple(slice(b[i], b[i + 1]) for b, i in zip(plan.grid.cores, location))
+    loop = (slice(None),) * plan.n_loop
+    total = np.zeros(parts[0].shape[: plan.n_loop] + tuple(c.stop - c.start for c in core)
+                     + parts[0].shape[plan.n_loop + len(core) :])
+    wsum = np.zeros(total.shape[plan.n_loop : plan.n_loop + len(core)])
+    for loc, part in zip(_neighbours(plan.grid, location), parts):
+        tile = plan.grid.tile(loc)
+        lo = [max(c.start, t.start) for c, t in zip(core, tile)]
+        hi = [min(c.stop, t.stop) for c, t in zip(core, tile)]
+        src = tuple(slice(a - t.start, b - t.start) for a, b, t in zip(lo, hi, tile))
+        dst = tuple(slice(a - c.start, b - c.start) for a, b, c in zip(lo, hi, core))
+        total[loop + dst] += part[loop + src]
+        wsum[dst] += plan.grid.window(loc)[src]
+    return plan.restore(total / (wsum[..., None] if plan.colour else wsum)).astype(dtype)
+
+
+def _neighbours(grid: TileGrid, location: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Per-axis indices of the tiles that overlap the core at ``location`` (itself included)."""
+    return [tuple(i + o for i, o in zip(location, off)) for off in itertools.product((-1, 0, 1), repeat=len(location))
+            if all(0 <= i + o < len(b) - 1 for i, o, b in zip(location, off, grid.cores))]
 
 
 def denoise_stack(
@@ -176,27 +278,31 @@ def denoise_stack(
     channels: Literal["colour", "independent"] = "colour",
     noise_model: NoiseModel = "gaussian",
     noise: PoissonGaussian | None = None,
+    patches: Patches = "2d",
+    tile: int | None = None,
     **kwargs: Any,
 ) -> Any:
-    """Denoise a numpy or dask stack plane by plane; dask in, (lazy) dask out.
+    """Denoise a numpy or dask stack; dask in, (lazy) dask out, chunk by chunk.
 
-    Parameters are those of :func:`iter_denoise_stack` (``tile``, ``overlap`` and the NTK
-    options in ``kwargs``).
+    Parameters are those of :func:`iter_denoise_stack`.
 
     Returns
     -------
     numpy.ndarray or dask.array.Array
-        For dask input, a lazy array with one task per chunk of whole planes: the input is
-        rechunked to single chunks along Y, X (and C for colour) and keeps its chunks along the
-        other axes.  Compute it with any scheduler, e.g. a ``dask.distributed.Client``.
+        For dask input, a lazy array with the same result as the in-memory path.  Along the
+        spatial axes the input is rechunked to the tile cores (:class:`~napari_ntk_denoise.tiling.
+        TileGrid`, the same cuts as in memory), along the loop axes (``T``, independent ``C``) it
+        keeps its chunks; colour ``C`` is one chunk.  Every chunk widened by the tile halo (half
+        the overlap, at least half the receptive field on each side) is one task, like
+        ``map_overlap``; instead of trimming the halos, each output chunk adds the raised-cosine
+        weighted tiles that cover it (its own and its neighbours'), so there are no seams.  Compute
+        it with any scheduler, e.g. a ``dask.distributed.Client``.
 
     Notes
     -----
-    Y-X chunks are merged rather than processed with ``map_overlap``: the tiles of a plane are
-    blended with smooth weights (:mod:`~napari_ntk_denoise.tiling`), which needs the neighbouring
-    tiles' outputs, and a 2048 x 2048 float32 plane is only 16 MiB.  Poisson-Gaussian parameters
-    not given are estimated once, eagerly, from three planes, so every task uses the same ones.
-    The memory guard also runs eagerly, on this machine's memory, before the graph is built.
+    The noise level (``sigma``, or the Poisson-Gaussian parameters) is estimated once, eagerly,
+    from up to three planes when not given, so every task uses the same; the memory guard also
+    runs eagerly, on this machine's memory, before the graph is built.
 
     Examples
     --------
@@ -208,18 +314,31 @@ def denoise_stack(
     (2, 32, 32)
     """
     da = sys.modules.get("dask.array")  # an array cannot be a dask array unless dask.array was imported
+    options = dict(axes=axes, channels=channels, noise_model=noise_model, noise=noise, patches=patches, tile=tile)
     if da is None or not isinstance(array, da.Array):
-        return drain(iter_denoise_stack(array, sigma, axes=axes, channels=channels, noise_model=noise_model,
-                                        noise=noise, **kwargs))
-    ax = check_axes(axes, array.ndim)
-    _check_options(channels, noise_model, sigma, noise)
-    colour_channels = array.shape[ax.index("C")] if "C" in ax and channels == "colour" else 1
-    check_tiled_request((array.shape[ax.index("Y")], array.shape[ax.index("X")], colour_channels), **kwargs)
-    if noise_model == "poisson-gaussian" and noise is None:
-        noise = estimate_stack_noise(array, ax)
-    whole = {"Y", "X"} | ({"C"} if channels == "colour" else set())
-    chunks = {i: -1 for i, a in enumerate(ax) if a in whole}
-    out_dtype = np.float64 if array.dtype == np.float64 else np.float32
-    func = partial(_denoise_block, sigma=sigma, axes=ax, channels=channels, noise_model=noise_model, noise=noise,
-                   **kwargs)
-    return array.rechunk(chunks).map_blocks(func, dtype=out_dtype, meta=np.empty((0,) * array.ndim, out_dtype))
+        return drain(iter_denoise_stack(array, sigma, **options, **kwargs))
+    import dask
+
+    plan = _plan(array, sigma, axes, channels, noise_model, noise, patches, tile, kwargs)
+    n_sp = len(plan.grid.halos)
+    for name, cores, halo in zip("ZYX"[-n_sp:], plan.grid.cores, plan.grid.halos):
+        if len(cores) > 2 and min(b - a for a, b in zip(cores, cores[1:])) < halo:
+            raise ValueError(f"the tiles along {name} leave chunks narrower than the halo {halo} of their overlap; "
+                             "use larger tiles or a smaller overlap")
+    moved = array.transpose(plan.order)
+    chunks = moved.chunks[: plan.n_loop] + tuple(tuple(np.diff(b)) for b in plan.grid.cores) + moved.shape[
+        plan.n_loop + n_sp :]
+    moved = moved.rechunk(chunks)
+    depth = {plan.n_loop + a: h for a, h in enumerate(plan.grid.halos)}
+    widened = da.overlap.overlap(moved, depth=depth, boundary="none")
+    weighted = widened.map_blocks(_denoise_block, plan=plan, dtype=np.float64)
+    parts = weighted.to_delayed()
+    dtype = np.dtype(np.float64 if array.dtype == np.float64 else np.float32)
+    blocks = np.empty(parts.shape, dtype=object)
+    assemble = dask.delayed(partial(_overlap_add, plan, dtype), pure=True)
+    for index in np.ndindex(*parts.shape):
+        loop, location, rest = index[: plan.n_loop], index[plan.n_loop : plan.n_loop + n_sp], index[plan.n_loop + n_sp :]
+        neighbours = [parts[loop + loc + rest] for loc in _neighbours(plan.grid, location)]
+        shape = tuple(c[i] for c, i in zip(moved.chunks, index))
+        blocks[index] = da.from_delayed(assemble(location, *neighbours), shape=shape, dtype=dtype)
+    return da.block(blocks.tolist()).transpose(np.argsort(plan.order).tolist())

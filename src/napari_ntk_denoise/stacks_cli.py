@@ -33,7 +33,7 @@ def _is_zarr(path: Path) -> bool:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``stack`` subcommand to an ``argparse`` subparsers object; returns its parser."""
-    p = subparsers.add_parser("stack", help="denoise an nD stack (zarr or multi-page TIFF) plane by plane")
+    p = subparsers.add_parser("stack", help="denoise an nD stack (zarr or multi-page TIFF) by planes or volumes")
     p.add_argument("input_path", metavar="INPUT", help="zarr array (folder ending .zarr) or TIFF file")
     p.add_argument("-o", "--output", required=True, help="output .zarr folder or .tif file (float32)")
     p.add_argument("--axes", required=True, help="one letter per dimension from TZCYX, e.g. TZYX, CYX, ZYXC")
@@ -44,8 +44,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--gain", type=float, default=None, help="Poisson-Gaussian gain (estimated if omitted)")
     p.add_argument("--read-noise", type=float, default=None, help="Gaussian read noise (estimated if omitted)")
     p.add_argument("--offset", type=float, default=0.0, help="camera offset (default 0)")
-    p.add_argument("--tile", type=int, default=512, help="tile side for large planes (default 512)")
+    p.add_argument("--patches", choices=("2d", "3d"), default="2d",
+                   help="2d: every Y-X plane on its own; 3d: Z-Y-X volumes with 3-D patches (needs Z)")
+    p.add_argument("--kernel-size-z", type=int, default=None, help="patch depth along Z with --patches 3d")
+    p.add_argument("--tile", type=int, default=None, help="tile side along Y, X (default 512, 128 with 3d)")
     p.add_argument("--overlap", type=int, default=None, help="tile overlap (default twice the receptive field)")
+    p.add_argument("--tile-z", type=int, default=16, help="tile side along Z with --patches 3d (default 16)")
+    p.add_argument("--overlap-z", type=int, default=None, help="tile overlap along Z (default twice the receptive field)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="address of a running dask.distributed scheduler, e.g. tcp://10.0.0.1:8786")
     cli._add_ntk_options(p)
@@ -100,8 +105,12 @@ def run(args: argparse.Namespace) -> int:
     if args.noise_model == "poisson-gaussian" and args.sigma is not None:
         raise ValueError("--sigma applies to the Gaussian model; give --gain and --read-noise instead")
     noise = _noise(args, data, axes)
-    kw = dict(axes=axes, channels=args.channels, noise_model=args.noise_model, noise=noise, tile=args.tile,
-              overlap=args.overlap, **cli._ntk_kwargs(args))
+    kw = dict(axes=axes, channels=args.channels, noise_model=args.noise_model, noise=noise, patches=args.patches,
+              tile=args.tile, overlap=args.overlap, **cli._ntk_kwargs(args))
+    if args.patches == "3d":
+        kw.update(kernel_size_z=args.kernel_size_z, tile_z=args.tile_z, overlap_z=args.overlap_z)
+    elif (args.kernel_size_z, args.overlap_z) != (None, None):
+        raise ValueError("--kernel-size-z and --overlap-z need --patches 3d")
     client = None
     if args.scheduler is not None:
         from distributed import Client
@@ -112,10 +121,10 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(data, np.ndarray) and client is None:
             result = drain(iter_denoise_stack(data, args.sigma, **kw), None if args.quiet else _plane_bar())
         else:
-            if isinstance(data, np.ndarray):  # one task per plane on the cluster
+            if isinstance(data, np.ndarray):  # one task per plane (or volume) on the cluster
                 import dask.array as da
 
-                order, n_loop = _plane_order(axes, args.channels)
+                order, n_loop = _plane_order(axes, args.channels, args.patches)
                 data = da.from_array(data, chunks=tuple(1 if i in order[:n_loop] else -1 for i in range(data.ndim)))
             result = denoise_stack(data, args.sigma, **kw)
         if _is_zarr(out_path):

@@ -1,13 +1,17 @@
-"""Denoising large planes in overlapping tiles, each with its own NTK filter and SURE step.
+"""Denoising large planes (and volumes) in overlapping tiles, each with its own NTK filter and SURE step.
 
 The NTK filter of a ``d``-pixel image needs ``O(d k)`` memory and ``O(d m)`` kernel columns, so a
-2048 x 2048 plane is split into tiles that overlap by at least the CNN's receptive field; tile
-outputs are blended with raised-cosine weights over the overlaps and normalised by the summed
-weights, which leaves no seams.  Peak memory is that of one tile's filter plus the output plane.
+2048 x 2048 plane is split into tiles that overlap by at least the CNN's receptive field.  Each axis
+is cut into *cores* that partition it; a tile is its core widened by half the overlap on each inner
+side, and tile outputs are blended with raised-cosine weights over the overlaps (which sum to one),
+so there are no seams.  The same layout serves the lazy dask path of :mod:`napari_ntk_denoise.stacks`
+(chunks = cores, halo = half the overlap).  Peak memory is that of one tile's filter plus the output.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +25,13 @@ from .kernels import CNNKernel
 from .nystrom import estimate_bytes
 from .stopping import estimate_noise_sigma
 
-__all__ = ["TiledResult", "tile_starts", "blend_window", "check_tiled_request", "iter_denoise_tiled", "denoise_tiled"]
+__all__ = [
+    "TiledResult", "TileGrid", "tile_cores", "blend_window", "check_tiled_request", "iter_denoise_tiled",
+    "denoise_tiled",
+]
+
+#: default side of volume tiles along Z (``volume=True``)
+TILE_Z = 16
 
 
 @dataclass
@@ -37,33 +47,81 @@ class TiledResult:
     sigma_estimated : bool
         Whether ``sigma`` was estimated (once, from the whole image).
     tiles : list of tuple of slice
-        ``(rows, cols)`` of every tile.
+        ``(rows, cols)`` (``(z, rows, cols)`` for a volume) of every tile.
     t : list of int
         Twicing step chosen for every tile.
-    overlap : int
-        Overlap between neighbouring tiles (pixels).
+    overlap : tuple of int
+        Overlap of neighbouring tiles along each spatial axis (pixels).
     """
 
     image: np.ndarray
     sigma: float
     sigma_estimated: bool
-    tiles: list[tuple[slice, slice]] = field(default_factory=list)
+    tiles: list[tuple[slice, ...]] = field(default_factory=list)
     t: list[int] = field(default_factory=list)
-    overlap: int = 0
+    overlap: tuple[int, ...] = ()
 
     def metadata(self) -> dict[str, Any]:
         """JSON-friendly summary."""
         return {"method": "ntk-nystrom-twicing-tiled", "sigma": self.sigma, "sigma_estimated": self.sigma_estimated,
-                "n_tiles": len(self.tiles), "t": list(self.t), "overlap": self.overlap}
+                "n_tiles": len(self.tiles), "t": list(self.t), "overlap": list(self.overlap)}
 
 
-def tile_starts(n: int, tile: int, overlap: int) -> list[int]:
-    """Evenly spaced start offsets of the fewest tiles of length ``tile`` covering ``[0, n)`` with
-    neighbours sharing at least ``overlap`` pixels; a single tile ``[0, n)`` when ``n <= tile``."""
+def tile_cores(n: int, tile: int, halo: int) -> list[int]:
+    """Boundaries ``0 = b_0 < ... < b_K = n`` of the fewest cores whose tiles fit in ``tile`` pixels.
+
+    The tile of core ``[b_k, b_k+1)`` is ``[b_k - halo, b_k+1 + halo)`` clipped to ``[0, n)``, so
+    neighbouring tiles overlap by ``2 halo``.  Slack is spread evenly, which makes all tiles the same
+    length (up to rounding); a single core ``[0, n)`` when ``n <= tile``.
+    """
     if n <= tile:
-        return [0]
-    count = int(np.ceil((n - overlap) / (tile - overlap)))
-    return [int(s) for s in np.round(np.linspace(0, n - tile, count))]
+        return [0, n]
+    inner = tile - 2 * halo  # longest interior core; border cores may be ``halo`` longer
+    count = 2 + max(0, math.ceil((n - 2 * (tile - halo)) / inner))
+    slack = (2 * (tile - halo) + (count - 2) * inner - n) / count
+    first = tile - halo - slack
+    return [0] + [int(round(first + k * (inner - slack))) for k in range(count - 1)] + [n]
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Cores and halos of the tiles along each spatial axis of an image or volume.
+
+    Attributes
+    ----------
+    cores : tuple of list of int
+        :func:`tile_cores` boundaries per spatial axis.
+    halos : tuple of int
+        Half the overlap per axis (tiles overlap by ``2 halo``).
+    """
+
+    cores: tuple[list[int], ...]
+    halos: tuple[int, ...]
+
+    @property
+    def overlap(self) -> tuple[int, ...]:
+        """Overlap of neighbouring tiles per axis."""
+        return tuple(2 * h for h in self.halos)
+
+    def axis_tiles(self, axis: int) -> list[tuple[slice, tuple[int, int]]]:
+        """Tiles along one axis: ``(slice, (ramp_before, ramp_after))`` for :func:`blend_window`."""
+        b, halo = self.cores[axis], self.halos[axis]
+        last = len(b) - 2
+        return [(slice(max(0, b[k] - halo), min(b[-1], b[k + 1] + halo)),
+                 (2 * halo if k > 0 else 0, 2 * halo if k < last else 0)) for k in range(last + 1)]
+
+    def tile(self, location: tuple[int, ...]) -> tuple[slice, ...]:
+        """Slices of the tile with per-axis index ``location``."""
+        return tuple(self.axis_tiles(a)[i][0] for a, i in enumerate(location))
+
+    def window(self, location: tuple[int, ...]) -> np.ndarray:
+        """Blending weights of the tile with per-axis index ``location`` (outer product of the axes')."""
+        spans = [self.axis_tiles(a)[i] for a, i in enumerate(location)]
+        return functools.reduce(np.multiply.outer, [blend_window(sl.stop - sl.start, *ramps) for sl, ramps in spans])
+
+    def tiles(self) -> list[tuple[tuple[slice, ...], np.ndarray]]:
+        """Every tile's slices and blending weights, in C order of the per-axis indices."""
+        return [(self.tile(loc), self.window(loc)) for loc in np.ndindex(*(len(b) - 1 for b in self.cores))]
 
 
 def blend_window(length: int, ramp_before: int, ramp_after: int) -> np.ndarray:
@@ -85,69 +143,72 @@ def blend_window(length: int, ramp_before: int, ramp_after: int) -> np.ndarray:
     return w
 
 
-def _ramps(starts: list[int], tile: int, n: int) -> list[tuple[int, int]]:
-    """Lengths of the overlaps each tile shares with its predecessor and successor."""
-    out = []
-    for i, s in enumerate(starts):
-        before = starts[i - 1] + min(tile, n) - s if i > 0 else 0
-        after = s + min(tile, n) - starts[i + 1] if i + 1 < len(starts) else 0
-        out.append((before, after))
-    return out
-
-
 def check_tiled_request(
-    shape: tuple[int, int, int],
+    shape: tuple[int, ...],
     *,
     tile: int = 512,
     overlap: int | None = None,
+    tile_z: int = TILE_Z,
+    overlap_z: int | None = None,
     depth: int = 2,
     kernel_size: int = 11,
+    volume: bool = False,
+    kernel_size_z: int | None = None,
     **ntk_kwargs: Any,
-) -> int:
-    """Check a tiled request before any work and return the overlap it will use.
+) -> TileGrid:
+    """Check a tiled request before any work and return its tile grid.
 
     Parameters
     ----------
     shape : tuple of int
-        ``(H, W, C)`` of one plane.
-    tile, overlap, depth, kernel_size, **ntk_kwargs
+        ``(H, W, C)`` of one plane, or ``(Z, H, W, C)`` of one volume with ``volume``.
+    tile, overlap, tile_z, overlap_z, depth, kernel_size, volume, kernel_size_z, **ntk_kwargs
         As for :func:`iter_denoise_tiled`.
 
     Returns
     -------
-    int
-        The overlap (default: twice the receptive field).
+    TileGrid
 
     Raises
     ------
     ValueError
         Non-integer sizes, an overlap below the receptive field or a tile not larger than it.
     MemoryError
-        When one tile's filter (times the pipeline passes: MC-SURE, guided stage) plus the plane's
+        When one tile's filter (times the pipeline passes: MC-SURE, guided stage) plus the image's
         accumulation buffers exceed the free memory of the device
         (:func:`~napari_ntk_denoise.nystrom.estimate_bytes`).
     """
-    kern = CNNKernel(depth=depth, kernel_size=kernel_size, kind=ntk_kwargs.get("kernel", "ntk"))
-    rf = kern.receptive_field
-    overlap = 2 * rf if overlap is None else overlap
-    if int(tile) != tile or int(overlap) != overlap:
-        raise ValueError(f"tile and overlap must be integers, got {tile}, {overlap}")
-    if overlap < rf:
-        raise ValueError(f"overlap {overlap} is smaller than the receptive field {rf}")
-    if tile <= overlap:
-        raise ValueError(f"tile {tile} must be larger than the overlap {overlap}")
-    h, w, n_ch = shape
-    th, tw = min(tile, h), min(tile, w)
-    d = th * tw
+    kern = CNNKernel(depth=depth, kernel_size=kernel_size, kind=ntk_kwargs.get("kernel", "ntk"),
+                     ndim=3 if volume else 2, kernel_size_z=kernel_size_z)
+    spatial, n_ch = tuple(shape[:-1]), shape[-1]
+    if len(spatial) != kern.ndim:
+        raise ValueError(f"shape {tuple(shape)} does not match a {kern.ndim}-D kernel with channels last")
+    tiles = ((tile_z,) if volume else ()) + (tile, tile)
+    overlaps = ((overlap_z,) if volume else ()) + (overlap, overlap)
+    halos = []
+    for axis, (t, o, rf) in enumerate(zip(tiles, overlaps, kern.receptive_fields)):
+        o = 2 * rf if o is None else o
+        name = ("z " if volume and axis == 0 else "") + "tile"
+        if int(t) != t or int(o) != o:
+            raise ValueError(f"{name} and overlap must be integers, got {t}, {o}")
+        if o < rf:
+            raise ValueError(f"{name} overlap {o} is smaller than the receptive field {rf}")
+        if t <= o + (o % 2):
+            raise ValueError(f"{name} {t} must be larger than the overlap {o}")
+        halos.append((int(o) + 1) // 2)
+    grid = TileGrid(tuple(tile_cores(n, int(t), h) for n, t, h in zip(spatial, tiles, halos)), tuple(halos))
+    tile_shape = [min(int(t), n) for t, n in zip(tiles, spatial)]
+    d, size = math.prod(tile_shape), "x".join(map(str, spatial))
     m = _n_anchors(d, ntk_kwargs.get("fraction", 0.02), ntk_kwargs.get("n_anchors"))
     rank = min(int(ntk_kwargs.get("rank", DEFAULT_RANK)), m)
     passes = (1 + (ntk_kwargs.get("stop", "sure") == "sure")) * (1 + bool(ntk_kwargs.get("guided", False)))
     dev = resolve_device(ntk_kwargs.get("device"))
-    need = estimate_bytes(d, n_ch, m, rank, kern, device=dev) * passes + 16 * h * w * n_ch + 8 * h * w  # + buffers
+    pixels = math.prod(spatial)
+    need = estimate_bytes(d, n_ch, m, rank, kern, device=dev) * passes + 16 * pixels * n_ch + 8 * pixels  # + buffers
     check_memory(need, dev,
-                 f"tiled NTK denoising of a {h}x{w} image in {th}x{tw} tiles with {m} anchors per tile",
-                 "use smaller tiles or a smaller anchor fraction or rank")
-    return int(overlap)
+                 f"tiled NTK denoising of a {size} image in {'x'.join(map(str, tile_shape))} tiles with {m} anchors "
+                 "per tile", "use smaller tiles or a smaller anchor fraction or rank")
+    return grid
 
 
 def iter_denoise_tiled(
@@ -156,9 +217,13 @@ def iter_denoise_tiled(
     *,
     tile: int = 512,
     overlap: int | None = None,
+    tile_z: int = TILE_Z,
+    overlap_z: int | None = None,
     channel_axis: int | None = None,
     depth: int = 2,
     kernel_size: int = 11,
+    volume: bool = False,
+    kernel_size_z: int | None = None,
     **ntk_kwargs: Any,
 ) -> Generator[Progress, None, TiledResult]:
     """Denoise a (large) image in overlapping tiles, streaming progress.
@@ -166,18 +231,24 @@ def iter_denoise_tiled(
     Parameters
     ----------
     image : numpy.ndarray
-        Noisy image, 2-D or 3-D with ``channel_axis``; never modified.
+        Noisy image, 2-D or 3-D with ``channel_axis`` (with ``volume``: a ``(Z, Y, X)`` volume,
+        4-D with ``channel_axis``); never modified.
     sigma : float, optional
         Noise level; estimated once from the whole image when omitted, so every tile uses the same.
     tile : int
-        Tile side in pixels (tiles at the border may be the same size, shifted inwards).
+        Longest tile side along Y and X in pixels.
     overlap : int, optional
-        Overlap of neighbouring tiles; default twice the receptive field.  Must be at least the
-        receptive field ``(r - 1)(L - 1) + 1`` and smaller than ``tile``.
+        Overlap of neighbouring tiles along Y and X; default twice the receptive field.  Must be at
+        least the receptive field ``(r - 1)(L - 1) + 1`` and smaller than ``tile``; an odd overlap
+        is rounded up (tiles overlap by twice a halo).
+    tile_z, overlap_z : int
+        The same along Z for a volume (default 16, and twice the Z receptive field).
     channel_axis : int, optional
         Colour axis (one filter for all channels of a tile).
     depth, kernel_size : int
         CNN architecture (see :class:`~napari_ntk_denoise.kernels.CNNKernel`).
+    volume, kernel_size_z
+        3-D patches for a Z stack (see :func:`~napari_ntk_denoise.denoise.iter_denoise_ntk`).
     **ntk_kwargs
         Further arguments of :func:`~napari_ntk_denoise.denoise.iter_denoise_ntk` (``fraction``,
         ``rank``, ``stop``, ``guided``, ``device``, ``seed``, ...).  ``reference`` is not supported.
@@ -208,35 +279,26 @@ def iter_denoise_tiled(
     """
     if "reference" in ntk_kwargs:
         raise ValueError("reference is not supported by the tiled denoiser; compare the blended output instead")
-    y, layout = prepare_image(image, channel_axis)
-    h, w, n_ch = y.shape
-    overlap = check_tiled_request((h, w, n_ch), tile=tile, overlap=overlap, depth=depth, kernel_size=kernel_size,
-                                  **ntk_kwargs)
-    th, tw = min(tile, h), min(tile, w)
+    y, layout = prepare_image(image, channel_axis, spatial=3 if volume else 2)
+    arch = dict(depth=depth, kernel_size=kernel_size, volume=volume, kernel_size_z=kernel_size_z)
+    grid = check_tiled_request(y.shape, tile=tile, overlap=overlap, tile_z=tile_z, overlap_z=overlap_z, **arch,
+                               **ntk_kwargs)
     sigma_estimated = sigma is None
     if sigma is None:
         sigma = estimate_noise_sigma(image, channel_axis)
-    rows, cols = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
-    ramps_r, ramps_c = _ramps(rows, tile, h), _ramps(cols, tile, w)
-    acc = np.zeros((h, w, n_ch))
-    wsum = np.zeros((h, w, 1))
-    tiles: list[tuple[slice, slice]] = []
+    acc = np.zeros(y.shape)
+    wsum = np.zeros((*y.shape[:-1], 1))
+    tiles = grid.tiles()
     steps: list[int] = []
-    n_tiles = len(rows) * len(cols)
-    for i, (r0, rr) in enumerate(zip(rows, ramps_r)):
-        for j, (c0, rc) in enumerate(zip(cols, ramps_c)):
-            k = i * len(cols) + j
-            sl = (slice(r0, r0 + th), slice(c0, c0 + tw))
-            gen = iter_denoise_ntk(y[sl], sigma, channel_axis=-1, depth=depth, kernel_size=kernel_size, **ntk_kwargs)
-            res = yield from forward_progress(gen, f"tile {k + 1}/{n_tiles}: ")
-            weight = np.outer(blend_window(th, *rr), blend_window(tw, *rc))[..., None]
-            acc[sl] += weight * res.image
-            wsum[sl] += weight
-            tiles.append(sl)
-            steps.append(res.t)
-            yield Progress("tiles", k + 1, n_tiles, f"tile {k + 1}/{n_tiles}: t = {res.t}")
+    for k, (sl, weight) in enumerate(tiles):
+        gen = iter_denoise_ntk(y[sl], sigma, channel_axis=-1, **arch, **{"stream_steps": 0, **ntk_kwargs})
+        res = yield from forward_progress(gen, f"tile {k + 1}/{len(tiles)}: ")
+        acc[sl] += weight[..., None] * res.image
+        wsum[sl] += weight[..., None]
+        steps.append(res.t)
+        yield Progress("tiles", k + 1, len(tiles), f"tile {k + 1}/{len(tiles)}: t = {res.t}")
     return TiledResult(image=layout.restore(acc / wsum), sigma=float(sigma), sigma_estimated=sigma_estimated,
-                       tiles=tiles, t=steps, overlap=int(overlap))
+                       tiles=[sl for sl, _ in tiles], t=steps, overlap=grid.overlap)
 
 
 def denoise_tiled(image: np.ndarray, sigma: float | None = None, **kwargs: Any) -> tuple[np.ndarray, TiledResult]:
