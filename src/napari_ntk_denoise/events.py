@@ -76,13 +76,21 @@ class TwicingStep:
     image: np.ndarray
 
 
-def forward_progress(gen: Generator[Any, None, _R], prefix: str) -> Generator[Progress, None, _R]:
+def forward_progress(
+    gen: Generator[Any, None, _R], prefix: str, part: tuple[int, int] | None = None
+) -> Generator[Progress, None, _R]:
     """Re-yield the :class:`Progress` events of ``gen`` with ``prefix`` before their stage (other
-    events are dropped); return ``gen``'s return value.  For ``yield from`` in nested pipelines."""
+    events are dropped); return ``gen``'s return value.  For ``yield from`` in nested pipelines.
+
+    With ``part = (k, n)`` (``gen`` is the ``k``-th of ``n`` equal parts of a job, from 0) the
+    events are rescaled so that their fraction is that of the whole job."""
     while True:
         try:
             event = next(gen)
         except StopIteration as stop:
             return stop.value
         if isinstance(event, Progress):
-            yield Progress(f"{prefix}{event.stage}", event.done, event.total, event.message)
+            done, total = event.done, event.total
+            if part is not None:
+                done, total = part[0] * total + done, part[1] * total
+            yield Progress(f"{prefix}{event.stage}", done, total, event.message)

@@ -224,7 +224,7 @@ def iter_denoise_stack(
     for k, idx in enumerate(np.ndindex(*loop_shape)):
         gen = iter_denoise_tiled(plan.stabilise(moved[idx]), plan.unit_sigma, channel_axis=plan.channel_axis,
                                  **plan.tiling)
-        result = (yield from forward_progress(gen, f"{unit} {k + 1}/{n_units}: ")).image
+        result = (yield from forward_progress(gen, f"{unit} {k + 1}/{n_units}: ", part=(k, n_units))).image
         out[idx] = plan.restore(result)
         yield Progress("planes", k + 1, n_units, f"{unit} {k + 1}/{n_units}")
     return np.ascontiguousarray(np.transpose(out, np.argsort(plan.order)))

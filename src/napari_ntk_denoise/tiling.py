@@ -257,7 +257,7 @@ def iter_denoise_tiled(
     ------
     Progress
         ``stage="tiles"`` after each tile, and every tile's own progress events with the tile in
-        the stage name.
+        the stage name, scaled to the fraction of the whole image.
 
     Returns
     -------
@@ -292,7 +292,7 @@ def iter_denoise_tiled(
     steps: list[int] = []
     for k, (sl, weight) in enumerate(tiles):
         gen = iter_denoise_ntk(y[sl], sigma, channel_axis=-1, **arch, **{"stream_steps": 0, **ntk_kwargs})
-        res = yield from forward_progress(gen, f"tile {k + 1}/{len(tiles)}: ")
+        res = yield from forward_progress(gen, f"tile {k + 1}/{len(tiles)}: ", part=(k, len(tiles)))
         acc[sl] += weight[..., None] * res.image
         wsum[sl] += weight[..., None]
         steps.append(res.t)

@@ -66,11 +66,11 @@ def test_reuses_the_filter_of_an_ntk_run(qtbot, viewer, open_widget, small, insp
     with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
         pass
     assert inspector.run() is None  # no worker: reused
-    assert inspector.filter is ntk._results[()].filter
+    assert inspector.filter is ntk._results[()].result.filter
     assert viewer.layers["noisy [eigenimages]"].metadata["reused"]
     inspector._kernel.value = "nngp"  # another kernel: computed anew
     worker = inspector.run()
     assert worker is not None
     with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
         pass
-    assert inspector.filter is not ntk._results[()].filter
+    assert inspector.filter is not ntk._results[()].result.filter

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     import napari
 
 __all__ = [
-    "ImageSource", "InputError", "PlaneEvent", "iter_planes", "put_layer", "reference_from_layer", "source_from_layer",
+    "ImageSource", "InputError", "PlaneDone", "PlaneEvent", "iter_planes", "put_layer", "reference_from_layer",
+    "source_from_layer",
 ]
 
 #: Layer attributes that place a result exactly over its source.
@@ -49,6 +50,19 @@ class PlaneEvent:
     index: Index
     position: int
     event: object
+
+
+@dataclass(frozen=True)
+class PlaneDone:
+    """Event of :func:`iter_planes` (with ``announce=True``) when a plane's generator has returned.
+
+    Attributes
+    ----------
+    value : object
+        The generator's return value.
+    """
+
+    value: object
 
 
 @dataclass(frozen=True)
@@ -106,6 +120,12 @@ class ImageSource:
         """A float32 copy of one plane (RGB without alpha), safe to hand to another thread."""
         plane = np.array(self.layer.data[index], dtype=np.float32)
         return plane[..., :3] if self.rgb else plane
+
+    def sample_planes(self, count: int = 3) -> list[np.ndarray]:
+        """Up to ``count`` evenly spaced planes (float32 copies), e.g. to estimate noise parameters."""
+        indices = self.indices
+        picks = np.unique(np.round(np.linspace(0, len(indices) - 1, min(count, len(indices)))).astype(int))
+        return [self.plane(indices[p]) for p in picks]
 
     def current_index(self, viewer: napari.viewer.Viewer) -> Index:
         """Index of the plane that the viewer shows now."""
@@ -278,6 +298,7 @@ def iter_planes(
     source: ImageSource,
     run_plane: Callable[[np.ndarray, Index], Generator[object, None, R]],
     indices: list[Index] | None = None,
+    announce: bool = False,
 ) -> Generator[PlaneEvent, None, dict[Index, R]]:
     """Run an engine generator on each plane, yielding its events tagged with the plane.
 
@@ -289,6 +310,9 @@ def iter_planes(
         ``run_plane(plane, index)`` returns the engine generator of one plane.
     indices : list of tuple of int, optional
         Planes to process (all by default).
+    announce : bool
+        Also yield a :class:`PlaneDone` event with each plane's result as soon as it is finished
+        (to stream finished planes into a layer).
 
     Yields
     ------
@@ -307,6 +331,8 @@ def iter_planes(
                 event = next(gen)
             except StopIteration as stop:
                 results[index] = stop.value
+                if announce:
+                    yield PlaneEvent(index, position, PlaneDone(stop.value))
                 break
             yield PlaneEvent(index, position, event)
     return results

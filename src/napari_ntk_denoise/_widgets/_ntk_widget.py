@@ -1,14 +1,21 @@
 """NTK Filter widget: closed-form NTK denoising of an image layer, streamed as it computes.
 
-The widget turns the chosen layer into calls of :func:`napari_ntk_denoise.iter_denoise_ntk`, one
-per plane, in a worker thread.  The output layer is added at the first twicing step and updated
-in place; after the run, the ``t`` slider re-renders ``z(t)`` from the stored eigen-coefficients
-(:meth:`NTKResult.render`) and the plot shows the SURE curve (and PSNR against a reference).
+The widget turns the chosen layer into engine calls, one per plane, in a worker thread: planes up
+to the tile size go to :func:`napari_ntk_denoise.iter_denoise_ntk` (twicing steps streamed into the
+output layer; afterwards the ``t`` slider re-renders ``z(t)`` from the stored eigen-coefficients and
+the plot shows the SURE curve, and PSNR against a reference), larger planes to
+:func:`napari_ntk_denoise.iter_denoise_tiled` (per-tile progress, the plane shown when done).
+With the Poisson-Gaussian noise model every plane goes through the generalized Anscombe transform
+(parameters given or estimated from three planes).  Planes are read one at a time, so dask-backed
+(lazy) layers are never loaded whole.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Generator
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -17,12 +24,13 @@ from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, Label, Slider, Sp
 from napari.layers import Image
 from napari.utils.notifications import show_info
 
-from napari_ntk_denoise import NTKResult, TwicingStep, iter_denoise_ntk
+from napari_ntk_denoise import NTKResult, TiledResult, TwicingStep, iter_denoise_ntk, iter_denoise_tiled
 from napari_ntk_denoise.stopping import estimate_noise_sigma
+from napari_ntk_denoise.vst import PoissonGaussian, estimate_poisson_gaussian, gat_forward, gat_inverse
 
 from ._base import ImageRunWidget
 from ._filters import filters
-from ._layers import ImageSource, InputError, PlaneEvent, iter_planes, source_from_layer
+from ._layers import ImageSource, InputError, PlaneDone, PlaneEvent, iter_planes, source_from_layer
 from ._plots import CurvePlot
 from ._runner import device_choices
 
@@ -32,17 +40,99 @@ if TYPE_CHECKING:
 
 __all__ = ["NTKFilterWidget"]
 
+#: eigenimages kept for the ``t`` slider over all planes of a run; beyond, the slider is disabled
+RENDER_BUDGET = 1 << 30
+
+
+@dataclass(frozen=True)
+class PlaneResult:
+    """A denoised plane: the image in data units and the engine's result.
+
+    Attributes
+    ----------
+    image : numpy.ndarray
+        Denoised plane (after the inverse transform with the Poisson-Gaussian model).
+    result : NTKResult or TiledResult
+        The engine's result (in the stabilised domain with the Poisson-Gaussian model); an
+        :class:`NTKResult` whose eigenimages were dropped (memory budget) has ``renderable`` False.
+    noise : PoissonGaussian or None
+        Poisson-Gaussian parameters of the run.
+    renderable : bool
+        Whether :meth:`render` can re-render other steps.
+    """
+
+    image: np.ndarray
+    result: NTKResult | TiledResult
+    noise: PoissonGaussian | None = None
+    renderable: bool = False
+
+    def restore(self, image: np.ndarray) -> np.ndarray:
+        """Map an engine image back to data units."""
+        return image if self.noise is None else gat_inverse(image, self.noise).astype(np.float32)
+
+    def render(self, t: int) -> np.ndarray:
+        """The plane at twicing step ``t``, in data units."""
+        assert isinstance(self.result, NTKResult) and self.renderable
+        return self.restore(self.result.render(t))
+
+    def metadata(self) -> dict[str, Any]:
+        """The engine result's metadata, with the noise model."""
+        meta = self.result.metadata()
+        if self.noise is not None:
+            meta["noise_model"] = "poisson-gaussian"
+            meta["poisson_gaussian"] = dataclasses.asdict(self.noise)
+        return meta
+
+
+def _without_eigenimages(result: NTKResult) -> NTKResult:
+    """A copy of ``result`` without the ``d x k`` eigenimages (curves, steps and metadata kept)."""
+    stages = [dataclasses.replace(st, filter=dataclasses.replace(st.filter, basis=None)) for st in result.stages]
+    return dataclasses.replace(result, stages=stages)
+
+
+def _denoise_plane(
+    plane: np.ndarray, ref: np.ndarray | None, sigma: float | None, noise: PoissonGaussian | None, tile: int,
+    keep: bool, channel_axis: int | None, params: dict[str, Any],
+) -> Generator[object, None, PlaneResult]:
+    """Denoise one plane (tiled above ``tile``, through the GAT with ``noise``), streaming its events."""
+    if noise is not None:
+        plane, sigma, ref = gat_forward(plane, noise), 1.0, None
+    if max(plane.shape[:2]) > tile:
+        tiled = yield from iter_denoise_tiled(plane, sigma, tile=tile, channel_axis=channel_axis, **params)
+        return PlaneResult(gat_inverse(tiled.image, noise) if noise else tiled.image, tiled, noise)
+    gen = iter_denoise_ntk(plane, sigma, channel_axis=channel_axis, reference=ref, **params)
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            res = stop.value
+            break
+        if noise is not None and isinstance(event, TwicingStep):
+            event = dataclasses.replace(event, image=gat_inverse(event.image, noise).astype(np.float32))
+        yield event
+    image = gat_inverse(res.image, noise).astype(np.float32) if noise else res.image
+    return PlaneResult(image, res if keep else _without_eigenimages(res), noise, renderable=keep)
+
 
 def _denoise_planes(
-    sigma: float | None, params: dict[str, Any], source: ImageSource, reference: ImageSource | None
-) -> Any:
-    """Generator of :class:`PlaneEvent` running :func:`iter_denoise_ntk` on every plane."""
+    sigma: float | None, noise: PoissonGaussian | str | None, tile: int, params: dict[str, Any],
+    source: ImageSource, reference: ImageSource | None,
+) -> Generator[PlaneEvent, None, dict[tuple[int, ...], PlaneResult]]:
+    """Generator of :class:`PlaneEvent` denoising every plane; ``noise="estimate"`` estimates the
+    Poisson-Gaussian parameters from three planes first (announced as a ``PlaneEvent`` of them)."""
+    if noise == "estimate":
+        planes = [np.moveaxis(p, -1, 0) if source.rgb else p[None] for p in source.sample_planes()]
+        noise = estimate_poisson_gaussian(np.concatenate(planes))
+        yield PlaneEvent((), 0, noise)
+    h, w = source.plane_shape
+    eigen_bytes = 4 * h * w * params["rank"] * (1 + params["guided"]) * len(source.indices)
+    keep = max(h, w) <= tile and eigen_bytes <= RENDER_BUDGET
 
-    def run_plane(plane: np.ndarray, index: tuple[int, ...]) -> Any:
+    def run_plane(plane: np.ndarray, index: tuple[int, ...]) -> Generator[object, None, PlaneResult]:
         ref = None if reference is None else reference.plane(index)
-        return iter_denoise_ntk(plane, sigma, channel_axis=source.channel_axis, reference=ref, **params)
+        return _denoise_plane(plane, ref, sigma, noise, tile, keep, source.channel_axis, params)
 
-    return iter_planes(source, run_plane)
+    return (yield from iter_planes(source, run_plane, announce=True))
 
 
 class NTKFilterWidget(ImageRunWidget):
@@ -72,21 +162,36 @@ class NTKFilterWidget(ImageRunWidget):
         self._rank = SpinBox(label="rank", value=256, min=1, max=8192, tooltip="Eigenimages kept.")
         self._guided = CheckBox(value=False, text="guided second stage",
                                 tooltip="Recompute the filter from the first estimate and filter again.")
+        self._noise_model = ComboBox(
+            label="noise model", choices=("gaussian", "poisson-gaussian"), value="gaussian",
+            tooltip="poisson-gaussian (photon counts, cameras): the generalized Anscombe transform before the "
+            "filter and its exact unbiased inverse after; gain and read noise given or estimated.")
+        self._gain = FloatSpinBox(label="gain", min=0.0, max=1e9, step=0.01, visible=False,
+                                  tooltip="Data units per photon; 'auto' estimates it (with the read noise).")
+        self._read_noise = FloatSpinBox(label="read noise", min=0.0, max=1e9, step=0.01, visible=False,
+                                        tooltip="Standard deviation of the Gaussian part in data units.")
+        for box in (self._gain, self._read_noise):
+            box.native.setSpecialValueText("auto")
+        self._tile = SpinBox(label="tile", value=512, min=64, max=16384, step=64,
+                             tooltip="Planes larger than this are denoised in overlapping tiles, each with its own "
+                             "filter and SURE step (the t slider then does not apply).")
         self._device = ComboBox(label="device", choices=device_choices())
         self._t = Slider(label="t", min=0, max=0, value=0, readout=False, enabled=False,
                          tooltip="Twicing step of the output, re-rendered from the stored eigen-coefficients.")
         self._t_label = Label(value="t: run the filter first")
         self._plot = CurvePlot("SURE and PSNR over twicing steps", xlabel="twicing step t", ylabel="dB", log_x=True)
         self.extend([
-            self._image, self._reference, self._sigma, self._depth, self._kernel_size, self._kernel,
-            self._fraction, self._rank, self._guided, self._device, self._buttons, self._t, self._t_label,
+            self._image, self._reference, self._noise_model, self._sigma, self._gain, self._read_noise,
+            self._depth, self._kernel_size, self._kernel, self._fraction, self._rank, self._guided, self._tile,
+            self._device, self._buttons, self._t, self._t_label,
         ])
         self.native.layout().addWidget(self._plot)
-        self._results: dict[tuple[int, ...], NTKResult] = {}
+        self._results: dict[tuple[int, ...], PlaneResult] = {}
         self._run_params: dict[str, Any] = {}
         self._sigma_estimate: float | None = None
         self._sigma_layer: Image | None = None
         self._image.changed.connect(self._estimate_sigma)
+        self._noise_model.changed.connect(self._show_noise_fields)
         self._t.changed.connect(self._render_t)
         viewer.dims.events.current_step.connect(self._update_plot)
         self.native.destroyed.connect(lambda *_: viewer.dims.events.current_step.disconnect(self._update_plot))
@@ -99,6 +204,23 @@ class NTKFilterWidget(ImageRunWidget):
             "input": "image", "fraction": self._fraction.value, "rank": self._rank.value,
             "guided": self._guided.value, "device": None if device == "auto" else device, "seed": 0,
         }
+
+    def _show_noise_fields(self, *args: Any) -> None:
+        """σ for the Gaussian model; gain and read noise for the Poisson-Gaussian one."""
+        pg = self._noise_model.value == "poisson-gaussian"
+        self._sigma.visible = not pg
+        self._gain.visible = self._read_noise.visible = pg
+
+    def _noise_spec(self) -> PoissonGaussian | str | None:
+        """``None`` (Gaussian), given parameters, or ``"estimate"``."""
+        if self._noise_model.value == "gaussian":
+            return None
+        gain, read = self._gain.value, self._read_noise.value
+        if gain > 0 and read > 0:
+            return PoissonGaussian(gain, read)
+        if gain > 0 or read > 0:
+            raise InputError("Give both gain and read noise, or leave both at 'auto' to estimate them.")
+        return "estimate"
 
     def reset_choices(self, *args: Any) -> None:
         """Refresh the layer lists (napari calls this); estimate σ if the image changed."""
@@ -129,37 +251,51 @@ class NTKFilterWidget(ImageRunWidget):
         """
         sigma = None if self._sigma.value in (0.0, self._sigma_estimate) else float(self._sigma.value)
         params = self._params()
-        worker = self._start(partial(_denoise_planes, sigma, params), "NTK filter",
+        try:
+            noise = self._noise_spec()
+        except InputError as exc:
+            show_info(str(exc))
+            return None
+        worker = self._start(partial(_denoise_planes, sigma, noise, self._tile.value, params), "NTK filter",
                              on_event=self._on_step, on_return=self._on_result, on_finished=self._on_finished)
         if worker is not None:
+            if noise is not None and self._reference.value is not None:
+                show_info("PSNR curves against the reference need the Gaussian noise model; the reference is "
+                          "not used with the Poisson-Gaussian one.")
             self._results, self._run_params = {}, params
             self._t.enabled = False
             self._plot.clear()
         return worker
 
     def _on_step(self, item: PlaneEvent) -> None:
-        """Stream a twicing step of one plane into the output layer."""
-        step = item.event
-        if not isinstance(step, TwicingStep):
-            return
+        """Stream a twicing step, or a finished plane, into the output layer."""
         assert self._source is not None and self._out is not None
-        self._source.store(self._out, item.index, step.image)
-        self._show({"status": "running", "plane": list(item.index), "stage": step.stage, "t": step.t})
+        event = item.event
+        if isinstance(event, PoissonGaussian):
+            self._show({"status": "running", "poisson_gaussian": dataclasses.asdict(event)})
+        elif isinstance(event, TwicingStep):
+            self._source.store(self._out, item.index, event.image)
+            self._show({"status": "running", "plane": list(item.index), "stage": event.stage, "t": event.t})
+        elif isinstance(event, PlaneDone):
+            self._results[item.index] = event.value
+            self._source.store(self._out, item.index, event.value.image)
+            self._show({"status": "running", "planes_done": len(self._results), "planes": len(self._source.indices)})
 
-    def _on_result(self, results: dict[tuple[int, ...], NTKResult]) -> None:
-        """Show the final images, keep the results for the ``t`` slider, plot the curves."""
+    def _on_result(self, results: dict[tuple[int, ...], PlaneResult]) -> None:
+        """Keep the results for the ``t`` slider, show the metadata, plot the curves."""
         assert self._source is not None and self._out is not None
         self._results = results
+        renderable = all(r.renderable for r in results.values())
         for index, res in results.items():
-            self._source.store(self._out, index, res.image)
-            if not self._run_params["guided"]:  # the filter of the image itself, as the Inspector's
-                filters.put(self._source.layer, index, self._run_params, res.filter)
-        first = next(iter(results.values()))
-        with self._t.changed.blocked():
-            self._t.max = len(first.t_grid) - 1
-            self._t.value = int(np.searchsorted(first.t_grid, first.t))
-        self._t.enabled = True
-        self._show(self._metadata(first.t))
+            if res.renderable and not self._run_params["guided"] and res.noise is None:
+                filters.put(self._source.layer, index, self._run_params, res.result.filter)  # as the Inspector's
+        first = next(iter(results.values())).result
+        if renderable:
+            with self._t.changed.blocked():
+                self._t.max = len(first.t_grid) - 1
+                self._t.value = int(np.searchsorted(first.t_grid, first.t))
+        self._t.enabled = renderable
+        self._show(self._metadata(first.t if isinstance(first, NTKResult) else None))
         self._update_plot()
 
     def _on_finished(self, stopped: bool) -> None:
@@ -169,18 +305,19 @@ class NTKFilterWidget(ImageRunWidget):
             if self._output is not None:
                 self._output.metadata = {**self._output.metadata, "status": "stopped"}
 
-    def _metadata(self, t_shown: int) -> dict[str, Any]:
+    def _metadata(self, t_shown: int | None) -> dict[str, Any]:
         """Result metadata: parameters, σ, chosen t, timings (per plane for stacks)."""
+        shown = {} if t_shown is None else {"t_shown": t_shown}
         if list(self._results) == [()]:
-            return {**self._results[()].metadata(), "t_shown": t_shown}
+            return {**self._results[()].metadata(), **shown}
         planes = [{"index": list(i), **res.metadata()} for i, res in self._results.items()]
-        return {"planes": planes, "t_shown": t_shown}
+        return {"planes": planes, **shown}
 
     def _render_t(self, position: int) -> None:
         """Re-render the output at the slider's step from the stored coefficients."""
-        if not self._results or self._source is None or self._out is None:
+        if not self._results or self._source is None or self._out is None or not self._t.enabled:
             return
-        t = int(next(iter(self._results.values())).t_grid[position])
+        t = int(next(iter(self._results.values())).result.t_grid[position])
         for index, res in self._results.items():
             self._source.store(self._out, index, res.render(t))
         self._show(self._metadata(t))
@@ -190,10 +327,14 @@ class NTKFilterWidget(ImageRunWidget):
         """Plot SURE (as PSNR) and the reference PSNR of the shown plane, marking the shown t."""
         if not self._results or self._source is None:
             return
-        res = self._results.get(self._source.current_index(self._viewer), next(iter(self._results.values())))
-        t = int(res.t_grid[self._t.value])
-        self._t_label.value = f"t = {t}   (SURE choice: {res.t}, σ = {res.sigma:.4g})"
+        plane = self._results.get(self._source.current_index(self._viewer), next(iter(self._results.values())))
+        res = plane.result
         self._plot.clear()
+        if not isinstance(res, NTKResult):
+            self._t_label.value = f"tiled plane: t per tile {res.t} (σ = {res.sigma:.4g})"
+            return
+        t = int(res.t_grid[self._t.value]) if self._t.enabled else res.t
+        self._t_label.value = f"t = {t}   (SURE choice: {res.t}, σ = {res.sigma:.4g})"
         if res.sure is not None:
             with np.errstate(divide="ignore", invalid="ignore"):
                 sure_db = 10 * np.log10(res.data_range**2 / np.where(res.sure > 0, res.sure, np.nan))
