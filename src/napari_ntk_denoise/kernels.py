@@ -164,24 +164,24 @@ class CNNKernel:
             rest, stride = rest // n, stride * n
         return flat
 
-    def _patches(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def _patches(self, x: torch.Tensor, idx: torch.Tensor | range) -> torch.Tensor:
         """Reflect-padded patches of ``x`` (C, H, W) or (C, Z, H, W) at flat pixels ``idx``:
         ``(n, C patch_size)``.
 
-        In 2-D a run of whole image rows (what the Nyström sweep asks for) is unfolded from a padded
-        band; any other set of pixels is gathered through reflected neighbour indices.
+        In 2-D a ``range`` of whole image rows (what the Nyström sweep asks for) is unfolded from a
+        padded band; any other set of pixels is gathered through reflected neighbour indices.  (A
+        range is known on the host: testing a device tensor for it would stall a GPU.)
         """
         c, w = x.shape[0], x.shape[-1]
-        n = len(idx)
-        first = int(idx[0]) if n else 0
-        if x.ndim == 3 and n and first % w == 0 and n % w == 0 and int(idx[-1]) == first + n - 1:
-            h, p = x.shape[1], self.kernel_size // 2
-            r0, r1 = first // w, (first + n) // w
-            rows = _reflect(torch.arange(r0 - p, r1 + p, device=x.device), h)
-            band = F.pad(x[:, rows], (p, p), mode="reflect") if p else x[:, rows]
-            return F.unfold(band[None], self.kernel_size)[0].T
+        if isinstance(idx, range):
+            if x.ndim == 3 and idx.step == 1 and idx.start % w == 0 and len(idx) % w == 0 and len(idx):
+                h, p = x.shape[1], self.kernel_size // 2
+                rows = _reflect(torch.arange(idx.start // w - p, idx.stop // w + p, device=x.device), h)
+                band = F.pad(x[:, rows], (p, p), mode="reflect") if p else x[:, rows]
+                return F.unfold(band[None], self.kernel_size)[0].T
+            idx = torch.arange(idx.start, idx.stop, idx.step, device=x.device)
         nb = self._neighbours(idx, tuple(x.shape[1:]))
-        return x.reshape(c, -1)[:, nb].permute(1, 0, 2).reshape(n, -1)
+        return x.reshape(c, -1)[:, nb].permute(1, 0, 2).reshape(len(idx), -1)
 
     def _box(self, img: torch.Tensor) -> torch.Tensor:
         """``A`` on a diagonal: reflect-padded mean filter of patch size over an (H, W) or (Z, H, W) map."""
@@ -353,7 +353,7 @@ class CNNKernel:
         return side
 
     def block_fast(
-        self, x: torch.Tensor, rows: torch.Tensor, side: "ColumnSide", padded: bool = False
+        self, x: torch.Tensor, rows: torch.Tensor | range, side: "ColumnSide", padded: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``K[rows, cols]`` and, with a perturbed input, ``K_eps - K`` computed stably.
 
@@ -362,17 +362,20 @@ class CNNKernel:
         its precision however the products round.  The arc-cosine output layer is one fused
         elementwise kernel (compiled when possible); pixels that are both a row and a column get
         their exact diagonal (:meth:`_exact_self_pairs`).  Deeper kernels use :meth:`block` in
-        float64 for both inputs.  ``rows`` must be sorted.  With ``padded``, depth-2 blocks keep
-        the zero columns that pad the width to a multiple of 32 (aligned operands for the
-        products that follow).
+        float64 for both inputs.  ``rows`` must be sorted (a ``range`` of whole image rows is
+        fastest).  With ``padded``, depth-2 blocks keep the zero columns that pad the width to a
+        multiple of 32 (aligned operands for the products that follow).
         """
         cols, x_eps = side.cols, side.x_eps
+        row_set = rows
+        if isinstance(rows, range):
+            rows = torch.arange(rows.start, rows.stop, rows.step, device=x.device)
         if self.depth > 2:  # float64: self-pairs (cos t = 1) sit at every layer of the recursion
             k = self.block(x.double(), rows, cols)
             if x_eps is None:
                 return k.to(x.dtype), None
             return k.to(x.dtype), (self.block(x_eps.double(), rows, cols) - k).to(x.dtype)
-        pr = self._patches(x, rows)
+        pr = self._patches(x, row_set)
         if side.basis is not None:  # principal part exact, residual in low precision (summed in the fused op)
             ar = pr @ side.basis
             g_low = _pad_inner((pr - ar @ side.basis.T).to(side.gemm_dtype)) @ side.low
@@ -386,7 +389,7 @@ class CNNKernel:
         if x_eps is None:
             k = _fused("single")(g_hi, g_low, nr, side.norms, side.scale, factor, self.sigma_w2)[:, :m]
             return self._exact_self_pairs(k, None, rows, cols, side.diagonals, None)
-        pre = self._patches(x_eps, rows)
+        pre = self._patches(x_eps, row_set)
         dg = _pad_inner(torch.cat([pre - pr, pre], dim=1).to(side.gemm_dtype)) @ side.delta
         nre = self._norms(side.diagonals_eps, rows)
         k, dk = _fused("pair")(g_hi, g_low, dg, nr, side.norms, nre, side.norms_eps, side.scale, factor,
@@ -400,16 +403,17 @@ class CNNKernel:
 
         There ``cos t = 1`` exactly, but a rounded Gram gives ``1 - delta`` and ``sin t`` has an
         infinite slope at 1, so float32 noise would otherwise dominate ``K_eps - K``.
-        ``rows`` must be sorted.
+        ``rows`` must be sorted.  Every column is written (its own value where it is no row), so
+        that no data-dependent branch or index set stalls a GPU.
         """
         pos = torch.searchsorted(rows, cols).clamp(max=len(rows) - 1)
         hit = rows[pos] == cols
-        if bool(hit.any()):
-            ri, ci = pos[hit], torch.nonzero(hit).squeeze(1)
-            kd = diagonals[2].reshape(-1)[cols[hit]].to(k.dtype)
-            k[ri, ci] = kd
-            if dk is not None:
-                dk[ri, ci] = (diagonals_eps[2].reshape(-1)[cols[hit]].to(k.dtype) - kd).to(dk.dtype)
+        ci = torch.arange(len(cols), device=cols.device)
+        kd = diagonals[2].reshape(-1)[cols].to(k.dtype)
+        k[pos, ci] = torch.where(hit, kd, k[pos, ci])
+        if dk is not None:
+            dkd = (diagonals_eps[2].reshape(-1)[cols].to(k.dtype) - kd).to(dk.dtype)
+            dk[pos, ci] = torch.where(hit, dkd, dk[pos, ci])
         return k, dk
 
 

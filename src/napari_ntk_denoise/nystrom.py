@@ -109,7 +109,7 @@ def estimate_bytes(
 
 
 def _kernel_rows(
-    kernel: CNNKernel, x: torch.Tensor, rows: torch.Tensor, sides: list[ColumnSide], padded: bool = False
+    kernel: CNNKernel, x: torch.Tensor, rows: torch.Tensor | range, sides: list[ColumnSide], padded: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``K[rows, anchors]`` (and ``K_eps - K``) over the anchor chunks described by ``sides``;
     ``padded`` keeps a single chunk's zero padding columns (see :meth:`CNNKernel.block_fast`)."""
@@ -427,8 +427,7 @@ def iter_nystrom(
     product = _SplitProduct(proj_m) if split else lambda a: a @ proj_m
     yield Progress(stage, 1, total, "kernel columns")
     for b, (i0, i1) in enumerate(blocks):
-        rows = torch.arange(i0, i1, device=dev)
-        kr, dk = _kernel_rows(kernel, x, rows, sides, padded=True)
+        kr, dk = _kernel_rows(kernel, x, range(i0, i1), sides, padded=True)
         brows = product(kr)  # float32 accuracy: the trailing eigen-directions cancel strongly
         main.add(i0, i1, brows)
         if pert is not None:
