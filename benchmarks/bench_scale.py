@@ -6,6 +6,8 @@ Sections (all by default; pick with ``--only``):
            noise 3), denoised in 512-pixel tiles with the Poisson-Gaussian model: wall time, peak
            RSS and PSNR against the noiseless phantom.
 ``stack``  a synthetic ``Z x N x N`` stack (default 32 x 512 x 512), same noise, plane by plane.
+``volume`` the same stack with 3-D patches (r = 5, r_z = 3, volume tiles of 16 x 128 x 128) next to
+           planes with the same in-plane kernel (r = 5).
 ``fmd``    the FMD samples in ``../shared/data/fmd_samples`` (a single raw frame against the
            50-frame average): NTK with the Gaussian model (sigma estimated) and with the
            Poisson-Gaussian model (gain and read noise estimated), next to scikit-image's
@@ -16,7 +18,7 @@ Peak RSS is that of the whole process so far (sections run in order).
 
 Usage::
 
-    python benchmarks/bench_scale.py [--only plane,stack,fmd] [--size 2048] [--stack-shape 32,512,512]
+    python benchmarks/bench_scale.py [--only plane,stack,volume,fmd] [--size 2048] [--stack-shape 32,512,512]
                                      [--crop 512] [--device cpu|cuda]
 """
 
@@ -79,7 +81,21 @@ def timed(func, *args, **kwargs):
     return out, time.perf_counter() - t0
 
 
-def synthetic(shape: tuple[int, ...], axes: str, device: str | None) -> None:
+#: rows of the synthetic sections: label, denoise_stack options
+PLANE_RUNS = [
+    ("NTK, Poisson-Gaussian (true parameters), tiles of 512",
+     dict(noise_model="poisson-gaussian", noise=PoissonGaussian(GAIN, READ_NOISE))),
+    ("NTK, Poisson-Gaussian (estimated), tiles of 512", dict(noise_model="poisson-gaussian")),
+]
+VOLUME_RUNS = [  # 3-D patches against planes with the same in-plane kernel size
+    ("NTK 2-D patches 5x5, Poisson-Gaussian (estimated), tiles of 512",
+     dict(noise_model="poisson-gaussian", kernel_size=5)),
+    ("NTK 3-D patches 3x5x5, Poisson-Gaussian (estimated), tiles of 16x128x128",
+     dict(noise_model="poisson-gaussian", patches="3d", kernel_size=5, kernel_size_z=3, tile=128, tile_z=16)),
+]
+
+
+def synthetic(shape: tuple[int, ...], axes: str, device: str | None, runs: list[tuple[str, dict]]) -> None:
     clean = phantom(shape)
     noisy = poisson_gaussian_noise(clean)
     print(f"## synthetic {'x'.join(map(str, shape))} ({axes}), Poisson-Gaussian gain {GAIN}, read noise {READ_NOISE}\n")
@@ -88,10 +104,8 @@ def synthetic(shape: tuple[int, ...], axes: str, device: str | None) -> None:
     print("| method | wall time (s) | peak RSS (GB) | PSNR (dB) |")
     print("|---|---|---|---|")
     print(f"| noisy input | | | {psnr(np.clip(noisy, 0, PEAK), clean, PEAK):.2f} |")
-    for label, kw in [("NTK, Poisson-Gaussian (true parameters), tiles of 512",
-                       dict(noise_model="poisson-gaussian", noise=PoissonGaussian(GAIN, READ_NOISE))),
-                      ("NTK, Poisson-Gaussian (estimated), tiles of 512", dict(noise_model="poisson-gaussian"))]:
-        out, sec = timed(denoise_stack, noisy, axes=axes, tile=512, device=device, **kw)
+    for label, kw in runs:
+        out, sec = timed(denoise_stack, noisy, axes=axes, device=device, **{"tile": 512, **kw})
         print(f"| {label} | {sec:.1f} | {peak_rss_gb():.2f} | {psnr(np.clip(out, 0, PEAK), clean, PEAK):.2f} |")
     print()
 
@@ -160,7 +174,7 @@ def fmd(crop: int, device: str | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", default="plane,stack,fmd", help="comma-separated sections")
+    parser.add_argument("--only", default="plane,stack,volume,fmd", help="comma-separated sections")
     parser.add_argument("--size", type=int, default=2048, help="side of the synthetic plane")
     parser.add_argument("--stack-shape", default="32,512,512", help="Z,Y,X of the synthetic stack")
     parser.add_argument("--crop", type=int, default=512, help="crop FMD samples to this many rows and columns")
@@ -169,10 +183,13 @@ def main() -> None:
     print(f"# bench_scale on {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, device {args.device or 'auto'}\n")
     sections = set(args.only.split(","))
+    stack_shape = tuple(int(v) for v in args.stack_shape.split(","))
     if "plane" in sections:
-        synthetic((args.size, args.size), "YX", args.device)
+        synthetic((args.size, args.size), "YX", args.device, PLANE_RUNS)
     if "stack" in sections:
-        synthetic(tuple(int(v) for v in args.stack_shape.split(",")), "ZYX", args.device)
+        synthetic(stack_shape, "ZYX", args.device, PLANE_RUNS)
+    if "volume" in sections:
+        synthetic(stack_shape, "ZYX", args.device, VOLUME_RUNS)
     if "fmd" in sections:
         fmd(args.crop, args.device)
 

@@ -140,6 +140,11 @@ class _Plan:
     def unit_sigma(self) -> float | None:
         return 1.0 if self.noise is not None else self.sigma
 
+    @property
+    def ntk(self) -> dict[str, Any]:
+        """The engine options of one tile: :attr:`tiling` without the tile geometry."""
+        return {k: v for k, v in self.tiling.items() if k not in ("tile", "overlap", "tile_z", "overlap_z")}
+
 
 def _plan(array: Any, sigma: float | None, axes: str, channels: str, noise_model: str,
           noise: PoissonGaussian | None, patches: str, tile: int | None, kwargs: dict[str, Any]) -> _Plan:
@@ -236,11 +241,10 @@ def _denoise_block(block: np.ndarray, plan: _Plan, block_info: dict | None = Non
     weight = plan.grid.window(location)
     if plan.colour:
         weight = weight[..., None]
-    ntk = {k: v for k, v in plan.tiling.items() if k not in ("tile", "overlap", "tile_z", "overlap_z")}
     out = np.empty(block.shape)
-    for idx in np.ndindex(*block.shape[: plan.n_loop]):
+    for idx in np.ndindex(*block.shape[: plan.n_loop]):  # as a tile of iter_denoise_tiled
         res = drain(iter_denoise_ntk(plan.stabilise(block[idx]), plan.unit_sigma, channel_axis=plan.channel_axis,
-                                     stream_steps=0, **ntk))
+                                     stream_steps=0, **plan.ntk))
         out[idx] = weight * res.image
     return out
 
