@@ -119,6 +119,15 @@ def test_noise_input_filter_is_image_independent():
     assert res.stages[0].sure is not None
 
 
+def test_guided_noise_input_sure_tracks_the_error():
+    """Noise input, guided: stage 1's filter is shared by both runs, the perturbed guide is still
+    formed, and stage 2's Monte-Carlo SURE follows the true MSE over every t."""
+    noisy, clean = _noisy()
+    _, res = denoise_ntk(noisy, 0.1, input="noise", guided=True, reference=clean, **FAST)
+    stage = res.stages[1]
+    np.testing.assert_allclose(stage.sure.sure, stage.mse, rtol=0.05)
+
+
 def test_iter_filter_yields_progress_and_returns_filter():
     noisy, _ = _noisy()
     gen = iter_filter(noisy, **FAST)
