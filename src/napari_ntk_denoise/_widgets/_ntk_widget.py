@@ -66,14 +66,10 @@ class PlaneResult:
     noise: PoissonGaussian | None = None
     renderable: bool = False
 
-    def restore(self, image: np.ndarray) -> np.ndarray:
-        """Map an engine image back to data units."""
-        return image if self.noise is None else gat_inverse(image, self.noise).astype(np.float32)
-
     def render(self, t: int) -> np.ndarray:
         """The plane at twicing step ``t``, in data units."""
         assert isinstance(self.result, NTKResult) and self.renderable
-        return self.restore(self.result.render(t))
+        return _data_units(self.result.render(t), self.noise)
 
     def metadata(self) -> dict[str, Any]:
         """The engine result's metadata, with the noise model."""
@@ -82,6 +78,11 @@ class PlaneResult:
             meta["noise_model"] = "poisson-gaussian"
             meta["poisson_gaussian"] = dataclasses.asdict(self.noise)
         return meta
+
+
+def _data_units(image: np.ndarray, noise: PoissonGaussian | None) -> np.ndarray:
+    """An engine image back in data units: the exact unbiased inverse GAT with ``noise``."""
+    return image if noise is None else gat_inverse(image, noise).astype(np.float32)
 
 
 def _without_eigenimages(result: NTKResult) -> NTKResult:
@@ -99,7 +100,7 @@ def _denoise_plane(
         plane, sigma, ref = gat_forward(plane, noise), 1.0, None
     if max(plane.shape[:2]) > tile:
         tiled = yield from iter_denoise_tiled(plane, sigma, tile=tile, channel_axis=channel_axis, **params)
-        return PlaneResult(gat_inverse(tiled.image, noise) if noise else tiled.image, tiled, noise)
+        return PlaneResult(_data_units(tiled.image, noise), tiled, noise)
     gen = iter_denoise_ntk(plane, sigma, channel_axis=channel_axis, reference=ref, **params)
     while True:
         try:
@@ -107,11 +108,11 @@ def _denoise_plane(
         except StopIteration as stop:
             res = stop.value
             break
-        if noise is not None and isinstance(event, TwicingStep):
-            event = dataclasses.replace(event, image=gat_inverse(event.image, noise).astype(np.float32))
+        if isinstance(event, TwicingStep):
+            event = dataclasses.replace(event, image=_data_units(event.image, noise))
         yield event
-    image = gat_inverse(res.image, noise).astype(np.float32) if noise else res.image
-    return PlaneResult(image, res if keep else _without_eigenimages(res), noise, renderable=keep)
+    return PlaneResult(_data_units(res.image, noise), res if keep else _without_eigenimages(res), noise,
+                       renderable=keep)
 
 
 def _denoise_planes(
