@@ -253,3 +253,30 @@ def test_poisson_gaussian_model_estimates_and_inverts(qtbot, viewer, open_widget
     widget._t.value = 0
     np.testing.assert_allclose(out.data[1], gat_inverse(plane.result.render(plane.result.t_grid[0]), plane.noise),
                                rtol=1e-5)
+
+
+def test_volume_patches_filter_each_z_stack(qtbot, viewer, open_widget, small) -> None:
+    """3-D patches: a (T, Z, Y, X) layer is filtered volume by volume, as denoise_ntk(volume=True)."""
+    from napari_ntk_denoise import denoise_ntk
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:24, :24] / 24
+    clean = np.stack([np.stack([0.3 + 0.4 * xx + 0.2 * (yy > 0.5)] * 6)] * 2).astype(np.float32)
+    noisy = (clean + 0.1 * rng.standard_normal(clean.shape)).astype(np.float32)
+    viewer.add_image(noisy[0, 0], name="plane")
+    viewer.add_image(noisy, name="tzyx")
+    widget = small(open_widget("NTK Filter"))
+    widget._volume.value = True
+    widget._image.value = viewer.layers["plane"]
+    assert widget.run() is None and "Z axis" in _messages()[-1]
+    widget._image.value = viewer.layers["tzyx"]
+    worker = widget.run()
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
+        pass
+    out = viewer.layers["tzyx [NTK]"]
+    assert [p["index"] for p in out.metadata["planes"]] == [[0], [1]]
+    assert out.metadata["planes"][1]["params"]["volume"]
+    expected, res = denoise_ntk(noisy[1], None, **{k: v for k, v in widget._params().items() if k != "stream_steps"})
+    np.testing.assert_allclose(out.data[1], expected, atol=1e-6)
+    assert widget._t.enabled and widget._results[(1,)].result.filter.shape == (6, 24, 24)
+    assert np.mean((out.data - clean) ** 2) < 0.3 * np.mean((noisy - clean) ** 2)

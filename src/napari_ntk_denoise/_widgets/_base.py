@@ -66,6 +66,7 @@ class ImageRunWidget(Container):
         func: Callable[[ImageSource, ImageSource | None], Generator[PlaneEvent, None, Any]],
         what: str,
         check: Callable[[ImageSource], None] | None = None,
+        volume: bool = False,
         **runner_kwargs: Any,
     ) -> GeneratorWorker | None:
         """Check the chosen layers, reset the output, and run ``func(source, reference)``.
@@ -78,6 +79,8 @@ class ImageRunWidget(Container):
             Name of the computation, for the progress bar.
         check : callable, optional
             Further check of the source, raising :class:`InputError` with a message.
+        volume : bool
+            Process Z-Y-X volumes (the axis before Y is Z) instead of Y-X planes.
         **runner_kwargs
             ``on_event``, ``on_return``, ... of :meth:`StreamRunner.start`.
 
@@ -89,7 +92,7 @@ class ImageRunWidget(Container):
         if self._runner.refuse_if_running():
             return None
         try:
-            source = source_from_layer(self._image.value, self._viewer)
+            source = source_from_layer(self._image.value, self._viewer, volume)
             reference = reference_from_layer(self._reference.value, source, self._viewer)
             if check is not None:
                 check(source)

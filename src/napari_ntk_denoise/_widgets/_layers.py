@@ -75,10 +75,13 @@ class ImageSource:
         The source layer (read only).
     rgb : bool
         Whether the last axis holds colour (RGB or RGBA) channels.
+    volume : bool
+        Whether a unit of work is a Z-Y-X volume (the axis before Y is Z) rather than a Y-X plane.
     """
 
     layer: napari.layers.Image
     rgb: bool
+    volume: bool = False
 
     @property
     def name(self) -> str:
@@ -92,8 +95,8 @@ class ImageSource:
 
     @property
     def plane_ndim(self) -> int:
-        """Dimensions of a plane: 2 (gray) or 3 (colour last)."""
-        return 3 if self.rgb else 2
+        """Dimensions of a plane: 2 (gray) or 3 (colour last), one more for a volume."""
+        return (3 if self.rgb else 2) + self.volume
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -106,9 +109,14 @@ class ImageSource:
         return self.shape[: len(self.shape) - self.plane_ndim]
 
     @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """``(H, W)`` of a plane, or ``(Z, H, W)`` of a volume."""
+        return self.shape[len(self.stack_shape) :][: 2 + self.volume]
+
+    @property
     def plane_shape(self) -> tuple[int, int]:
         """``(H, W)`` of a plane."""
-        h, w = self.shape[len(self.stack_shape) :][:2]
+        h, w = self.spatial_shape[-2:]
         return h, w
 
     @property
@@ -189,7 +197,7 @@ class ImageSource:
         }
 
 
-def source_from_layer(layer: object, viewer: napari.viewer.Viewer) -> ImageSource:
+def source_from_layer(layer: object, viewer: napari.viewer.Viewer, volume: bool = False) -> ImageSource:
     """Check a layer chosen in a widget and view it as an :class:`ImageSource`.
 
     Parameters
@@ -198,6 +206,8 @@ def source_from_layer(layer: object, viewer: napari.viewer.Viewer) -> ImageSourc
         The chosen layer.
     viewer : napari.viewer.Viewer
         The viewer, to explain what it holds when no image layer is chosen.
+    volume : bool
+        View it as Z-Y-X volumes (the axis before Y is Z) instead of Y-X planes.
 
     Raises
     ------
@@ -222,7 +232,9 @@ def source_from_layer(layer: object, viewer: napari.viewer.Viewer) -> ImageSourc
     data = layer.data
     if np.iscomplexobj(data) or data.dtype == bool:
         raise InputError(f"'{layer.name}' has {data.dtype} values; a real-valued image is needed.")
-    src = ImageSource(layer=layer, rgb=rgb)
+    if volume and data.ndim < 3 + rgb:
+        raise InputError(f"'{layer.name}' has no Z axis: 3-D patches need a stack of planes.")
+    src = ImageSource(layer=layer, rgb=rgb, volume=volume)
     if min(src.plane_shape) < 8:
         raise InputError(f"'{layer.name}' planes are {src.plane_shape}; at least 8 x 8 pixels are needed.")
     return src
@@ -249,7 +261,7 @@ def reference_from_layer(
     """
     if layer is None:
         return None
-    reference = source_from_layer(layer, viewer)
+    reference = source_from_layer(layer, viewer, source.volume)
     if reference.layer is source.layer:
         raise InputError("The reference must be a clean image, not the image being processed.")
     if (reference.rgb, reference.stack_shape, reference.plane_shape) != (

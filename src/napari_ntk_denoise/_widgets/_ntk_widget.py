@@ -26,6 +26,7 @@ from napari.utils.notifications import show_info
 
 from napari_ntk_denoise import NTKResult, TiledResult, TwicingStep, iter_denoise_ntk, iter_denoise_tiled
 from napari_ntk_denoise.stopping import estimate_noise_sigma
+from napari_ntk_denoise.tiling import TILE_Z
 from napari_ntk_denoise.vst import PoissonGaussian, estimate_poisson_gaussian, gat_forward, gat_inverse
 
 from ._base import ImageRunWidget
@@ -98,7 +99,8 @@ def _denoise_plane(
     """Denoise one plane (tiled above ``tile``, through the GAT with ``noise``), streaming its events."""
     if noise is not None:
         plane, sigma, ref = gat_forward(plane, noise), 1.0, None
-    if max(plane.shape[:2]) > tile:
+    spatial = plane.shape[: 2 + params["volume"]]
+    if max(spatial[-2:]) > tile or (params["volume"] and spatial[0] > TILE_Z):
         tiled = yield from iter_denoise_tiled(plane, sigma, tile=tile, channel_axis=channel_axis, **params)
         return PlaneResult(_data_units(tiled.image, noise), tiled, noise)
     gen = iter_denoise_ntk(plane, sigma, channel_axis=channel_axis, reference=ref, **params)
@@ -122,12 +124,13 @@ def _denoise_planes(
     """Generator of :class:`PlaneEvent` denoising every plane; ``noise="estimate"`` estimates the
     Poisson-Gaussian parameters from three planes first (announced as a ``PlaneEvent`` of them)."""
     if noise == "estimate":
-        planes = [np.moveaxis(p, -1, 0) if source.rgb else p[None] for p in source.sample_planes()]
-        noise = estimate_poisson_gaussian(np.concatenate(planes))
+        planes = [np.moveaxis(p, -1, 0) if source.rgb else p for p in source.sample_planes()]
+        noise = estimate_poisson_gaussian(np.concatenate([p.reshape(-1, *p.shape[-2:]) for p in planes]))
         yield PlaneEvent((), 0, noise)
-    h, w = source.plane_shape
-    eigen_bytes = 4 * h * w * params["rank"] * (1 + params["guided"]) * len(source.indices)
-    keep = max(h, w) <= tile and eigen_bytes <= RENDER_BUDGET
+    spatial = source.spatial_shape
+    eigen_bytes = 4 * math.prod(spatial) * params["rank"] * (1 + params["guided"]) * len(source.indices)
+    tiled = max(spatial[-2:]) > tile or (source.volume and spatial[0] > TILE_Z)
+    keep = not tiled and eigen_bytes <= RENDER_BUDGET
 
     def run_plane(plane: np.ndarray, index: tuple[int, ...]) -> Generator[object, None, PlaneResult]:
         ref = None if reference is None else reference.plane(index)
@@ -173,6 +176,11 @@ class NTKFilterWidget(ImageRunWidget):
                                         tooltip="Standard deviation of the Gaussian part in data units.")
         for box in (self._gain, self._read_noise):
             box.native.setSpecialValueText("auto")
+        self._volume = CheckBox(value=False, text="3-D patches (Z stack)",
+                                tooltip="Filter each Z-Y-X volume (the axis before Y is Z) with the kernel of 3-D "
+                                "patches instead of each plane on its own.")
+        self._kernel_size_z = SpinBox(label="kernel size z", value=3, min=1, max=31, step=2, visible=False,
+                                      tooltip="Patch depth along Z (odd).")
         self._tile = SpinBox(label="tile", value=512, min=64, max=16384, step=64,
                              tooltip="Planes larger than this are denoised in overlapping tiles, each with its own "
                              "filter and SURE step (the t slider then does not apply).")
@@ -183,8 +191,8 @@ class NTKFilterWidget(ImageRunWidget):
         self._plot = CurvePlot("SURE and PSNR over twicing steps", xlabel="twicing step t", ylabel="dB", log_x=True)
         self.extend([
             self._image, self._reference, self._noise_model, self._sigma, self._gain, self._read_noise,
-            self._depth, self._kernel_size, self._kernel, self._fraction, self._rank, self._guided, self._tile,
-            self._device, self._buttons, self._t, self._t_label,
+            self._depth, self._kernel_size, self._volume, self._kernel_size_z, self._kernel, self._fraction,
+            self._rank, self._guided, self._tile, self._device, self._buttons, self._t, self._t_label,
         ])
         self.native.layout().addWidget(self._plot)
         self._results: dict[tuple[int, ...], PlaneResult] = {}
@@ -193,6 +201,7 @@ class NTKFilterWidget(ImageRunWidget):
         self._sigma_layer: Image | None = None
         self._image.changed.connect(self._estimate_sigma)
         self._noise_model.changed.connect(self._show_noise_fields)
+        self._volume.changed.connect(lambda on: setattr(self._kernel_size_z, "visible", on))
         self._t.changed.connect(self._render_t)
         viewer.dims.events.current_step.connect(self._update_plot)
         self.native.destroyed.connect(lambda *_: viewer.dims.events.current_step.disconnect(self._update_plot))
@@ -204,6 +213,7 @@ class NTKFilterWidget(ImageRunWidget):
             "depth": self._depth.value, "kernel_size": self._kernel_size.value, "kernel": self._kernel.value,
             "input": "image", "fraction": self._fraction.value, "rank": self._rank.value,
             "guided": self._guided.value, "device": None if device == "auto" else device, "seed": 0,
+            "volume": self._volume.value, "kernel_size_z": self._kernel_size_z.value if self._volume.value else None,
         }
 
     def _show_noise_fields(self, *args: Any) -> None:
@@ -258,7 +268,8 @@ class NTKFilterWidget(ImageRunWidget):
             show_info(str(exc))
             return None
         worker = self._start(partial(_denoise_planes, sigma, noise, self._tile.value, params), "NTK filter",
-                             on_event=self._on_step, on_return=self._on_result, on_finished=self._on_finished)
+                             volume=params["volume"], on_event=self._on_step, on_return=self._on_result,
+                             on_finished=self._on_finished)
         if worker is not None:
             if noise is not None and self._reference.value is not None:
                 show_info("PSNR curves against the reference need the Gaussian noise model; the reference is "
@@ -288,7 +299,8 @@ class NTKFilterWidget(ImageRunWidget):
         self._results = results
         renderable = all(r.renderable for r in results.values())
         for index, res in results.items():
-            if res.renderable and not self._run_params["guided"] and res.noise is None:
+            plane_filter = not (self._run_params["guided"] or self._run_params["volume"] or res.noise)
+            if res.renderable and plane_filter:
                 filters.put(self._source.layer, index, self._run_params, res.result.filter)  # as the Inspector's
         first = next(iter(results.values())).result
         if renderable:
