@@ -93,14 +93,14 @@ def _without_eigenimages(result: NTKResult) -> NTKResult:
 
 
 def _denoise_plane(
-    plane: np.ndarray, ref: np.ndarray | None, sigma: float | None, noise: PoissonGaussian | None, tile: int,
-    keep: bool, channel_axis: int | None, params: dict[str, Any],
+    plane: np.ndarray, ref: np.ndarray | None, sigma: float | None, noise: PoissonGaussian | None,
+    tile: int | None, keep: bool, channel_axis: int | None, params: dict[str, Any],
 ) -> Generator[object, None, PlaneResult]:
-    """Denoise one plane (tiled above ``tile``, through the GAT with ``noise``), streaming its events."""
+    """Denoise one plane (in tiles of ``tile`` unless ``None``, through the GAT with ``noise``),
+    streaming its events; ``keep`` keeps the eigenimages for :meth:`PlaneResult.render`."""
     if noise is not None:
         plane, sigma, ref = gat_forward(plane, noise), 1.0, None
-    spatial = plane.shape[: 2 + params["volume"]]
-    if max(spatial[-2:]) > tile or (params["volume"] and spatial[0] > TILE_Z):
+    if tile is not None:
         tiled = yield from iter_denoise_tiled(plane, sigma, tile=tile, channel_axis=channel_axis, **params)
         return PlaneResult(_data_units(tiled.image, noise), tiled, noise)
     gen = iter_denoise_ntk(plane, sigma, channel_axis=channel_axis, reference=ref, **params)
@@ -134,7 +134,7 @@ def _denoise_planes(
 
     def run_plane(plane: np.ndarray, index: tuple[int, ...]) -> Generator[object, None, PlaneResult]:
         ref = None if reference is None else reference.plane(index)
-        return _denoise_plane(plane, ref, sigma, noise, tile, keep, source.channel_axis, params)
+        return _denoise_plane(plane, ref, sigma, noise, tile if tiled else None, keep, source.channel_axis, params)
 
     return (yield from iter_planes(source, run_plane, announce=True))
 
