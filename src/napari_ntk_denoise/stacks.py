@@ -22,10 +22,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .denoise import iter_denoise_ntk
 from .events import Progress, drain, forward_progress
 from .stopping import estimate_noise_sigma
-from .tiling import TileGrid, check_tiled_request, iter_denoise_tiled
+from .tiling import TileGrid, check_tiled_request, iter_denoise_tile, iter_denoise_tiled
 from .vst import PoissonGaussian, estimate_poisson_gaussian, gat_forward, gat_inverse
 
 __all__ = ["AXES", "check_axes", "estimate_stack_noise", "estimate_stack_sigma", "iter_denoise_stack",
@@ -67,14 +66,19 @@ def _plane_order(axes: str, channels: str, patches: str = "2d") -> tuple[list[in
     return loop + [axes.index(a) for a in inner], len(loop)
 
 
+def spread_indices(n: int, count: int) -> np.ndarray:
+    """Up to ``count`` distinct evenly spaced indices in ``[0, n)``, first and last included."""
+    return np.unique(np.round(np.linspace(0, n - 1, min(count, n))).astype(int))
+
+
 def _sample_planes(array: np.ndarray | Any, axes: str, count: int = 3) -> np.ndarray:
     """Up to ``count`` evenly spaced Y-X planes (every channel of them), as a numpy ``(n, Y, X)`` stack."""
     order, n_loop = _plane_order(axes, "independent")
     moved = array.transpose(order)  # numpy and dask alike
     loop_shape = moved.shape[:n_loop]
     n = int(np.prod(loop_shape))
-    picks = np.unique(np.round(np.linspace(0, n - 1, min(count, n))).astype(int))
-    return np.stack([np.asarray(moved[np.unravel_index(p, loop_shape)], dtype=np.float64) for p in picks])
+    return np.stack([np.asarray(moved[np.unravel_index(p, loop_shape)], dtype=np.float64)
+                     for p in spread_indices(n, count)])
 
 
 def estimate_stack_noise(array: Any, axes: str, *, offset: float = 0.0) -> PoissonGaussian:
@@ -242,9 +246,8 @@ def _denoise_block(block: np.ndarray, plan: _Plan, block_info: dict | None = Non
     if plan.colour:
         weight = weight[..., None]
     out = np.empty(block.shape)
-    for idx in np.ndindex(*block.shape[: plan.n_loop]):  # as a tile of iter_denoise_tiled
-        res = drain(iter_denoise_ntk(plan.stabilise(block[idx]), plan.unit_sigma, channel_axis=plan.channel_axis,
-                                     stream_steps=0, **plan.ntk))
+    for idx in np.ndindex(*block.shape[: plan.n_loop]):
+        res = drain(iter_denoise_tile(plan.stabilise(block[idx]), plan.unit_sigma, plan.channel_axis, **plan.ntk))
         out[idx] = weight * res.image
     return out
 

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from ._input import check_memory, prepare_image, resolve_device
-from .denoise import DEFAULT_RANK, _n_anchors, iter_denoise_ntk
-from .events import Progress, drain, forward_progress
+from .denoise import DEFAULT_RANK, NTKResult, _n_anchors, iter_denoise_ntk
+from .events import Progress, TwicingStep, drain, forward_progress
 from .kernels import CNNKernel
 from .nystrom import estimate_bytes
 from .stopping import estimate_noise_sigma
@@ -211,6 +211,14 @@ def check_tiled_request(
     return grid
 
 
+def iter_denoise_tile(
+    tile: np.ndarray, sigma: float | None, channel_axis: int | None, **ntk_kwargs: Any
+) -> Generator[Progress | TwicingStep, None, NTKResult]:
+    """One tile's own NTK filter and SURE step, as every tiled path runs it (in memory and in dask
+    tasks, so that both give the same result); no intermediate twicing steps are rendered."""
+    return iter_denoise_ntk(tile, sigma, channel_axis=channel_axis, **{"stream_steps": 0, **ntk_kwargs})
+
+
 def iter_denoise_tiled(
     image: np.ndarray,
     sigma: float | None = None,
@@ -291,7 +299,7 @@ def iter_denoise_tiled(
     tiles = grid.tiles()
     steps: list[int] = []
     for k, (sl, weight) in enumerate(tiles):
-        gen = iter_denoise_ntk(y[sl], sigma, channel_axis=-1, **arch, **{"stream_steps": 0, **ntk_kwargs})
+        gen = iter_denoise_tile(y[sl], sigma, -1, **arch, **ntk_kwargs)
         res = yield from forward_progress(gen, f"tile {k + 1}/{len(tiles)}: ", part=(k, len(tiles)))
         acc[sl] += weight[..., None] * res.image
         wsum[sl] += weight[..., None]

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from napari_ntk_denoise.stacks import spread_indices
+
 if TYPE_CHECKING:
     import napari
 
@@ -132,8 +134,7 @@ class ImageSource:
     def sample_planes(self, count: int = 3) -> list[np.ndarray]:
         """Up to ``count`` evenly spaced planes (float32 copies), e.g. to estimate noise parameters."""
         indices = self.indices
-        picks = np.unique(np.round(np.linspace(0, len(indices) - 1, min(count, len(indices)))).astype(int))
-        return [self.plane(indices[p]) for p in picks]
+        return [self.plane(indices[p]) for p in spread_indices(len(indices), count)]
 
     def current_index(self, viewer: napari.viewer.Viewer) -> Index:
         """Index of the plane that the viewer shows now."""
