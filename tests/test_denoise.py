@@ -128,6 +128,47 @@ def test_guided_noise_input_sure_tracks_the_error():
     np.testing.assert_allclose(stage.sure.sure, stage.mse, rtol=0.05)
 
 
+def test_sure_probe_is_banded_on_tall_images_and_has_unit_variance():
+    from napari_ntk_denoise.denoise import PROBE_BAND, PROBE_PERIOD, _probe
+
+    b = _probe(0, (4 * PROBE_PERIOD, 300), 3, "cpu").reshape(4 * PROBE_PERIOD, 300, 3)
+    probed = (b != 0).any(2).all(1)
+    assert int(probed.sum()) == 4 * PROBE_BAND and not bool((b[~probed] != 0).any())
+    assert bool((probed.reshape(4, PROBE_PERIOD) == probed[:PROBE_PERIOD]).all())  # one phase, periodic
+    assert abs(float((b**2).mean()) - 1) < 0.02  # E[b b^T] = I: the bands carry P/B times the variance
+    small = _probe(0, (4 * PROBE_PERIOD - 1, 20), 1, "cpu")
+    assert bool((small != 0).all()) and abs(float((small**2).mean()) - 1) < 0.05
+
+
+def test_banded_sure_probe_stops_near_the_oracle(monkeypatch):
+    """On an image tall enough for a banded probe, most row blocks skip the perturbed products and
+    Monte-Carlo SURE still stops near the oracle, as with a dense probe."""
+    import napari_ntk_denoise.denoise as denoise
+    import napari_ntk_denoise.nystrom as nystrom
+
+    flags = []
+    moved_rows = nystrom._moved_rows
+
+    def spy(reach, blocks):
+        flags.append(moved_rows(reach, blocks))
+        return flags[-1]
+
+    monkeypatch.setattr(nystrom, "_moved_rows", spy)
+    monkeypatch.setattr(nystrom, "BLOCK_BYTES", 2**18)  # blocks of a few image rows, as on large images
+    noisy, clean = _noisy(shape=(256, 48))
+    chosen = []
+    for period in (denoise.PROBE_PERIOD, 1000):  # banded, then dense (the image has < 4 periods of rows)
+        monkeypatch.setattr(denoise, "PROBE_PERIOD", period)
+        denoise._probe.cache_clear()
+        out, res = denoise_ntk(noisy, 0.1, reference=clean, kernel_size=5, fraction=0.05, rank=64)
+        assert res.psnr.max() - psnr(out, clean, 1) < 0.2
+        chosen.append(psnr(out, clean, 1))
+        if period != 1000:
+            assert 0 < sum(flags[-1]) < 0.6 * len(flags[-1])
+    denoise._probe.cache_clear()
+    assert abs(chosen[0] - chosen[1]) < 0.1
+
+
 def test_iter_filter_yields_progress_and_returns_filter():
     noisy, _ = _noisy()
     gen = iter_filter(noisy, **FAST)

@@ -139,6 +139,36 @@ def test_block_fast_pair_matches_two_exact_blocks(depth, shape):
         torch.testing.assert_close(dkb.double(), exact_eps - exact, rtol=5e-2, atol=2e-5)
 
 
+@pytest.mark.parametrize("gemm_dtype", [torch.float32, torch.bfloat16])
+def test_rows_the_perturbation_misses_change_only_on_moved_columns(gemm_dtype):
+    """A perturbation on image rows 0-1 misses the patches (r = 3) of rows 3-9: there ``K_eps - K``
+    is computed on the moved anchor columns only (rows 0-2), and equals the full paired block."""
+    from napari_ntk_denoise.kernels import MovedColumns
+
+    x = _image(3, 10, 12, seed=4, dtype=torch.float32)
+    x_eps = x.clone()
+    x_eps[:, :2] += 1e-3 * torch.randn(3, 2, 12, generator=torch.Generator().manual_seed(2))
+    kern = CNNKernel(kernel_size=3)
+    cols = torch.tensor([5, 14, 30, 47, 66, 90, 119])  # rows 0, 1, 2, 3, 5, 7, 9
+    basis = kern.patch_basis(x, cols) if gemm_dtype == torch.bfloat16 else None
+    side = kern.columns(x, cols, kern.diagonals(x), x_eps, kern.diagonals(x_eps), gemm_dtype, basis)
+    assert side.moved == 3  # anchors on rows 0-2 come first here, so they are a slice
+    rows = torch.arange(36, 120)
+    k_full, dk_full = kern.block_fast(x, rows, side)
+    k, dk = kern.block_fast(x, rows, side, rows_moved=False)
+    assert isinstance(dk, MovedColumns) and dk.columns.tolist() == [0, 1, 2]
+    torch.testing.assert_close(k, k_full)
+    torch.testing.assert_close(dk.values.float(), dk_full[:, :3].float(), rtol=1e-2, atol=1e-7)
+    assert float(dk_full[:, 3:].abs().max()) == 0.0
+    hi, lo = kern.block_fast(x, rows, side, rows_moved=False, split=True)[0]
+    assert hi.dtype == lo.dtype == torch.bfloat16 and isinstance(kern.block_fast(x, rows, side, split=True)[0], torch.Tensor)
+    torch.testing.assert_close(hi.double() + lo.double(), k.double(), rtol=2**-15, atol=1e-9)
+    unordered = kern.columns(x, cols.flip(0), kern.diagonals(x), x_eps, kern.diagonals(x_eps), gemm_dtype, basis)
+    assert unordered.moved.tolist() == [4, 5, 6]  # not a prefix: gathered instead of sliced
+    k2, dk2 = kern.block_fast(x, rows, unordered, rows_moved=False)
+    torch.testing.assert_close(dk2.values.float(), dk.values.flip(1).float(), rtol=1e-2, atol=1e-2 * float(dk.values.abs().max()))
+
+
 @pytest.mark.parametrize("bad", [dict(depth=1), dict(kernel_size=4), dict(kernel_size=0), dict(kind="rbf"),
                                  dict(ndim=4), dict(kernel_size_z=3), dict(ndim=3, kernel_size_z=2)])
 def test_kernel_rejects_bad_parameters(bad):

@@ -74,21 +74,35 @@ def test_nystrom_low_rank_is_good_and_reproducible():
     assert np.all(np.diff(a.filter.eigenvalues) <= 0)
 
 
+def _weights(p) -> torch.Tensor:
+    return p.filter.basis @ torch.diag(torch.as_tensor(p.filter.eigenvalues).float()) @ p.filter.basis.T
+
+
 def test_projections_and_perturbed_pass():
-    """Projections equal Q^T v; the paired perturbed pass equals an independent pass on x_eps."""
+    """Projections equal Q^T v; the paired perturbed pass equals an independent pass on x_eps
+    (float32 products); with bfloat16 products the filter and, above all, the paired difference
+    that Monte-Carlo SURE reads stay within a fraction of a percent of the float32 ones."""
     x = _x((16, 16), channels=3)
     x_eps = x + 1e-3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
     kern = CNNKernel(kernel_size=3)
     anchors = sample_anchors((16, 16), 64)
     v = torch.randn(256, 3, generator=torch.Generator().manual_seed(5))
-    main, pert = _drain(iter_nystrom(kern, x, anchors, 32, project=[v], x_eps=x_eps, project_eps=[v],
-                                     keep_basis_eps=True))
-    torch.testing.assert_close(main.projections[0], (main.filter.basis.T @ v).double(), rtol=1e-4, atol=1e-4)
-    solo, _ = _drain(iter_nystrom(kern, x_eps, anchors, 32, project=[v]))
+    runs = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        main, pert = _drain(iter_nystrom(kern, x, anchors, 32, project=[v], x_eps=x_eps, project_eps=[v],
+                                         keep_basis_eps=True, gemm_dtype=dtype))
+        torch.testing.assert_close(main.projections[0], (main.filter.basis.T @ v).double(), rtol=1e-4, atol=1e-4)
+        runs[dtype] = _weights(main), _weights(pert)
+    solo, _ = _drain(iter_nystrom(kern, x_eps, anchors, 32, project=[v], gemm_dtype=torch.float32))
     # the filters (not the bases, which may rotate) agree
-    w1 = pert.filter.basis @ torch.diag(torch.as_tensor(pert.filter.eigenvalues).float()) @ pert.filter.basis.T
-    w2 = solo.filter.basis @ torch.diag(torch.as_tensor(solo.filter.eigenvalues).float()) @ solo.filter.basis.T
-    assert float((w1 - w2).norm() / w2.norm()) < 1e-3
+    w_main, w_pert = runs[torch.float32]
+    w_solo = _weights(solo)
+    assert float((w_pert - w_solo).norm() / w_solo.norm()) < 1e-3
+    b_main, b_pert = runs[torch.bfloat16]
+    assert float((b_main - w_main).norm() / w_main.norm()) < 1e-2
+    change = w_pert - w_main
+    assert float(change.norm() / w_main.norm()) > 1e-4  # the perturbation is seen at all
+    assert float(((b_pert - b_main) - change).norm() / change.norm()) < 0.02
 
 
 def test_low_rank_filter_methods():
@@ -148,3 +162,31 @@ def test_split_bfloat16_product_has_float32_accuracy():
     got = _SplitProduct(b.cuda())(a.cuda()).cpu().double()
     exact = a.double() @ b.double()
     assert float((got - exact).abs().max() / exact.abs().max()) < 1e-4
+
+
+def test_banded_perturbation_skips_work_without_changing_the_filters(monkeypatch):
+    """With a perturbation on a few rows, the sweep computes ``K_eps - K`` only where it can be
+    non-zero; both filters and their projections equal those of the sweep that computes it everywhere."""
+    import napari_ntk_denoise.nystrom as nystrom
+
+    x = _x((40, 24), channels=3)
+    x_eps = x.clone()
+    x_eps[:, 20:22] += 1e-3 * torch.randn(3, 2, 24, generator=torch.Generator().manual_seed(2))
+    kern = CNNKernel(kernel_size=5)
+    anchors = sample_anchors((40, 24), 120)
+    v = torch.randn(960, 3, generator=torch.Generator().manual_seed(5))
+    assert nystrom._moved_rows(nystrom._reach(kern, x, x_eps), [(0, 384), (384, 576), (576, 960)]) == [False, True, False]
+
+    def run():
+        return _drain(iter_nystrom(kern, x, anchors, 40, project=[v], x_eps=x_eps, project_eps=[v], keep_basis_eps=True,
+                                   gemm_dtype=torch.float32))
+
+    sparse = run()
+    monkeypatch.setattr(nystrom, "_moved_rows", lambda reach, blocks: [True] * len(blocks))
+    dense = run()
+    for a, b in zip(sparse, dense):
+        np.testing.assert_allclose(a.filter.eigenvalues, b.filter.eigenvalues, rtol=1e-5)
+        torch.testing.assert_close(_weights(a), _weights(b), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a.projections[0], b.projections[0], rtol=1e-4, atol=1e-6)
+    change = _weights(sparse[1]) - _weights(sparse[0])
+    torch.testing.assert_close(change, _weights(dense[1]) - _weights(dense[0]), rtol=0.01, atol=1e-3 * float(change.abs().max()))

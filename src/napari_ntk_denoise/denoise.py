@@ -144,15 +144,32 @@ def _kernel_input(y: np.ndarray, kind: str, noise_channels: int, seed: int, dev:
     return torch.randn(noise_channels, *y.shape[:-1], generator=g, dtype=torch.float32).to(dev, torch.float32)
 
 
-@functools.lru_cache(maxsize=1)
-def _probe(seed: int, d: int, channels: int, device: str) -> torch.Tensor:
-    """Monte-Carlo SURE probe ``b ~ N(0, I)`` of shape ``(d, C)`` on ``device`` (read only).
+#: Monte-Carlo SURE probes rows in bands: ``PROBE_BAND`` of every ``PROBE_PERIOD`` rows (Y)
+PROBE_BAND, PROBE_PERIOD = 8, 64
 
-    Drawn on the CPU, so every device sees the same probe.  The last one is kept: the planes of a
-    stack and the tiles of a plane usually share a shape, and drawing and copying a 512 x 512 RGB
-    probe took ~8 ms of a ~110 ms GPU run."""
+
+@functools.lru_cache(maxsize=1)
+def _probe(seed: int, shape: tuple[int, ...], channels: int, device: str) -> torch.Tensor:
+    """Monte-Carlo SURE probe ``b`` of shape ``(d, C)`` on ``device`` (read only), ``E[b b^T] = I``.
+
+    On images of at least ``4 PROBE_PERIOD`` rows, ``b`` is N(0, P/B) on bands of ``B = PROBE_BAND``
+    rows out of every ``P = PROBE_PERIOD`` (random phase) and zero elsewhere: still an unbiased
+    divergence probe (Hutchinson's estimator needs only ``E[b b^T] = I``), but the perturbed kernel
+    differs from the unperturbed one only on rows and anchors whose patches meet a band, so the
+    perturbed pass costs about half as much.  Measured on 256^2 crops: the chosen step moves by at
+    most one grid point against a dense probe (PSNR within 0.03 dB).  Smaller images get a dense
+    N(0, 1) probe.  Drawn on the CPU, so every device sees the same probe; the last one is kept
+    (planes of a stack and tiles of a plane usually share a shape).
+    """
     gen = torch.Generator().manual_seed(seed + 104729)
-    return torch.randn(d, channels, generator=gen).to(device)
+    b = torch.randn(math.prod(shape), channels, generator=gen)
+    rows = shape[-2]
+    if rows >= 4 * PROBE_PERIOD:
+        phase = int(torch.randint(PROBE_PERIOD, (1,), generator=gen))
+        band = (torch.arange(rows) - phase) % PROBE_PERIOD < PROBE_BAND
+        mask = band[:, None].expand(*shape[:-2], rows, shape[-1]).reshape(-1, 1)
+        b = b * mask * math.sqrt(PROBE_PERIOD / PROBE_BAND)
+    return b.to(device)
 
 
 def _n_anchors(d: int, fraction: float, n_anchors: int | None) -> int:
@@ -365,7 +382,7 @@ def iter_denoise_ntk(
 
     yt = torch.from_numpy(y.reshape(d, n_ch)).to(dev, torch.float32)
     eps = SURE_EPS * sigma
-    probe = _probe(seed, d, n_ch, str(dev))
+    probe = _probe(seed, tuple(y.shape[:-1]), n_ch, str(dev))
     y_eps = yt + eps * probe
     reft = None if ref is None else torch.from_numpy(ref.reshape(d, n_ch)).to(dev, torch.float32)
     ts = t_grid()

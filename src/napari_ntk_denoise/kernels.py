@@ -28,12 +28,12 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CNNKernel", "relu_expectations"]
+__all__ = ["CNNKernel", "ColumnSide", "MovedColumns", "SplitBlock", "relu_expectations"]
 
 
 def relu_expectations(
@@ -350,11 +350,16 @@ class CNNKernel:
             pce = self._patches(x_eps, cols)
             side.norms_eps = F.pad(self._norms(diagonals_eps, cols), (0, pad))
             side.delta = _operand_t(torch.cat([pc, pce - pc], dim=1).to(gemm_dtype))
+            # columns whose patch the perturbation reaches: the only ones that change for rows it misses
+            moved = torch.nonzero((pce != pc).any(1)).flatten()
+            side.moved = len(moved) if bool((moved == torch.arange(len(moved), device=moved.device)).all()) else moved
+            side.delta_moved = _pad_inner((pce - pc)[moved].to(gemm_dtype)).T.contiguous()
         return side
 
     def block_fast(
-        self, x: torch.Tensor, rows: torch.Tensor | range, side: "ColumnSide", padded: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self, x: torch.Tensor, rows: torch.Tensor | range, side: "ColumnSide", padded: bool = False,
+        rows_moved: bool = True, split: bool = False,
+    ) -> tuple["torch.Tensor | SplitBlock", "torch.Tensor | MovedColumns | None"]:
         """``K[rows, cols]`` and, with a perturbed input, ``K_eps - K`` computed stably.
 
         The perturbed Gram is ``G + dG`` with ``dG = P_d P_S^T + P_eps P_{d,S}^T``
@@ -364,7 +369,14 @@ class CNNKernel:
         their exact diagonal (:meth:`_exact_self_pairs`).  Deeper kernels use :meth:`block` in
         float64 for both inputs.  ``rows`` must be sorted (a ``range`` of whole image rows is
         fastest).  With ``padded``, depth-2 blocks keep the zero columns that pad the width to a
-        multiple of 32 (aligned operands for the products that follow).
+        multiple of 32 (aligned operands for the products that follow).  With a workspace on
+        ``side`` (:meth:`ColumnSide.reuse_buffers`) the blocks returned are views of buffers that the
+        next call overwrites.  ``rows_moved=False`` promises that the perturbation misses every
+        row's patch: then ``K_eps - K`` is zero outside the columns whose patches it reaches, and only
+        those are computed (returned as :class:`MovedColumns`).  With ``split``, blocks without
+        ``K_eps - K`` on all columns come as two bfloat16 parts :class:`SplitBlock` (for
+        :class:`~napari_ntk_denoise.nystrom._SplitProduct`), written by the fused op itself rather
+        than by another pass over the block (the compiler does not fuse the split into the paired op).
         """
         cols, x_eps = side.cols, side.x_eps
         row_set = rows
@@ -376,26 +388,56 @@ class CNNKernel:
                 return k.to(x.dtype), None
             return k.to(x.dtype), (self.block(x_eps.double(), rows, cols) - k).to(x.dtype)
         pr = self._patches(x, row_set)
+        n, width = len(rows), side.width
         if side.basis is not None:  # principal part exact, residual in low precision (summed in the fused op)
             ar = pr @ side.basis
-            g_low = _pad_inner((pr - ar @ side.basis.T).to(side.gemm_dtype)) @ side.low
-            g_hi = ar @ side.principal.T
+            g_low = torch.mm(_pad_inner((pr - ar @ side.basis.T).to(side.gemm_dtype)), side.low,
+                             out=side.buffer("g_low", (n, width), side.gemm_dtype, x.device))
+            g_hi = torch.mm(ar, side.principal.T, out=side.buffer("g_hi", (n, width), x.dtype, x.device))
         else:
-            g_low = _pad_inner(pr.to(side.gemm_dtype)) @ side.low
+            g_low = torch.mm(_pad_inner(pr.to(side.gemm_dtype)), side.low,
+                             out=side.buffer("g_low", (n, width), side.gemm_dtype, x.device))
             g_hi = torch.zeros((), dtype=x.dtype, device=x.device)
         nr = self._norms(side.diagonals, rows)
         factor = self._output_factor()
-        m = g_low.shape[1] if padded else len(cols)
-        if x_eps is None:
-            k = _fused("single")(g_hi, g_low, nr, side.norms, side.scale, factor, self.sigma_w2)[:, :m]
-            return self._exact_self_pairs(k, None, rows, cols, side.diagonals, None)
+        m = width if padded else len(cols)
+        single = x_eps is None or not rows_moved
+        if split and single:
+            k = SplitBlock(*(side.buffer(f"k_{part}", (n, width), torch.bfloat16, x.device) for part in ("hi", "lo")))
+        else:
+            k = (side.buffer("k", (n, width), x.dtype, x.device),)
+        if single:
+            _fused("single_split" if split else "single")(*k, g_hi, g_low, nr, side.norms, side.scale, factor,
+                                                          self.sigma_w2)
+            k, _ = self._exact_self_pairs(_columns(k, m), None, rows, cols, side.diagonals, None)
+            return k, None if x_eps is None else self._moved_columns(pr, nr, g_hi, g_low, side)
         pre = self._patches(x_eps, row_set)
-        dg = _pad_inner(torch.cat([pre - pr, pre], dim=1).to(side.gemm_dtype)) @ side.delta
+        dg = torch.mm(_pad_inner(torch.cat([pre - pr, pre], dim=1).to(side.gemm_dtype)), side.delta,
+                      out=side.buffer("dg", (n, width), side.gemm_dtype, x.device))
         nre = self._norms(side.diagonals_eps, rows)
-        k, dk = _fused("pair")(g_hi, g_low, dg, nr, side.norms, nre, side.norms_eps, side.scale, factor,
-                               self.sigma_w2)
-        k, dk = k[:, :m], dk[:, :m]
-        return self._exact_self_pairs(k, dk, rows, cols, side.diagonals, side.diagonals_eps)
+        dk = side.buffer("dk", (n, width), side.gemm_dtype, x.device)
+        _fused("pair")(*k, dk, g_hi, g_low, dg, nr, side.norms, nre, side.norms_eps, side.scale, factor, self.sigma_w2)
+        return self._exact_self_pairs(_columns(k, m), dk[:, :m], rows, cols, side.diagonals, side.diagonals_eps)
+
+    def _moved_columns(self, pr, nr, g_hi, g_low, side: "ColumnSide") -> "MovedColumns":
+        """``K_eps - K`` on the columns the perturbation reaches, for rows whose patches it misses:
+        ``dG = P (P_eps,S - P_S)^T`` there (exact zeros elsewhere, and no self-pairs: a row that is
+        a moved column would have a moved patch itself)."""
+        n, moved = len(nr), side.moved
+        cols = torch.arange(moved, device=pr.device) if isinstance(moved, int) else moved
+        if not len(cols):
+            return MovedColumns(torch.zeros(n, 0, dtype=side.gemm_dtype, device=pr.device), cols)
+        if isinstance(moved, int):  # a prefix of the columns (iter_nystrom orders anchors so): slices, no gathers
+            g_low, g_hi = g_low[:, :moved], g_hi[:, :moved] if g_hi.ndim else g_hi
+        else:
+            g_low, g_hi = g_low.index_select(1, cols), g_hi.index_select(1, cols) if g_hi.ndim else g_hi
+        dg = torch.mm(_pad_inner(pr.to(side.gemm_dtype)), side.delta_moved,
+                      out=side.buffer("dg_moved", (n, len(cols)), side.gemm_dtype, pr.device))
+        k = side.buffer("k_moved", (n, len(cols)), pr.dtype, pr.device)
+        dk = side.buffer("dk_moved", (n, len(cols)), side.gemm_dtype, pr.device)
+        _fused("pair")(k, dk, g_hi, g_low, dg, nr, side.norms[cols], nr, side.norms_eps[cols],
+                       side.scale, self._output_factor(), self.sigma_w2)
+        return MovedColumns(dk, cols)
 
     @staticmethod
     def _exact_self_pairs(k, dk, rows, cols, diagonals, diagonals_eps):
@@ -409,12 +451,32 @@ class CNNKernel:
         pos = torch.searchsorted(rows, cols).clamp(max=len(rows) - 1)
         hit = rows[pos] == cols
         ci = torch.arange(len(cols), device=cols.device)
-        kd = diagonals[2].reshape(-1)[cols].to(k.dtype)
-        k[pos, ci] = torch.where(hit, kd, k[pos, ci])
+        kd = diagonals[2].reshape(-1)[cols].to(torch.float32)
+        for part, value in zip(k, _split_bf16(kd)) if isinstance(k, SplitBlock) else ((k, kd.to(k.dtype)),):
+            part[pos, ci] = torch.where(hit, value, part[pos, ci])
         if dk is not None:
-            dkd = (diagonals_eps[2].reshape(-1)[cols].to(k.dtype) - kd).to(dk.dtype)
+            dkd = (diagonals_eps[2].reshape(-1)[cols].to(torch.float32) - kd).to(dk.dtype)
             dk[pos, ci] = torch.where(hit, dkd, dk[pos, ci])
         return k, dk
+
+
+class SplitBlock(NamedTuple):
+    """A float32 block as two bfloat16 parts, ``block = hi + lo`` (see :func:`_split_bf16`)."""
+
+    hi: torch.Tensor
+    lo: torch.Tensor
+
+
+def _columns(k: tuple, m: int) -> "torch.Tensor | SplitBlock":
+    """The first ``m`` columns of a block given as ``(k,)`` or as a :class:`SplitBlock`."""
+    return SplitBlock(k.hi[:, :m], k.lo[:, :m]) if isinstance(k, SplitBlock) else k[0][:, :m]
+
+
+class MovedColumns(NamedTuple):
+    """``K_eps - K`` of a row block on the columns ``columns`` only (zero on all others)."""
+
+    values: torch.Tensor
+    columns: torch.Tensor
 
 
 @dataclass
@@ -433,11 +495,34 @@ class ColumnSide:
     principal: torch.Tensor | None = None
     low: torch.Tensor | None = None
     delta: torch.Tensor | None = None
+    moved: torch.Tensor | int | None = None
+    delta_moved: torch.Tensor | None = None
+    workspace: dict[str, torch.Tensor] | None = None
 
     @property
     def width(self) -> int:
         """Columns of a ``block_fast(..., padded=True)`` block (anchors plus zero padding)."""
         return len(self.cols) if self.low is None else self.low.shape[1]
+
+    def reuse_buffers(self) -> "ColumnSide":
+        """Let :meth:`CNNKernel.block_fast` write every block into the same buffers.
+
+        A sweep over row blocks otherwise allocates and frees hundreds of megabytes per block; on a
+        CPU the allocator returns such blocks to the system and every new one is paid in page
+        faults (measured: the arc-cosine pass ran 2x slower than on reused memory).
+        """
+        self.workspace = {}
+        return self
+
+    def buffer(self, name: str, shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """An uninitialised ``shape`` tensor: from the workspace when there is one, else new."""
+        if self.workspace is None:
+            return torch.empty(shape, dtype=dtype, device=device)
+        size = shape[0] * shape[1]
+        buf = self.workspace.get(name)
+        if buf is None or buf.numel() < size or buf.dtype != dtype or buf.device != device:
+            buf = self.workspace[name] = torch.empty(size, dtype=dtype, device=device)
+        return buf[:size].view(shape)
 
 
 #: matrix dimensions are padded to multiples of this: odd sizes like ``3 * 11^2 = 363`` inner or
@@ -463,30 +548,39 @@ def _arccos_output(g: torch.Tensor, nr: torch.Tensor, nc: torch.Tensor, scale: f
     return val * norm * (sigma_w2 / (2 * math.pi))
 
 
-def _arccos_single(g_hi, g_low, nr, nc, scale: float, factor: float, sigma_w2: float):
-    """Kernel block from a Gram given as a float32 part plus a low-precision part."""
-    return _arccos_output(g_hi + g_low.to(nr.dtype), nr, nc, scale, factor, sigma_w2)
+def _arccos_single(out, g_hi, g_low, nr, nc, scale: float, factor: float, sigma_w2: float) -> None:
+    """Kernel block into ``out`` from a Gram given as a float32 part plus a low-precision part."""
+    out.copy_(_arccos_output(g_hi + g_low.to(nr.dtype), nr, nc, scale, factor, sigma_w2))
 
 
-def _arccos_pair(g_hi, g_low, dg, nr, nc, nre, nce, scale: float, factor: float, sigma_w2: float):
-    """Kernel block and its change ``K(G + dG) - K(G)`` in one pass; the change is returned in
-    ``dg``'s (possibly low) precision, ready for the next low-precision product."""
+def _arccos_pair(out, out_delta, g_hi, g_low, dg, nr, nc, nre, nce, scale: float, factor: float, sigma_w2: float) -> None:
+    """Kernel block into ``out`` and its change ``K(G + dG) - K(G)`` into ``out_delta`` in one pass;
+    the change is kept in ``dg``'s (possibly low) precision, ready for the next low-precision product."""
     g = g_hi + g_low.to(nr.dtype)
     k = _arccos_output(g, nr, nc, scale, factor, sigma_w2)
-    dk = _arccos_output(g + dg.to(nr.dtype), nre, nce, scale, factor, sigma_w2) - k
-    return k, dk.to(dg.dtype)
+    out_delta.copy_(_arccos_output(g + dg.to(nr.dtype), nre, nce, scale, factor, sigma_w2) - k)
+    out.copy_(k)
+
+
+def _arccos_single_split(out_hi, out_lo, g_hi, g_low, nr, nc, scale: float, factor: float, sigma_w2: float) -> None:
+    """:func:`_arccos_single` written as two bfloat16 parts (:func:`_split_bf16`)."""
+    hi, lo = _split_bf16(_arccos_output(g_hi + g_low.to(nr.dtype), nr, nc, scale, factor, sigma_w2))
+    out_hi.copy_(hi)
+    out_lo.copy_(lo)
 
 
 def _split_bf16(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``a = hi + lo`` for float32 ``a`` with both parts in bfloat16 (16 significant bits together).
 
-    ``hi`` truncates the mantissa with a bit mask: a cast there and back would be fused away by the
-    compiler (which does not emulate intermediate roundings), leaving ``lo = 0``."""
-    hi = (a.view(torch.int32) & -65536).view(torch.float32)  # 0xFFFF0000: bfloat16's bits
-    return hi.to(torch.bfloat16), (a - hi).to(torch.bfloat16)
+    ``hi`` is ``a`` rounded to bfloat16 and ``lo`` the rounded remainder.  Compiled, this needs
+    ``emulate_precision_casts`` (see :func:`_fused`), without which the compiler keeps ``hi`` in
+    float32 and ``lo`` comes out zero.  (A bit mask instead of the cast is not fused by the CPU
+    compiler: measured 2x slower arc-cosine blocks.)"""
+    hi = a.to(torch.bfloat16)
+    return hi, (a - hi.to(a.dtype)).to(torch.bfloat16)
 
 
-_EAGER = {"single": _arccos_single, "pair": _arccos_pair, "split": _split_bf16}
+_EAGER = {"single": _arccos_single, "pair": _arccos_pair, "single_split": _arccos_single_split, "split": _split_bf16}
 _COMPILED: dict[str, object] = {}
 
 
@@ -496,7 +590,7 @@ def _fused(name: str):
     if os.environ.get("NTK_DENOISE_COMPILE", "1") == "0" or _COMPILED.get(name) is False:
         return _EAGER[name]
     if name not in _COMPILED:
-        _COMPILED[name] = torch.compile(_EAGER[name], dynamic=True)
+        _COMPILED[name] = torch.compile(_EAGER[name], dynamic=True, options={"emulate_precision_casts": True})
     compiled = _COMPILED[name]
 
     def run(*args):
