@@ -391,11 +391,11 @@ class CNNKernel:
         n, width = len(rows), side.width
         if side.basis is not None:  # principal part exact, residual in low precision (summed in the fused op)
             ar = pr @ side.basis
-            g_low = torch.mm(_pad_inner((pr - ar @ side.basis.T).to(side.gemm_dtype)), side.low,
+            g_low = torch.mm(side.operand("lhs", torch.addmm(pr, ar, side.basis.T, alpha=-1)), side.low,
                              out=side.buffer("g_low", (n, width), side.gemm_dtype, x.device))
             g_hi = torch.mm(ar, side.principal.T, out=side.buffer("g_hi", (n, width), x.dtype, x.device))
         else:
-            g_low = torch.mm(_pad_inner(pr.to(side.gemm_dtype)), side.low,
+            g_low = torch.mm(side.operand("lhs", pr), side.low,
                              out=side.buffer("g_low", (n, width), side.gemm_dtype, x.device))
             g_hi = torch.zeros((), dtype=x.dtype, device=x.device)
         nr = self._norms(side.diagonals, rows)
@@ -412,7 +412,7 @@ class CNNKernel:
             k, _ = self._exact_self_pairs(_columns(k, m), None, rows, cols, side.diagonals, None)
             return k, None if x_eps is None else self._moved_columns(pr, nr, g_hi, g_low, side)
         pre = self._patches(x_eps, row_set)
-        dg = torch.mm(_pad_inner(torch.cat([pre - pr, pre], dim=1).to(side.gemm_dtype)), side.delta,
+        dg = torch.mm(side.operand("lhs_pair", pre - pr, pre), side.delta,
                       out=side.buffer("dg", (n, width), side.gemm_dtype, x.device))
         nre = self._norms(side.diagonals_eps, rows)
         dk = side.buffer("dk", (n, width), side.gemm_dtype, x.device)
@@ -431,7 +431,7 @@ class CNNKernel:
             g_low, g_hi = g_low[:, :moved], g_hi[:, :moved] if g_hi.ndim else g_hi
         else:
             g_low, g_hi = g_low.index_select(1, cols), g_hi.index_select(1, cols) if g_hi.ndim else g_hi
-        dg = torch.mm(_pad_inner(pr.to(side.gemm_dtype)), side.delta_moved,
+        dg = torch.mm(side.operand("lhs_moved", pr), side.delta_moved,
                       out=side.buffer("dg_moved", (n, len(cols)), side.gemm_dtype, pr.device))
         k = side.buffer("k_moved", (n, len(cols)), pr.dtype, pr.device)
         dk = side.buffer("dk_moved", (n, len(cols)), side.gemm_dtype, pr.device)
@@ -523,6 +523,18 @@ class ColumnSide:
         if buf is None or buf.numel() < size or buf.dtype != dtype or buf.device != device:
             buf = self.workspace[name] = torch.empty(size, dtype=dtype, device=device)
         return buf[:size].view(shape)
+
+    def operand(self, name: str, *parts: torch.Tensor) -> torch.Tensor:
+        """Left operand ``[parts...]`` side by side in ``gemm_dtype``, zero-padded to a multiple
+        of 32 columns, written into one buffer (no concatenated, cast and padded temporaries)."""
+        width = sum(p.shape[1] for p in parts)
+        buf = self.buffer(name, (parts[0].shape[0], width + (-width % _ALIGN)), self.gemm_dtype, parts[0].device)
+        start = 0
+        for p in parts:
+            buf[:, start : start + p.shape[1]].copy_(p)
+            start += p.shape[1]
+        buf[:, start:].zero_()
+        return buf
 
 
 #: matrix dimensions are padded to multiples of this: odd sizes like ``3 * 11^2 = 363`` inner or

@@ -196,15 +196,15 @@ class _Accumulator:
 
     def __init__(self, proj_m: torch.Tensor, d: int, project: Sequence[torch.Tensor], keep_basis: bool) -> None:
         k, dev = proj_m.shape[1], proj_m.device
-        self.project = list(project)
+        self.widths = [v.shape[1] for v in project]  # the images side by side: one product per block
+        self.project = torch.cat([v.float() for v in project], dim=1) if project else torch.zeros(d, 0, device=dev)
         self.basis = torch.empty((d, k), dtype=torch.float32, device=dev) if keep_basis else None
         self.gram = torch.zeros(k, k, dtype=torch.float64, device=dev)
-        self.bt_v = [torch.zeros(k, v.shape[1], dtype=torch.float64, device=dev) for v in project]
+        self.bt_v = torch.zeros(k, self.project.shape[1], dtype=torch.float64, device=dev)
 
     def add(self, i0: int, i1: int, brows: torch.Tensor) -> None:
         self.gram += (brows.T @ brows).double()
-        for acc, v in zip(self.bt_v, self.project):
-            acc += (brows.T @ v[i0:i1].to(brows.dtype)).double()
+        self.bt_v += (brows.T @ self.project[i0:i1]).double()
         if self.basis is not None:
             self.basis[i0:i1] = brows
 
@@ -222,7 +222,7 @@ class _Accumulator:
                 basis[i0 : i0 + n_rows, : tr.shape[1]] = basis[i0 : i0 + n_rows] @ tr
             basis = basis[:, : tr.shape[1]]
         filt = LowRankFilter(basis=basis, eigenvalues=sig.cpu().numpy(), shape=shape, anchors=np.asarray(anchors))
-        return NystromPass(filter=filt, projections=[transform.T @ acc for acc in self.bt_v])
+        return NystromPass(filter=filt, projections=list((transform.T @ self.bt_v).split(self.widths, dim=1)))
 
 
 def _top_eigh(mat: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -337,13 +337,16 @@ class NystromPass:
     projections: list[torch.Tensor]
 
 
-def _core(kernel, x, s, diags, n_rows, chunk, x_eps=None, diags_eps=None) -> torch.Tensor:
-    """Anchor cores ``[K[S, S]]`` (and ``K_eps[S, S]``) stacked ``(1 or 2, m, m)``, in float32
-    products, symmetrised."""
-    sides = _column_sides(kernel, x, s, diags, chunk, x_eps, diags_eps)
-    parts = [_kernel_rows(kernel, x, s[i : i + n_rows], sides) for i in range(0, len(s), n_rows)]
-    core = torch.cat([p[0] for p in parts])
-    cores = core[None] if x_eps is None else torch.stack([core, core + torch.cat([p[1] for p in parts])])
+def _core(sides: list[ColumnSide], kernel: CNNKernel, x: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Anchor cores ``[K[S, S]]`` (and ``K_eps[S, S]``) stacked ``(1 or 2, m, m)``, computed as the
+    sweep computes the rows of ``K[:, S]`` (``sides``), symmetrised.  Rows go in sorted pixel order
+    (:meth:`CNNKernel.block_fast` needs it for the exact self-pairs) and are put back in anchor order."""
+    s = torch.cat([side.cols for side in sides])
+    order = torch.argsort(s)
+    parts = [_kernel_rows(kernel, x, s[order[i : i + n_rows]], sides) for i in range(0, len(s), n_rows)]
+    back = torch.argsort(order)
+    core = torch.cat([p[0] for p in parts])[back]
+    cores = core[None] if sides[0].x_eps is None else torch.stack([core, core + torch.cat([p[1] for p in parts])[back]])
     return (cores + cores.mT) / 2
 
 
@@ -432,7 +435,9 @@ def iter_nystrom(
     blocks = [(i, min(d, i + n_rows)) for i in range(0, d, n_rows)]
     total = len(blocks) + 1
     yield Progress(stage, 0, total, "anchor kernel")
-    cores = _core(kernel, x, s, diags, n_rows, chunk, x_eps, diags_eps)
+    basis = kernel.patch_basis(x, s) if gemm_dtype not in (torch.float32, torch.float64) else None
+    sides = _column_sides(kernel, x, s, diags, chunk, x_eps, diags_eps, gemm_dtype, basis)
+    cores = _core(sides, kernel, x, n_rows)
     projections = _core_projections(cores, rank, seed)
     u, lam, proj_m = projections[0]  # m x k
     main = _Accumulator(proj_m, d, project, keep_basis)
@@ -446,8 +451,7 @@ def iter_nystrom(
         in_span = ((u * lam.sqrt()).T @ (proj_eps - proj_m).double()).to(x.dtype)
         m_eps_low = proj_eps.to(gemm_dtype)
     del cores
-    basis = kernel.patch_basis(x, s) if gemm_dtype not in (torch.float32, torch.float64) else None
-    sides = [side.reuse_buffers() for side in _column_sides(kernel, x, s, diags, chunk, x_eps, diags_eps, gemm_dtype, basis)]
+    sides = [side.reuse_buffers() for side in sides]
     pad = (0, 0, 0, (sides[0].width if len(sides) == 1 else len(s)) - len(s))  # zero rows meet zero columns
     proj_m = F.pad(proj_m, pad)
     if pert is not None:
