@@ -190,3 +190,21 @@ def test_banded_perturbation_skips_work_without_changing_the_filters(monkeypatch
         torch.testing.assert_close(a.projections[0], b.projections[0], rtol=1e-4, atol=1e-6)
     change = _weights(sparse[1]) - _weights(sparse[0])
     torch.testing.assert_close(change, _weights(dense[1]) - _weights(dense[0]), rtol=0.01, atol=1e-3 * float(change.abs().max()))
+
+
+def test_core_in_any_anchor_order_has_the_exact_diagonal():
+    """The anchor core is the same whatever the anchors' order (the sweep puts probed anchors
+    first), with exact self-pairs on its diagonal."""
+    from napari_ntk_denoise.nystrom import _column_sides, _core
+
+    x = _x((20, 20), channels=3)
+    x_eps = x + 1e-3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    kern = CNNKernel(kernel_size=5)
+    s = torch.as_tensor(sample_anchors((20, 20), 60))
+    perm = torch.randperm(60, generator=torch.Generator().manual_seed(1))
+    d, de = kern.diagonals(x), kern.diagonals(x_eps)
+    ordered = _core(_column_sides(kern, x, s, d, 60, x_eps, de), kern, x, 16)
+    shuffled = _core(_column_sides(kern, x, s[perm], d, 60, x_eps, de), kern, x, 16)
+    torch.testing.assert_close(shuffled, ordered[:, perm][:, :, perm])
+    torch.testing.assert_close(shuffled[0].diagonal(), d[2].reshape(-1)[s[perm]], rtol=1e-6, atol=0)
+    torch.testing.assert_close(shuffled[1].diagonal(), de[2].reshape(-1)[s[perm]], rtol=1e-6, atol=0)
