@@ -343,11 +343,16 @@ def _core(sides: list[ColumnSide], kernel: CNNKernel, x: torch.Tensor, n_rows: i
     (:meth:`CNNKernel.block_fast` needs it for the exact self-pairs) and are put back in anchor order."""
     s = torch.cat([side.cols for side in sides])
     order = torch.argsort(s)
-    parts = [_kernel_rows(kernel, x, s[order[i : i + n_rows]], sides) for i in range(0, len(s), n_rows)]
-    back = torch.argsort(order)
-    core = torch.cat([p[0] for p in parts])[back]
-    cores = core[None] if sides[0].x_eps is None else torch.stack([core, core + torch.cat([p[1] for p in parts])[back]])
-    return (cores + cores.mT) / 2
+    paired = sides[0].x_eps is not None
+    cores = torch.empty((1 + paired, len(s), len(s)), dtype=x.dtype, device=x.device)
+    for i in range(0, len(s), n_rows):
+        rows = order[i : i + n_rows]
+        k, dk = _kernel_rows(kernel, x, s[rows], sides)
+        cores[0, rows] = k
+        if paired:
+            cores[1, rows] = k
+            cores[1].index_put_((rows,), dk.to(x.dtype), accumulate=True)
+    return cores.add_(cores.mT.clone()).mul_(0.5)
 
 
 def _core_projections(cores: torch.Tensor, rank: int, seed: int) -> list[tuple]:
