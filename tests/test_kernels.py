@@ -204,3 +204,11 @@ def test_bfloat16_split_keeps_sixteen_bits_compiled_or_not():
         assert hi.dtype == lo.dtype == torch.bfloat16
         err = (hi.double() + lo.double() - a[:, :150].double()).abs() / a[:, :150].double().abs()
         assert float(err.max()) < 2**-15
+
+
+def test_polynomial_arccos_matches_the_library():
+    from napari_ntk_denoise.kernels import _acos
+
+    x = torch.linspace(-1, 1, 200001, dtype=torch.float64)
+    assert float((_acos(x) - torch.acos(x)).abs().max()) < 3e-8
+    assert float((_acos(x.float()).double() - torch.acos(x.float()).double()).abs().max()) < 5e-7

@@ -552,11 +552,28 @@ def _operand_t(a: torch.Tensor) -> torch.Tensor:
     return _pad_inner(_pad_inner(a).T).contiguous()
 
 
+#: ``acos(x) = sqrt(1 - x) (a_0 + a_1 x + ... + a_7 x^7)`` on ``[0, 1]``, absolute error <= 2e-8
+#: (Abramowitz & Stegun 4.4.46; float32 rounds acos to ~2.4e-7 anyway)
+_ACOS = (1.5707963050, -0.2145988016, 0.0889789874, -0.0501743046, 0.0308918810, -0.0170881256, 0.0066700901,
+         -0.0012624911)
+
+
+def _acos(x: torch.Tensor) -> torch.Tensor:
+    """Arc-cosine by a polynomial: in the fused op ~1.3x faster than the library ``acos`` (which
+    had become the cost of the arc-cosine blocks) and smooth, so kernel differences stay exact."""
+    a = x.abs()
+    p = torch.full_like(a, _ACOS[-1])
+    for c in reversed(_ACOS[:-1]):
+        p = p * a + c
+    r = torch.sqrt((1 - a).clamp_min(0)) * p
+    return torch.where(x < 0, math.pi - r, r)
+
+
 def _arccos_output(g: torch.Tensor, nr: torch.Tensor, nc: torch.Tensor, scale: float, factor: float, sigma_w2: float):
     """``sigma_w^2/(2 pi) |p||q| (sin t + factor (pi - t) cos t)`` from a raw Gram block ``g``."""
     norm = nr[:, None] * nc[None, :]
     rho = (g * scale / norm.clamp_min(1e-30)).clamp(-1.0, 1.0)
-    val = torch.sqrt((1 - rho * rho).clamp_min(0)) + factor * (math.pi - torch.acos(rho)) * rho
+    val = torch.sqrt((1 - rho * rho).clamp_min(0)) + factor * (math.pi - _acos(rho)) * rho
     return val * norm * (sigma_w2 / (2 * math.pi))
 
 
