@@ -298,8 +298,13 @@ class CNNKernel:
     def _norms(self, diagonals: tuple, idx: torch.Tensor) -> torch.Tensor:
         return diagonals[0][-1].reshape(-1)[idx].clamp_min(0).sqrt()
 
-    def patch_basis(self, x: torch.Tensor, idx: torch.Tensor, q: int = 32) -> torch.Tensor:
-        """Leading ``q`` principal directions (uncentred) of the patches at ``idx``: ``(C r^2, q)``."""
+    def patch_basis(self, x: torch.Tensor, idx: torch.Tensor, q: int = 16) -> torch.Tensor:
+        """Leading ``q`` principal directions (uncentred) of the patches at ``idx``: ``(C r^2, q)``.
+
+        The float32 part of the Gram products has ``q`` inner terms.  On a 512^2 RGB image
+        (r = 11) the kernel's relative error against float64 was the same for ``q`` = 8, 16 and 32
+        (median 5e-6, max 7e-4), while the float32 product costs 4.2 ms per block at 32 and 2.8 ms
+        at 16."""
         p = self._patches(x, idx).double()
         _, vec = torch.linalg.eigh(p.T @ p)
         return vec[:, -min(q, vec.shape[1]) :].to(x.dtype)
