@@ -234,7 +234,8 @@ def _top_eigh(mat: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch
     steps, then Rayleigh-Ritz in float64.  The start block is ``k + 32`` columns of the matrix
     picked at random (for a PSD matrix with a decaying spectrum they span its leading eigenspace
     about as well as a Gaussian sketch, without drawing ``n (k + 32)`` random numbers), and the
-    iterates are orthonormalised by CholeskyQR2, which is matrix products only (fast on a GPU).
+    iterates are orthonormalised by CholeskyQR (CholeskyQR2 for the last), which is matrix products
+    only (fast on a GPU).
     A batch of matrices shares the start columns and runs as batched products.
     """
     n = mat.shape[-1]
@@ -242,9 +243,9 @@ def _top_eigh(mat: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch
         lam, vec = torch.linalg.eigh(mat.double())
         return lam.flip(-1)[..., :k], vec.flip(-1)[..., :k]
     pick = np.sort(np.random.default_rng(seed).choice(n, min(n, k + 32), replace=False))
-    q = _orthonormalize(mat[..., torch.as_tensor(pick, device=mat.device)])
-    for _ in range(3):
-        q = _orthonormalize(mat @ q)
+    q = _orthonormalize(mat[..., torch.as_tensor(pick, device=mat.device)], passes=1)
+    for step in range(3):  # the iterates need only be well conditioned; the last one, orthonormal
+        q = _orthonormalize(mat @ q, passes=2 if step == 2 else 1)
     q64 = q.double()
     small = q64.mT @ (mat @ q).double()
     lam, vec = torch.linalg.eigh((small + small.mT) / 2)
@@ -252,11 +253,12 @@ def _top_eigh(mat: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch
     return lam.flip(-1)[..., :k], vec
 
 
-def _orthonormalize(q: torch.Tensor) -> torch.Tensor:
-    """Orthonormal basis of the columns of ``q`` (tall, full rank): CholeskyQR2 in float64,
-    Householder QR where the Gram matrix is too ill-conditioned for Cholesky."""
+def _orthonormalize(q: torch.Tensor, passes: int = 2) -> torch.Tensor:
+    """Orthonormal basis of the columns of ``q`` (tall, full rank): CholeskyQR2 in float64 (one
+    pass, CholeskyQR, leaves a well-conditioned basis), Householder QR where the Gram matrix is
+    too ill-conditioned for Cholesky."""
     q64 = q.double()
-    for _ in range(2):
+    for _ in range(passes):
         r, info = torch.linalg.cholesky_ex(q64.mT @ q64, upper=True)
         if bool((info != 0).any()):
             return torch.linalg.qr(q)[0]
