@@ -357,7 +357,8 @@ class CNNKernel:
             side.delta = _operand_t(torch.cat([pc, pce - pc], dim=1).to(gemm_dtype))
             # columns whose patch the perturbation reaches: the only ones that change for rows it misses
             moved = torch.nonzero((pce != pc).any(1)).flatten()
-            side.moved = len(moved) if bool((moved == torch.arange(len(moved), device=moved.device)).all()) else moved
+            leading = bool((moved == torch.arange(len(moved), device=moved.device)).all())
+            side.moved = len(moved) if leading else moved  # a count when they are the first columns
             side.delta_moved = _pad_inner((pce - pc)[moved].to(gemm_dtype)).T.contiguous()
         return side
 
@@ -428,19 +429,15 @@ class CNNKernel:
         """``K_eps - K`` on the columns the perturbation reaches, for rows whose patches it misses:
         ``dG = P (P_eps,S - P_S)^T`` there (exact zeros elsewhere, and no self-pairs: a row that is
         a moved column would have a moved patch itself)."""
-        n, moved = len(nr), side.moved
-        cols = torch.arange(moved, device=pr.device) if isinstance(moved, int) else moved
+        n, cols = len(nr), side.moved_columns
         if not len(cols):
             return MovedColumns(torch.zeros(n, 0, dtype=side.gemm_dtype, device=pr.device), cols)
-        if isinstance(moved, int):  # a prefix of the columns (iter_nystrom orders anchors so): slices, no gathers
-            g_low, g_hi = g_low[:, :moved], g_hi[:, :moved] if g_hi.ndim else g_hi
-        else:
-            g_low, g_hi = g_low.index_select(1, cols), g_hi.index_select(1, cols) if g_hi.ndim else g_hi
         dg = torch.mm(side.operand("lhs_moved", pr), side.delta_moved,
                       out=side.buffer("dg_moved", (n, len(cols)), side.gemm_dtype, pr.device))
         k = side.buffer("k_moved", (n, len(cols)), pr.dtype, pr.device)
         dk = side.buffer("dk_moved", (n, len(cols)), side.gemm_dtype, pr.device)
-        _fused("pair")(k, dk, g_hi, g_low, dg, nr, side.norms[cols], nr, side.norms_eps[cols],
+        _fused("pair")(k, dk, side.moved_part(g_hi, 1) if g_hi.ndim else g_hi, side.moved_part(g_low, 1), dg, nr,
+                       side.moved_part(side.norms, 0), nr, side.moved_part(side.norms_eps, 0),
                        side.scale, self._output_factor(), self.sigma_w2)
         return MovedColumns(dk, cols)
 
@@ -508,6 +505,16 @@ class ColumnSide:
     def width(self) -> int:
         """Columns of a ``block_fast(..., padded=True)`` block (anchors plus zero padding)."""
         return len(self.cols) if self.low is None else self.low.shape[1]
+
+    @property
+    def moved_columns(self) -> torch.Tensor:
+        """Indices of the columns whose patches the perturbation reaches."""
+        return torch.arange(self.moved, device=self.cols.device) if isinstance(self.moved, int) else self.moved
+
+    def moved_part(self, t: torch.Tensor, dim: int) -> torch.Tensor:
+        """The moved columns' entries of ``t`` along ``dim``: a slice when they come first (as
+        :func:`~napari_ntk_denoise.nystrom.iter_nystrom` orders the anchors), else a gather."""
+        return t.narrow(dim, 0, self.moved) if isinstance(self.moved, int) else t.index_select(dim, self.moved)
 
     def reuse_buffers(self) -> "ColumnSide":
         """Let :meth:`CNNKernel.block_fast` write every block into the same buffers.

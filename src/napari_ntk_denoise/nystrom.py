@@ -463,11 +463,8 @@ def iter_nystrom(
     proj_m = F.pad(proj_m, pad)
     if pert is not None:
         m_eps_low = F.pad(m_eps_low, pad)
-        moved_cols = sides[0].moved  # None for deep kernels (never MovedColumns)
-        if isinstance(moved_cols, int):
-            m_eps_moved = m_eps_low[:moved_cols]
-        elif moved_cols is not None:
-            m_eps_moved = m_eps_low.index_select(0, moved_cols)
+        if sides[0].moved is not None:  # None for deep kernels (never MovedColumns)
+            m_eps_moved = sides[0].moved_part(m_eps_low, 0)
     split = gemm_dtype == torch.bfloat16
     product = _SplitProduct(proj_m) if split else lambda a: a @ proj_m
     yield Progress(stage, 1, total, "kernel columns")
