@@ -164,18 +164,25 @@ def test_split_bfloat16_product_has_float32_accuracy():
     assert float((got - exact).abs().max() / exact.abs().max()) < 1e-4
 
 
-def test_banded_perturbation_skips_work_without_changing_the_filters(monkeypatch):
-    """With a perturbation on a few rows, the sweep computes ``K_eps - K`` only where it can be
+@pytest.mark.parametrize("volume", [False, True])
+def test_banded_perturbation_skips_work_without_changing_the_filters(monkeypatch, volume):
+    """With a perturbation on a few rows (Y), the sweep computes ``K_eps - K`` only where it can be
     non-zero; both filters and their projections equal those of the sweep that computes it everywhere."""
     import napari_ntk_denoise.nystrom as nystrom
 
-    x = _x((40, 24), channels=3)
+    shape = (2, 40, 12) if volume else (40, 24)
+    plane = smooth_image(shape[-2:])
+    img = np.stack([plane, np.roll(plane, 3, 1)]) if volume else plane
+    x = torch.from_numpy(np.stack([img, img[..., ::-1, :], img.T.T ** 2])).float()
+    x = x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
     x_eps = x.clone()
-    x_eps[:, 20:22] += 1e-3 * torch.randn(3, 2, 24, generator=torch.Generator().manual_seed(2))
-    kern = CNNKernel(kernel_size=5)
-    anchors = sample_anchors((40, 24), 120)
+    x_eps[..., 20:22, :] += 1e-3 * torch.randn(x[..., 20:22, :].shape, generator=torch.Generator().manual_seed(2))
+    kern = CNNKernel(kernel_size=5) if not volume else CNNKernel(kernel_size=5, ndim=3, kernel_size_z=1)
+    anchors = sample_anchors(shape, 120)
     v = torch.randn(960, 3, generator=torch.Generator().manual_seed(5))
-    assert nystrom._moved_rows(nystrom._reach(kern, x, x_eps), [(0, 384), (384, 576), (576, 960)]) == [False, True, False]
+    if not volume:
+        assert nystrom._moved_rows(nystrom._reach(kern, x, x_eps), [(0, 384), (384, 576), (576, 960)]) == [False, True, False]
+    monkeypatch.setattr(nystrom, "BLOCK_BYTES", 2**15)  # several row blocks
 
     def run():
         return _drain(iter_nystrom(kern, x, anchors, 40, project=[v], x_eps=x_eps, project_eps=[v], keep_basis_eps=True,
