@@ -169,33 +169,32 @@ def _has_float32_output_bf16_products(device: torch.device) -> bool:
 
 
 class _SplitProduct:
-    """``a @ b`` to about float32 accuracy from bfloat16 products: ``a_hi b_hi + a_hi b_lo + a_lo b_hi``.
+    """``a @ b`` for a float32 ``a`` and a bfloat16 ``b`` from two bfloat16 products,
+    ``a_hi b + a_lo b``, so that ``a`` keeps ~16 significant bits (``b`` is exact).
 
-    On a GPU the products have float32 outputs (tensor cores run them ~3x faster than one float32
-    product).  A CPU's bfloat16 products round their outputs to bfloat16, but each output is
-    rounded relative to its own size after the cancellation inside the product, so the sum still
-    carries about 16 significant bits of the cancelled result -- about what float32 keeps after
-    summing ``m`` terms -- at ~4x the float32 speed (AVX512-BF16: three products in ~0.7x the time
-    of one float32 product).
+    On a GPU the products have float32 outputs.  A CPU's bfloat16 products round their outputs to
+    bfloat16, but each output is rounded relative to its own size after the cancellation inside
+    the product, so the sum still carries ~16 significant bits of the cancelled result -- about
+    what float32 keeps after summing ``m`` terms -- at ~4x the float32 speed (AVX512-BF16).
     """
 
     def __init__(self, b: torch.Tensor) -> None:
-        b_hi, b_lo = _fused("split")(b)
-        self.k, self.b_hi, self.b_cat = b.shape[1], b_hi, torch.cat([b_hi, b_lo], dim=1)
+        self.b = b
         self.out_dtype = {"out_dtype": torch.float32} if _has_float32_output_bf16_products(b.device) else {}
 
     def __call__(self, a: torch.Tensor | SplitBlock) -> torch.Tensor:
         a_hi, a_lo = a if isinstance(a, SplitBlock) else _fused("split")(a)
-        both = torch.mm(a_hi, self.b_cat, **self.out_dtype)
-        out = torch.mm(a_lo, self.b_hi, **self.out_dtype).float()
-        return out.add_(both[:, : self.k]).add_(both[:, self.k :])
+        out = torch.mm(a_hi, self.b, **self.out_dtype).float()
+        return out.add_(torch.mm(a_lo, self.b, **self.out_dtype))
 
 
 class _Accumulator:
     """Streams ``B = C M`` row blocks into ``B^T B``, projections ``B^T v`` and optionally ``B``."""
 
-    def __init__(self, proj_m: torch.Tensor, d: int, project: Sequence[torch.Tensor], keep_basis: bool) -> None:
+    def __init__(self, proj_m: torch.Tensor, d: int, project: Sequence[torch.Tensor], keep_basis: bool,
+                 fold: torch.Tensor | None = None) -> None:
         k, dev = proj_m.shape[1], proj_m.device
+        self.fold = fold  # the rows added are B F^{-1}: B = (added rows) @ fold
         self.widths = [v.shape[1] for v in project]  # the images side by side: one product per block
         self.project = torch.cat([v.float() for v in project], dim=1) if project else torch.zeros(d, 0, device=dev)
         self.basis = torch.empty((d, k), dtype=torch.float32, device=dev) if keep_basis else None
@@ -210,19 +209,23 @@ class _Accumulator:
 
     def finish(self, shape: tuple[int, ...], anchors: np.ndarray, n_rows: int) -> NystromPass:
         """Eigendecompose ``B^T B = V S V^T``; eigenimages ``Q = B V S^{-1/2}`` (in place)."""
-        sig, vec = torch.linalg.eigh((self.gram + self.gram.T) / 2)
+        gram, bt_v = self.gram, self.bt_v
+        if self.fold is not None:
+            gram, bt_v = self.fold.T @ gram @ self.fold, self.fold.T @ bt_v
+        sig, vec = torch.linalg.eigh((gram + gram.T) / 2)
         sig, vec = sig.flip(0), vec.flip(1)
         good = sig > sig[0] * 1e-10
         sig, vec = sig[good], vec[:, good]
         transform = vec / sig.sqrt()  # k x k'
         basis = torch.empty(0, transform.shape[1])
         if self.basis is not None:
-            basis, tr = self.basis, transform.to(self.basis.dtype)
+            tr = transform if self.fold is None else self.fold @ transform
+            basis, tr = self.basis, tr.to(self.basis.dtype)
             for i0 in range(0, basis.shape[0], n_rows):
                 basis[i0 : i0 + n_rows, : tr.shape[1]] = basis[i0 : i0 + n_rows] @ tr
             basis = basis[:, : tr.shape[1]]
         filt = LowRankFilter(basis=basis, eigenvalues=sig.cpu().numpy(), shape=shape, anchors=np.asarray(anchors))
-        return NystromPass(filter=filt, projections=list((transform.T @ self.bt_v).split(self.widths, dim=1)))
+        return NystromPass(filter=filt, projections=list((transform.T @ bt_v).split(self.widths, dim=1)))
 
 
 def _top_eigh(mat: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -447,40 +450,46 @@ def iter_nystrom(
     cores = _core(sides, kernel, x, n_rows)
     projections = _core_projections(cores, rank, seed)
     u, lam, proj_m = projections[0]  # m x k
-    main = _Accumulator(proj_m, d, project, keep_basis)
+    k = proj_m.shape[1]
+    # C D for a small m x k change D is kept in the span of U, where it is B Lambda^{1/2} U^T D:
+    # the part of C orthogonal to the core's top-k eigenvectors times a small D is second order
+    to_span = (u * lam.sqrt()).T  # k x m
+    split = gemm_dtype == torch.bfloat16
+    fold = None
+    if split:  # B = C M from M rounded to bfloat16: C M_hi = B (I - Lambda^{1/2} U^T (M - M_hi)), undone at the end
+        m_hi = proj_m.to(torch.bfloat16)
+        eye = torch.eye(k, dtype=torch.float64, device=dev)
+        fold = torch.linalg.inv(eye - to_span @ (proj_m - m_hi.to(proj_m.dtype)).double())
+    main = _Accumulator(proj_m, d, project, keep_basis, fold)
     pert = None
     if x_eps is not None:
         proj_eps = projections[1][2]
         pert = _Accumulator(proj_eps, d, project_eps, keep_basis_eps)
-        # C (M_eps - M) is kept in the span of U, where it is B Lambda^{1/2} U^T (M_eps - M): the
-        # part orthogonal to the core's top-k eigenvectors is second order (small C residual times
-        # small dM) and measured not to move the SURE minimum (see benchmarks/bench_ntk.py notes).
-        in_span = ((u * lam.sqrt()).T @ (proj_eps - proj_m).double()).to(x.dtype)
+        # B_eps = B (I + Lambda^{1/2} U^T (M_eps - M)) + (C_eps - C) M_eps, B = (rows added to main) fold
+        from_main = torch.eye(k, dtype=torch.float64, device=dev) + to_span @ (proj_eps - proj_m).double()
+        from_main = (from_main if fold is None else fold @ from_main).to(x.dtype)
         m_eps_low = proj_eps.to(gemm_dtype)
     del cores
     sides = [side.reuse_buffers() for side in sides]
     pad = (0, 0, 0, (sides[0].width if len(sides) == 1 else len(s)) - len(s))  # zero rows meet zero columns
-    proj_m = F.pad(proj_m, pad)
+    product = _SplitProduct(F.pad(m_hi, pad)) if split else functools.partial(torch.mm, mat2=F.pad(proj_m, pad))
     if pert is not None:
         m_eps_low = F.pad(m_eps_low, pad)
         if sides[0].moved is not None:  # None for deep kernels (never MovedColumns)
             m_eps_moved = sides[0].moved_part(m_eps_low, 0)
-    split = gemm_dtype == torch.bfloat16
-    product = _SplitProduct(proj_m) if split else lambda a: a @ proj_m
     yield Progress(stage, 1, total, "kernel columns")
     moved = _moved_rows(reach, blocks)
     for b, (i0, i1) in enumerate(blocks):
         kr, dk = _kernel_rows(kernel, x, range(i0, i1), sides, padded=True, rows_moved=moved[b], split=split)
-        brows = product(kr)  # float32 accuracy: the trailing eigen-directions cancel strongly
+        brows = product(kr)  # C's ~16 bits kept: the trailing eigen-directions cancel strongly
         main.add(i0, i1, brows)
         if pert is not None:
-            # B_eps = C_eps M_eps = C M + (C_eps - C) M_eps + C (M_eps - M); the deltas are small, so
-            # their products may round coarsely without spoiling the difference B_eps - B
+            # (C_eps - C) M_eps is small, so its product may round coarsely without spoiling B_eps - B
             if isinstance(dk, MovedColumns):
                 delta = (dk.values @ m_eps_moved).to(x.dtype)
             else:
                 delta = (dk.to(gemm_dtype) @ m_eps_low).to(x.dtype)
-            pert.add(i0, i1, delta.add_(brows).addmm_(brows, in_span))
+            pert.add(i0, i1, delta.addmm_(brows, from_main))
         del kr, dk, brows
         yield Progress(stage, b + 2, total, f"kernel rows {i1}/{d}")
     first = main.finish(shape, anchors, n_rows)
