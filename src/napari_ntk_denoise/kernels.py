@@ -436,9 +436,13 @@ class CNNKernel:
                       out=side.buffer("dg_moved", (n, len(cols)), side.gemm_dtype, pr.device))
         k = side.buffer("k_moved", (n, len(cols)), pr.dtype, pr.device)
         dk = side.buffer("dk_moved", (n, len(cols)), side.gemm_dtype, pr.device)
-        _fused("pair")(k, dk, side.moved_part(g_hi, 1) if g_hi.ndim else g_hi, side.moved_part(g_low, 1), dg, nr,
-                       side.moved_part(side.norms, 0), nr, side.moved_part(side.norms_eps, 0),
-                       side.scale, self._output_factor(), self.sigma_w2)
+        # contiguous copies and a distinct row-norm tensor (equal: the rows did not move): the op then
+        # matches the full blocks' compiled variant; slices or an alias would compile another (~0.6 s)
+        g_low = side.buffer("g_low_moved", (n, len(cols)), g_low.dtype, pr.device).copy_(side.moved_part(g_low, 1))
+        if g_hi.ndim:
+            g_hi = side.buffer("g_hi_moved", (n, len(cols)), g_hi.dtype, pr.device).copy_(side.moved_part(g_hi, 1))
+        _fused("pair")(k, dk, g_hi, g_low, dg, nr, side.moved_part(side.norms, 0), nr.clone(),
+                       side.moved_part(side.norms_eps, 0), side.scale, self._output_factor(), self.sigma_w2)
         return MovedColumns(dk, cols)
 
     @staticmethod
