@@ -352,14 +352,14 @@ class CNNKernel:
             pc_low = pc
         side.low = _operand_t(pc_low.to(gemm_dtype))
         if x_eps is not None:
-            pce = self._patches(x_eps, cols)
+            dpc = self._patches(x_eps, cols) - pc
             side.norms_eps = F.pad(self._norms(diagonals_eps, cols), (0, pad))
-            side.delta = _operand_t(torch.cat([pc, pce - pc], dim=1).to(gemm_dtype))
+            side.delta = _operand_t(torch.cat([pc, dpc], dim=1).to(gemm_dtype))
             # columns whose patch the perturbation reaches: the only ones that change for rows it misses
-            moved = torch.nonzero((pce != pc).any(1)).flatten()
+            moved = torch.nonzero((dpc != 0).any(1)).flatten()
             leading = bool((moved == torch.arange(len(moved), device=moved.device)).all())
             side.moved = len(moved) if leading else moved  # a count when they are the first columns
-            side.delta_moved = _pad_inner((pce - pc)[moved].to(gemm_dtype)).T.contiguous()
+            side.delta_moved = _pad_inner(dpc[moved].to(gemm_dtype)).T.contiguous()
         return side
 
     def block_fast(
@@ -437,7 +437,9 @@ class CNNKernel:
         k = side.buffer("k_moved", (n, len(cols)), pr.dtype, pr.device)
         dk = side.buffer("dk_moved", (n, len(cols)), side.gemm_dtype, pr.device)
         # contiguous copies and a distinct row-norm tensor (equal: the rows did not move): the op then
-        # matches the full blocks' compiled variant; slices or an alias would compile another (~0.6 s)
+        # matches the full blocks' compiled variant; slices or an alias would compile another (~0.6 s).
+        # It also recomputes K on these columns (into k_moved, unused): a delta-only op would be one
+        # more compiled variant for ~1 ms a block
         g_low = side.buffer("g_low_moved", (n, len(cols)), g_low.dtype, pr.device).copy_(side.moved_part(g_low, 1))
         if g_hi.ndim:
             g_hi = side.buffer("g_hi_moved", (n, len(cols)), g_hi.dtype, pr.device).copy_(side.moved_part(g_hi, 1))
