@@ -196,14 +196,32 @@ def test_network_matches_kernel_size_and_receptive_field():
 
 
 def test_bfloat16_split_keeps_sixteen_bits_compiled_or_not():
-    from napari_ntk_denoise.kernels import _fused, _split_bf16
+    from napari_ntk_denoise.kernels import _compiled, _fused, _split_bf16
 
     a = torch.randn(300, 200, generator=torch.Generator().manual_seed(3))
-    for split in (_split_bf16, _fused("split")):
+    for split in (_split_bf16, _compiled("split"), _fused("split")):  # eager, torch.compile, C where built
         hi, lo = split(a[:, :150])  # a strided view, as the padded kernel blocks are
         assert hi.dtype == lo.dtype == torch.bfloat16
         err = (hi.double() + lo.double() - a[:, :150].double()).abs() / a[:, :150].double().abs()
         assert float(err.max()) < 2**-15
+
+
+def test_compiled_output_layer_matches_eager():
+    """The torch.compile'd paired op (GPUs; CPUs without a C compiler) against eager torch."""
+    from napari_ntk_denoise.kernels import _EAGER, _compiled
+
+    g = torch.Generator().manual_seed(5)
+    p, q = torch.randn(40, 9, generator=g), torch.randn(70, 9, generator=g)
+    nr, nc = p.norm(dim=1), q.norm(dim=1)
+    gram = p @ q.T
+    g_hi, g_low = 0.75 * gram, (0.25 * gram).bfloat16()
+    dg = (1e-3 * torch.randn(40, 70, generator=g)).bfloat16()
+    outs = [(torch.empty(40, 70), torch.empty(40, 70, dtype=torch.bfloat16)) for _ in range(2)]
+    for op, (k, dk) in zip((_EAGER["pair"], _compiled("pair")), outs):
+        op(k, dk, g_hi, g_low, dg, nr, nc, nr * 1.001, nc, 1.0, 2.0, 2.0)
+    atol = 1e-6 * float(outs[0][0].abs().max())  # float32 rounding of K; the change is a difference of two
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-5, atol=atol)
+    torch.testing.assert_close(outs[1][1].float(), outs[0][1].float(), rtol=2**-7, atol=atol)
 
 
 def test_polynomial_arccos_matches_the_library():

@@ -33,6 +33,8 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from . import _native
+
 __all__ = ["CNNKernel", "ColumnSide", "MovedColumns", "SplitBlock", "relu_expectations"]
 
 
@@ -632,8 +634,23 @@ _COMPILED: dict[str, object] = {}
 
 
 def _fused(name: str):
-    """The fused elementwise output layer: ``torch.compile``d (about 10x faster than eager on a
-    CPU) unless ``NTK_DENOISE_COMPILE=0`` or compilation fails, in which case eager is used."""
+    """The fused elementwise op ``name`` (the output layer, or a bfloat16 split).
+
+    On a CPU, the C version of :mod:`~napari_ntk_denoise._native` where it is available (no
+    compiler start-up cost, and faster); elsewhere (a GPU, no C compiler, ``NTK_DENOISE_NATIVE=0``)
+    the op ``torch.compile``d (about 10x faster than eager on a CPU), unless
+    ``NTK_DENOISE_COMPILE=0`` or compilation fails, in which case eager is used."""
+
+    def run(*args):
+        native = _native.op(name) if args[0].device.type == "cpu" else None
+        out = NotImplemented if native is None else native(*args)
+        return _compiled(name)(*args) if out is NotImplemented else out
+
+    return run
+
+
+def _compiled(name: str):
+    """``torch.compile``d op ``name``, falling back to eager (see :func:`_fused`)."""
     if os.environ.get("NTK_DENOISE_COMPILE", "1") == "0" or _COMPILED.get(name) is False:
         return _EAGER[name]
     if name not in _COMPILED:

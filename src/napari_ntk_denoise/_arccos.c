@@ -1,0 +1,113 @@
+/* The fused elementwise ops of the depth-2 kernel on a CPU, in C: the twins of kernels._arccos_single,
+ * _arccos_single_split, _arccos_pair and _split_bf16 (see there for the maths).  Blocks are row-major
+ * (n, w); rows are shared among `threads` OpenMP threads (torch's count).  Built with -fopenmp the
+ * library needs libgomp.so.1, which a Linux torch has already loaded: the dynamic loader then reuses
+ * torch's runtime and thread pool (a second pool would fight torch's spinning threads for the cores).
+ * Compiled on first use, with the host's vector instructions, by napari_ntk_denoise._native. */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define PI_F 3.14159265358979323846f
+#define ROWS                                                             \
+    _Pragma("omp parallel for schedule(static) num_threads(threads)") \
+    for (int64_t i = 0; i < n; i++)
+
+/* comparisons rather than fmaxf/fminf: these vectorise without -ffinite-math-only */
+static inline float max_f(float a, float b) { return a > b ? a : b; }
+static inline float min_f(float a, float b) { return a < b ? a : b; }
+
+/* bfloat16 <-> float32, rounding to nearest even like torch (finite values) */
+static inline float load_bf16(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+static inline uint16_t store_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+static inline float load_f32(float f) { return f; }
+static inline float store_f32(float f) { return f; }
+
+/* acos by Abramowitz & Stegun 4.4.46: the coefficients of kernels._ACOS */
+static inline float acos_poly(float x) {
+    float a = fabsf(x);
+    float p = -0.0012624911f;
+    p = p * a + 0.0066700901f;
+    p = p * a - 0.0170881256f;
+    p = p * a + 0.0308918810f;
+    p = p * a - 0.0501743046f;
+    p = p * a + 0.0889789874f;
+    p = p * a - 0.2145988016f;
+    p = p * a + 1.5707963050f;
+    float r = sqrtf(max_f(1.0f - a, 0.0f)) * p;
+    return x < 0.0f ? PI_F - r : r;
+}
+
+/* c |p||q| (sin t + factor (pi - t) cos t) from a raw Gram entry g; norm = |p||q|, c = sigma_w^2 / (2 pi) */
+static inline float arccos_output(float g, float norm, float scale, float factor, float c) {
+    float rho = min_f(max_f(g * scale / max_f(norm, 1e-30f), -1.0f), 1.0f);
+    float val = sqrtf(max_f(1.0f - rho * rho, 0.0f)) + factor * (PI_F - acos_poly(rho)) * rho;
+    return val * norm * c;
+}
+
+/* hi + lo = a in bfloat16 */
+static inline void split(float a, uint16_t *hi, uint16_t *lo) {
+    uint16_t h = store_bf16(a);
+    *hi = h;
+    *lo = store_bf16(a - load_bf16(h));
+}
+
+/* Gram = hi (float32, row stride hs: 0 reads one shared row of zeros) + low (LOW_T); the inner
+ * loops are functions of their own with restrict pointers, which is what lets them vectorise. */
+#define DEFINE_OPS(SUF, LOW_T, LOAD, STORE)                                                                    \
+static void single_row_##SUF(float *restrict o, const float *restrict h, const LOW_T *restrict l, float ni,    \
+                             const float *restrict nc, int64_t w, float scale, float factor, float c) {       \
+    for (int64_t j = 0; j < w; j++)                                                                           \
+        o[j] = arccos_output(h[j] + LOAD(l[j]), ni * nc[j], scale, factor, c);                                \
+}                                                                                                             \
+void ntk_single_##SUF(int threads, int64_t n, int64_t w, float *out, const float *hi, int64_t hs,            \
+                      const LOW_T *low, const float *nr, const float *nc, float scale, float factor, float c) { \
+    ROWS single_row_##SUF(out + i * w, hi + i * hs, low + i * w, nr[i], nc, w, scale, factor, c);             \
+}                                                                                                             \
+static void split_row_##SUF(uint16_t *restrict oh, uint16_t *restrict ol, const float *restrict h,            \
+                            const LOW_T *restrict l, float ni, const float *restrict nc, int64_t w,           \
+                            float scale, float factor, float c) {                                             \
+    for (int64_t j = 0; j < w; j++)                                                                           \
+        split(arccos_output(h[j] + LOAD(l[j]), ni * nc[j], scale, factor, c), oh + j, ol + j);                \
+}                                                                                                             \
+void ntk_single_split_##SUF(int threads, int64_t n, int64_t w, uint16_t *out_hi, uint16_t *out_lo,          \
+                            const float *hi, int64_t hs, const LOW_T *low, const float *nr, const float *nc,  \
+                            float scale, float factor, float c) {                                             \
+    ROWS split_row_##SUF(out_hi + i * w, out_lo + i * w, hi + i * hs, low + i * w, nr[i], nc, w, scale,       \
+                         factor, c);                                                                          \
+}                                                                                                             \
+static void pair_row_##SUF(float *restrict o, LOW_T *restrict od, const float *restrict h,                    \
+                           const LOW_T *restrict l, const LOW_T *restrict d, float ni, float nei,             \
+                           const float *restrict nc, const float *restrict nce, int64_t w, float scale,       \
+                           float factor, float c) {                                                           \
+    for (int64_t j = 0; j < w; j++) {                                                                         \
+        float g = h[j] + LOAD(l[j]);                                                                          \
+        float k = arccos_output(g, ni * nc[j], scale, factor, c);                                             \
+        od[j] = STORE(arccos_output(g + LOAD(d[j]), nei * nce[j], scale, factor, c) - k);                     \
+        o[j] = k;                                                                                             \
+    }                                                                                                         \
+}                                                                                                             \
+void ntk_pair_##SUF(int threads, int64_t n, int64_t w, float *out, LOW_T *out_delta, const float *hi,        \
+                    int64_t hs, const LOW_T *low, const LOW_T *dg, const float *nr, const float *nc,          \
+                    const float *nre, const float *nce, float scale, float factor, float c) {                 \
+    ROWS pair_row_##SUF(out + i * w, out_delta + i * w, hi + i * hs, low + i * w, dg + i * w, nr[i], nre[i],  \
+                        nc, nce, w, scale, factor, c);                                                        \
+}
+
+DEFINE_OPS(bf16, uint16_t, load_bf16, store_bf16)
+DEFINE_OPS(f32, float, load_f32, store_f32)
+
+static void split_row(uint16_t *restrict oh, uint16_t *restrict ol, const float *restrict a, int64_t w) {
+    for (int64_t j = 0; j < w; j++)
+        split(a[j], oh + j, ol + j);
+}
+
+/* a (row stride lda) = hi + lo, both (n, w) bfloat16 */
+void ntk_split(int threads, int64_t n, int64_t w, uint16_t *out_hi, uint16_t *out_lo, const float *a, int64_t lda) {
+    ROWS split_row(out_hi + i * w, out_lo + i * w, a + i * lda, w);
+}

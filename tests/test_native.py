@@ -1,0 +1,102 @@
+"""The C versions of the fused kernel ops (``_native``) against their torch twins."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+
+from napari_ntk_denoise import _native
+from napari_ntk_denoise.kernels import _EAGER, _fused
+
+pytestmark = pytest.mark.skipif(_native.library() is None, reason="no C compiler for the native kernel ops")
+
+N, W = 37, 70
+
+
+def _operands(low_dtype: torch.dtype, principal: bool, seed: int = 0):
+    """A Gram block of unit patches (cosines over the whole range, including exact +-1) split as the
+    kernels split it, with row and column norms; and a small perturbation of the Gram."""
+    g = torch.Generator().manual_seed(seed)
+    unit = torch.nn.functional.normalize(torch.randn(N + W - 8, 9, generator=g), dim=1)
+    nr, nc = 3 * torch.rand(N, generator=g) + 1, 3 * torch.rand(W, generator=g) + 1
+    p = unit[:N] * nr[:, None]
+    q = torch.cat([unit[:5], -unit[5:8], unit[N:]]) * nc[:, None]  # cos t = +-1 for some pairs
+    gram = p @ q.T
+    g_hi = (gram * 0.75) if principal else torch.zeros(())
+    g_low = (gram - g_hi).to(low_dtype)
+    dg = (1e-3 * torch.randn(N, W, generator=g)).to(low_dtype)
+    return g_hi, g_low, dg, nr, nc, nr * 1.001, nc * 0.999
+
+
+def _scalars():
+    return 1.0, 2.0, 2.0  # Gram scale, output factor (NTK), sigma_w^2
+
+
+@pytest.mark.parametrize("low_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("principal", [True, False])
+def test_native_ops_match_their_torch_twins(low_dtype, principal):
+    g_hi, g_low, dg, nr, nc, nre, nce = _operands(low_dtype, principal)
+    scale, factor, sw2 = _scalars()
+    ref, out = torch.empty(N, W), torch.empty(N, W)
+    _EAGER["single"](ref, g_hi, g_low, nr, nc, scale, factor, sw2)
+    assert _native.op("single")(out, g_hi, g_low, nr, nc, scale, factor, sw2) is None
+    tol = 2e-6 * float(ref.abs().max())
+    assert float((out - ref).abs().max()) < tol
+
+    ref_d, out_d = torch.empty(N, W, dtype=low_dtype), torch.empty(N, W, dtype=low_dtype)
+    _EAGER["pair"](ref, ref_d, g_hi, g_low, dg, nr, nc, nre, nce, scale, factor, sw2)
+    _native.op("pair")(out, out_d, g_hi, g_low, dg, nr, nc, nre, nce, scale, factor, sw2)
+    assert float((out - ref).abs().max()) < tol
+    # the change is rounded to low_dtype: one unit of its last place at most, plus float32 noise
+    ulp = float(ref_d.float().abs().max()) * (2**-7 if low_dtype == torch.bfloat16 else 2**-22)
+    assert float((out_d.float() - ref_d.float()).abs().max()) <= ulp + 4 * tol
+
+    parts = [torch.empty(N, W, dtype=torch.bfloat16) for _ in range(4)]
+    _EAGER["single_split"](*parts[:2], g_hi, g_low, nr, nc, scale, factor, sw2)
+    _native.op("single_split")(*parts[2:], g_hi, g_low, nr, nc, scale, factor, sw2)
+    ref_sum, out_sum = (parts[i].double() + parts[i + 1].double() for i in (0, 2))
+    assert float((out_sum - ref_sum).abs().max()) < tol + 2**-15 * float(ref_sum.abs().max())
+
+
+def test_native_split_rounds_like_torch_on_strided_blocks():
+    a = torch.randn(300, 200, generator=torch.Generator().manual_seed(3))[:, :150]  # as the padded blocks are
+    hi, lo = _native.op("split")(a)
+    ref_hi, ref_lo = _EAGER["split"](a)
+    assert torch.equal(hi, ref_hi) and torch.equal(lo, ref_lo)
+
+
+def test_native_ops_decline_operands_they_do_not_handle():
+    g_hi, g_low, _, nr, nc, _, _ = _operands(torch.bfloat16, True)
+    scale, factor, sw2 = _scalars()
+    single = _native.op("single")
+    out = torch.empty(W, N).T  # not contiguous
+    assert single(out, g_hi, g_low, nr, nc, scale, factor, sw2) is NotImplemented
+    assert single(torch.empty(N, W, dtype=torch.float64), g_hi, g_low, nr, nc, scale, factor, sw2) is NotImplemented
+    assert single(torch.empty(N, W), g_hi, g_low, nr[:-1], nc, scale, factor, sw2) is NotImplemented
+    assert single(torch.empty(N, W), g_hi, g_low.double(), nr, nc, scale, factor, sw2) is NotImplemented
+    assert _native.op("split")(torch.randn(4, 6).T) is NotImplemented
+    # ... and the kernels then use the torch op: same values as on contiguous operands
+    ref = torch.empty(N, W)
+    _fused("single")(ref, g_hi, g_low, nr, nc, scale, factor, sw2)
+    _fused("single")(out, g_hi, g_low, nr, nc, scale, factor, sw2)
+    assert float((out - ref).abs().max()) < 2e-6 * float(ref.abs().max())
+
+
+def test_build_compiles_once_into_the_cache_and_only_with_a_compiler(tmp_path):
+    compiler = _native._compiler()
+    path = _native.build(tmp_path, compiler)
+    assert path is not None and path.parent == tmp_path
+    stamp = path.stat().st_mtime_ns
+    assert _native.build(tmp_path, compiler) == path and path.stat().st_mtime_ns == stamp  # cached
+    assert _native.build(tmp_path / "none", None) is None
+
+
+def test_build_with_a_failing_compiler_leaves_nothing(tmp_path):
+    false = shutil.which("false")
+    if false is None:
+        pytest.skip("no `false` executable to stand in for a broken compiler")
+    assert _native.build(tmp_path, false) is None
+    assert os.listdir(tmp_path) == []
