@@ -164,6 +164,28 @@ def test_split_bfloat16_product_has_float32_accuracy():
     assert float((got - exact).abs().max() / exact.abs().max()) < 1e-4
 
 
+def test_split_product_on_cpu_reuses_its_buffers_for_blocks_of_any_height():
+    from napari_ntk_denoise.kernels import _split_bf16
+    from napari_ntk_denoise.nystrom import _SplitProduct
+
+    g = torch.Generator().manual_seed(1)
+    b = torch.randn(96, 16, generator=g).bfloat16()
+    product = _SplitProduct(b)
+    for n in (50, 20, 50):  # the last block of a sweep is shorter
+        a = torch.rand(n, 96, generator=g)
+        hi, lo = _split_bf16(a)
+        expected = torch.mm(hi, b).float() + torch.mm(lo, b).float()
+        assert torch.equal(product(a), expected)
+    assert product.buffers["sum"].shape[0] == 50  # grown once, then reused
+
+
+def test_tiled_symmetrize_equals_the_mean_with_the_transpose():
+    from napari_ntk_denoise.nystrom import _symmetrize
+
+    a = torch.randn(2, 70, 70, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(_symmetrize(a.clone(), 16), (a + a.mT) * 0.5)  # tiles that do not divide the size
+
+
 @pytest.mark.parametrize("volume", [False, True])
 def test_banded_perturbation_skips_work_without_changing_the_filters(monkeypatch, volume):
     """With a perturbation on a few rows (Y), the sweep computes ``K_eps - K`` only where it can be
