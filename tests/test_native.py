@@ -16,19 +16,20 @@ pytestmark = pytest.mark.skipif(_native.library() is None, reason="no C compiler
 N, W = 37, 70
 
 
-def _operands(low_dtype: torch.dtype, principal: bool, seed: int = 0):
-    """A Gram block of unit patches (cosines over the whole range, including exact +-1) split as the
-    kernels split it, with row and column norms; and a small perturbation of the Gram."""
+def _operands(low_dtype: torch.dtype, n_principal: int, seed: int = 0):
+    """A Gram block of patches (cosines over the whole range, including exact +-1) split as the
+    kernels split it, a float32 principal part ``ar @ pt`` of ``n_principal`` terms plus a low-precision rest,
+    with row and column norms; and a small perturbation of the Gram."""
     g = torch.Generator().manual_seed(seed)
     unit = torch.nn.functional.normalize(torch.randn(N + W - 8, 9, generator=g), dim=1)
     nr, nc = 3 * torch.rand(N, generator=g) + 1, 3 * torch.rand(W, generator=g) + 1
     p = unit[:N] * nr[:, None]
     q = torch.cat([unit[:5], -unit[5:8], unit[N:]]) * nc[:, None]  # cos t = +-1 for some pairs
-    gram = p @ q.T
-    g_hi = (gram * 0.75) if principal else torch.zeros(())
-    g_low = (gram - g_hi).to(low_dtype)
+    basis = torch.linalg.qr(torch.randn(9, 9, generator=g))[0][:, :n_principal]
+    ar, pt = p @ basis, (q @ basis).T.contiguous()
+    g_low = (p @ q.T - ar @ pt).to(low_dtype)
     dg = (1e-3 * torch.randn(N, W, generator=g)).to(low_dtype)
-    return g_hi, g_low, dg, nr, nc, nr * 1.001, nc * 0.999
+    return (ar, pt, g_low), dg, nr, nc, nr * 1.001, nc * 0.999
 
 
 def _scalars():
@@ -36,29 +37,39 @@ def _scalars():
 
 
 @pytest.mark.parametrize("low_dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("principal", [True, False])
-def test_native_ops_match_their_torch_twins(low_dtype, principal):
-    g_hi, g_low, dg, nr, nc, nre, nce = _operands(low_dtype, principal)
+@pytest.mark.parametrize("n_principal", [6, 0])
+def test_native_ops_match_their_torch_twins(low_dtype, n_principal):
+    gram, dg, nr, nc, nre, nce = _operands(low_dtype, n_principal)
     scale, factor, sw2 = _scalars()
     ref, out = torch.empty(N, W), torch.empty(N, W)
-    _EAGER["single"](ref, g_hi, g_low, nr, nc, scale, factor, sw2)
-    assert _native.op("single")(out, g_hi, g_low, nr, nc, scale, factor, sw2) is None
+    _EAGER["single"](ref, *gram, nr, nc, scale, factor, sw2)
+    assert _native.op("single")(out, *gram, nr, nc, scale, factor, sw2) is None
     tol = 2e-6 * float(ref.abs().max())
     assert float((out - ref).abs().max()) < tol
 
     ref_d, out_d = torch.empty(N, W, dtype=low_dtype), torch.empty(N, W, dtype=low_dtype)
-    _EAGER["pair"](ref, ref_d, g_hi, g_low, dg, nr, nc, nre, nce, scale, factor, sw2)
-    _native.op("pair")(out, out_d, g_hi, g_low, dg, nr, nc, nre, nce, scale, factor, sw2)
+    _EAGER["pair"](ref, ref_d, *gram, dg, nr, nc, nre, nce, scale, factor, sw2)
+    _native.op("pair")(out, out_d, *gram, dg, nr, nc, nre, nce, scale, factor, sw2)
     assert float((out - ref).abs().max()) < tol
     # the change is rounded to low_dtype: one unit of its last place at most, plus float32 noise
     ulp = float(ref_d.float().abs().max()) * (2**-7 if low_dtype == torch.bfloat16 else 2**-22)
     assert float((out_d.float() - ref_d.float()).abs().max()) <= ulp + 4 * tol
 
     parts = [torch.empty(N, W, dtype=torch.bfloat16) for _ in range(4)]
-    _EAGER["single_split"](*parts[:2], g_hi, g_low, nr, nc, scale, factor, sw2)
-    _native.op("single_split")(*parts[2:], g_hi, g_low, nr, nc, scale, factor, sw2)
+    _EAGER["single_split"](*parts[:2], *gram, nr, nc, scale, factor, sw2)
+    _native.op("single_split")(*parts[2:], *gram, nr, nc, scale, factor, sw2)
     ref_sum, out_sum = (parts[i].double() + parts[i + 1].double() for i in (0, 2))
     assert float((out_sum - ref_sum).abs().max()) < tol + 2**-15 * float(ref_sum.abs().max())
+
+
+def test_native_principal_part_reads_a_strided_slice():
+    """The moved columns' principal part is a column slice of the full one (row stride > width)."""
+    (ar, pt, g_low), _, nr, nc, _, _ = _operands(torch.bfloat16, 6)
+    scale, factor, sw2 = _scalars()
+    ref, out = torch.empty(N, 20), torch.empty(N, 20)
+    _EAGER["single"](ref, ar, pt[:, :20].contiguous(), g_low[:, :20].contiguous(), nr, nc[:20], scale, factor, sw2)
+    assert _native.op("single")(out, ar, pt[:, :20], g_low[:, :20].contiguous(), nr, nc[:20], scale, factor, sw2) is None
+    assert float((out - ref).abs().max()) < 2e-6 * float(ref.abs().max())
 
 
 def test_native_split_rounds_like_torch_on_strided_blocks():
@@ -69,19 +80,21 @@ def test_native_split_rounds_like_torch_on_strided_blocks():
 
 
 def test_native_ops_decline_operands_they_do_not_handle():
-    g_hi, g_low, _, nr, nc, _, _ = _operands(torch.bfloat16, True)
+    gram, _, nr, nc, _, _ = _operands(torch.bfloat16, 6)
     scale, factor, sw2 = _scalars()
     single = _native.op("single")
     out = torch.empty(W, N).T  # not contiguous
-    assert single(out, g_hi, g_low, nr, nc, scale, factor, sw2) is NotImplemented
-    assert single(torch.empty(N, W, dtype=torch.float64), g_hi, g_low, nr, nc, scale, factor, sw2) is NotImplemented
-    assert single(torch.empty(N, W), g_hi, g_low, nr[:-1], nc, scale, factor, sw2) is NotImplemented
-    assert single(torch.empty(N, W), g_hi, g_low.double(), nr, nc, scale, factor, sw2) is NotImplemented
+    assert single(out, *gram, nr, nc, scale, factor, sw2) is NotImplemented
+    assert single(torch.empty(N, W, dtype=torch.float64), *gram, nr, nc, scale, factor, sw2) is NotImplemented
+    assert single(torch.empty(N, W), *gram, nr[:-1], nc, scale, factor, sw2) is NotImplemented
+    assert single(torch.empty(N, W), *gram[:2], gram[2].double(), nr, nc, scale, factor, sw2) is NotImplemented
+    assert single(torch.empty(N, W), gram[0], gram[1].T.contiguous().T, gram[2], nr, nc, scale, factor, sw2) \
+        is NotImplemented  # principal part with strided columns
     assert _native.op("split")(torch.randn(4, 6).T) is NotImplemented
     # ... and the kernels then use the torch op: same values as on contiguous operands
     ref = torch.empty(N, W)
-    _fused("single")(ref, g_hi, g_low, nr, nc, scale, factor, sw2)
-    _fused("single")(out, g_hi, g_low, nr, nc, scale, factor, sw2)
+    _fused("single")(ref, *gram, nr, nc, scale, factor, sw2)
+    _fused("single")(out, *gram, nr, nc, scale, factor, sw2)
     assert float((out - ref).abs().max()) < 2e-6 * float(ref.abs().max())
 
 

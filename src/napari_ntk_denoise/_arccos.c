@@ -1,17 +1,17 @@
-/* The fused elementwise ops of the depth-2 kernel on a CPU, in C: the twins of kernels._arccos_single,
- * _arccos_single_split, _arccos_pair and _split_bf16 (see there for the maths).  Blocks are row-major
- * (n, w); rows are shared among `threads` OpenMP threads (torch's count).  Built with -fopenmp the
+/* The fused output ops of the depth-2 kernel on a CPU, in C: the twins of kernels._arccos_single,
+ * _arccos_single_split, _arccos_pair and _split_bf16 (see there for the maths), including the small
+ * float32 product of the Gram's principal part (written to memory and read back, it cost as much as
+ * the op).  Blocks are row-major (n, w); rows are shared among `threads` OpenMP threads (torch's
+ * count).  Built with -fopenmp the
  * library needs libgomp.so.1, which a Linux torch has already loaded: the dynamic loader then reuses
  * torch's runtime and thread pool (a second pool would fight torch's spinning threads for the cores).
  * Compiled on first use, with the host's vector instructions, by napari_ntk_denoise._native. */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define PI_F 3.14159265358979323846f
-#define ROWS                                                             \
-    _Pragma("omp parallel for schedule(static) num_threads(threads)") \
-    for (int64_t i = 0; i < n; i++)
 
 /* comparisons rather than fmaxf/fminf: these vectorise without -ffinite-math-only */
 static inline float max_f(float a, float b) { return a > b ? a : b; }
@@ -57,17 +57,81 @@ static inline void split(float a, uint16_t *hi, uint16_t *lo) {
     *lo = store_bf16(a - load_bf16(h));
 }
 
-/* Gram = hi (float32, row stride hs: 0 reads one shared row of zeros) + low (LOW_T); the inner
- * loops are functions of their own with restrict pointers, which is what lets them vectorise. */
+#define TILE_ROWS 4
+#define TILE_COLS 32
+
+/* Principal part of the Gram for rows (at most TILE_ROWS): h[r][j] = sum_k a[r][k] pt[k][j] (a: q per
+ * row; pt: q rows of stride lpt).  Tiles of TILE_ROWS x TILE_COLS stay in registers, so each chunk
+ * of pt is read once per tile rather than once per row (row by row, pt streamed from L2 cache
+ * bounded the op).  Fused multiply-adds are fine here: each entry is computed once, used by both
+ * K and K_eps. */
+__attribute__((optimize("fp-contract=fast")))
+static void principal_rows(float *restrict h, const float *restrict a, const float *restrict pt, int64_t lpt,
+                           int64_t q, int64_t w, int64_t rows) {
+    int64_t j0 = 0;
+    if (rows == TILE_ROWS) {
+        for (; j0 + TILE_COLS <= w; j0 += TILE_COLS) {
+            float acc[TILE_ROWS][TILE_COLS] = {{0.0f}};
+            for (int64_t k = 0; k < q; k++) {
+                const float *restrict p = pt + k * lpt + j0;
+                for (int r = 0; r < TILE_ROWS; r++) {
+                    const float ak = a[r * q + k];
+                    for (int jj = 0; jj < TILE_COLS; jj++)
+                        acc[r][jj] += ak * p[jj];
+                }
+            }
+            for (int r = 0; r < TILE_ROWS; r++)
+                for (int jj = 0; jj < TILE_COLS; jj++)
+                    h[r * w + j0 + jj] = acc[r][jj];
+        }
+    }
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = j0; j < w; j++) {
+            float sum = 0.0f;
+            for (int64_t k = 0; k < q; k++)
+                sum += a[r * q + k] * pt[k * lpt + j];
+            h[r * w + j] = sum;
+        }
+}
+
+/* Rows of an op in tiles shared among `threads` OpenMP threads, each with a principal-part buffer;
+ * ROW is the op's row function called with (row index i, principal row hi).  Returns 1 if a buffer
+ * could not be allocated (nothing else can fail). */
+#define FOR_ROWS(ROW)                                                                                  \
+    int failed = 0;                                                                                    \
+    _Pragma("omp parallel num_threads(threads)")                                                       \
+    {                                                                                                  \
+        float *buf = malloc(sizeof(float) * (size_t)(w > 0 ? w : 1) * TILE_ROWS);                      \
+        if (!buf) {                                                                                    \
+            _Pragma("omp atomic write")                                                                \
+            failed = 1;                                                                                \
+        } else {                                                                                       \
+            _Pragma("omp for schedule(static)")                                                        \
+            for (int64_t i0 = 0; i0 < n; i0 += TILE_ROWS) {                                            \
+                int64_t rows = n - i0 < TILE_ROWS ? n - i0 : TILE_ROWS;                                \
+                principal_rows(buf, ar + i0 * q, pt, lpt, q, w, rows);                                 \
+                for (int64_t i = i0; i < i0 + rows; i++) {                                             \
+                    const float *hi = buf + (i - i0) * w;                                              \
+                    ROW;                                                                               \
+                }                                                                                      \
+            }                                                                                          \
+        }                                                                                              \
+        free(buf);                                                                                     \
+    }                                                                                                  \
+    return failed;
+
+/* Gram = principal part (ar: n x q, pt: q x w of row stride lpt) + low (LOW_T); the inner loops are
+ * functions of their own with restrict pointers, which is what lets them vectorise. */
+#define PRINCIPAL const float *ar, int64_t q, const float *pt, int64_t lpt
 #define DEFINE_OPS(SUF, LOW_T, LOAD, STORE)                                                                    \
 static void single_row_##SUF(float *restrict o, const float *restrict h, const LOW_T *restrict l, float ni,    \
                              const float *restrict nc, int64_t w, float scale, float factor, float c) {       \
     for (int64_t j = 0; j < w; j++)                                                                           \
         o[j] = arccos_output(h[j] + LOAD(l[j]), ni * nc[j], scale, factor, c);                                \
 }                                                                                                             \
-void ntk_single_##SUF(int threads, int64_t n, int64_t w, float *out, const float *hi, int64_t hs,            \
-                      const LOW_T *low, const float *nr, const float *nc, float scale, float factor, float c) { \
-    ROWS single_row_##SUF(out + i * w, hi + i * hs, low + i * w, nr[i], nc, w, scale, factor, c);             \
+int ntk_single_##SUF(int threads, int64_t n, int64_t w, float *out, PRINCIPAL, const LOW_T *low,              \
+                     const float *nr, const float *nc, float scale, float factor, float c) {                  \
+    FOR_ROWS(single_row_##SUF(out + i * w, hi, low + i * w, nr[i], nc, w, scale, factor, c))                  \
 }                                                                                                             \
 static void split_row_##SUF(uint16_t *restrict oh, uint16_t *restrict ol, const float *restrict h,            \
                             const LOW_T *restrict l, float ni, const float *restrict nc, int64_t w,           \
@@ -75,11 +139,10 @@ static void split_row_##SUF(uint16_t *restrict oh, uint16_t *restrict ol, const 
     for (int64_t j = 0; j < w; j++)                                                                           \
         split(arccos_output(h[j] + LOAD(l[j]), ni * nc[j], scale, factor, c), oh + j, ol + j);                \
 }                                                                                                             \
-void ntk_single_split_##SUF(int threads, int64_t n, int64_t w, uint16_t *out_hi, uint16_t *out_lo,          \
-                            const float *hi, int64_t hs, const LOW_T *low, const float *nr, const float *nc,  \
-                            float scale, float factor, float c) {                                             \
-    ROWS split_row_##SUF(out_hi + i * w, out_lo + i * w, hi + i * hs, low + i * w, nr[i], nc, w, scale,       \
-                         factor, c);                                                                          \
+int ntk_single_split_##SUF(int threads, int64_t n, int64_t w, uint16_t *out_hi, uint16_t *out_lo, PRINCIPAL,  \
+                           const LOW_T *low, const float *nr, const float *nc, float scale, float factor,     \
+                           float c) {                                                                         \
+    FOR_ROWS(split_row_##SUF(out_hi + i * w, out_lo + i * w, hi, low + i * w, nr[i], nc, w, scale, factor, c)) \
 }                                                                                                             \
 static void pair_row_##SUF(float *restrict o, LOW_T *restrict od, const float *restrict h,                    \
                            const LOW_T *restrict l, const LOW_T *restrict d, float ni, float nei,             \
@@ -92,11 +155,11 @@ static void pair_row_##SUF(float *restrict o, LOW_T *restrict od, const float *r
         o[j] = k;                                                                                             \
     }                                                                                                         \
 }                                                                                                             \
-void ntk_pair_##SUF(int threads, int64_t n, int64_t w, float *out, LOW_T *out_delta, const float *hi,        \
-                    int64_t hs, const LOW_T *low, const LOW_T *dg, const float *nr, const float *nc,          \
-                    const float *nre, const float *nce, float scale, float factor, float c) {                 \
-    ROWS pair_row_##SUF(out + i * w, out_delta + i * w, hi + i * hs, low + i * w, dg + i * w, nr[i], nre[i],  \
-                        nc, nce, w, scale, factor, c);                                                        \
+int ntk_pair_##SUF(int threads, int64_t n, int64_t w, float *out, LOW_T *out_delta, PRINCIPAL,                \
+                   const LOW_T *low, const LOW_T *dg, const float *nr, const float *nc, const float *nre,     \
+                   const float *nce, float scale, float factor, float c) {                                    \
+    FOR_ROWS(pair_row_##SUF(out + i * w, out_delta + i * w, hi, low + i * w, dg + i * w, nr[i], nre[i], nc,   \
+                            nce, w, scale, factor, c))                                                        \
 }
 
 DEFINE_OPS(bf16, uint16_t, load_bf16, store_bf16)
@@ -109,5 +172,7 @@ static void split_row(uint16_t *restrict oh, uint16_t *restrict ol, const float 
 
 /* a (row stride lda) = hi + lo, both (n, w) bfloat16 */
 void ntk_split(int threads, int64_t n, int64_t w, uint16_t *out_hi, uint16_t *out_lo, const float *a, int64_t lda) {
-    ROWS split_row(out_hi + i * w, out_lo + i * w, a + i * lda, w);
+    _Pragma("omp parallel for schedule(static) num_threads(threads)")
+    for (int64_t i = 0; i < n; i++)
+        split_row(out_hi + i * w, out_lo + i * w, a + i * lda, w);
 }

@@ -45,10 +45,11 @@ _COMMON = ("-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", 
 #: (no OpenMP: one thread)
 _FLAGS = (("-march=native", "-fopenmp", *_COMMON), ("-fopenmp", *_COMMON), ("-march=native", *_COMMON), _COMMON)
 _P, _I, _F, _T = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+_GRAM = (_P, _I, _P, _I, _P)  # ar, q, pt, pt's row stride, g_low
 _ARGTYPES = {
-    "ntk_single": (_T, _I, _I, _P, _P, _I, _P, _P, _P, _F, _F, _F),
-    "ntk_single_split": (_T, _I, _I, _P, _P, _P, _I, _P, _P, _P, _F, _F, _F),
-    "ntk_pair": (_T, _I, _I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P, _F, _F, _F),
+    "ntk_single": (_T, _I, _I, _P, *_GRAM, _P, _P, _F, _F, _F),
+    "ntk_single_split": (_T, _I, _I, _P, _P, *_GRAM, _P, _P, _F, _F, _F),
+    "ntk_pair": (_T, _I, _I, _P, _P, *_GRAM, _P, _P, _P, _P, _P, _F, _F, _F),
 }
 #: suffix of the C functions for the dtype of the low-precision operands
 _LOW = {torch.bfloat16: "bf16", torch.float32: "f32"}
@@ -137,8 +138,9 @@ def library() -> ctypes.CDLL | None:
         return None
     for base, argtypes in _ARGTYPES.items():
         for suffix in _LOW.values():
-            getattr(lib, f"{base}_{suffix}").argtypes = argtypes
-    lib.ntk_split.argtypes = (_T, _I, _I, _P, _P, _P, _I)
+            fn = getattr(lib, f"{base}_{suffix}")
+            fn.argtypes, fn.restype = argtypes, ctypes.c_int
+    lib.ntk_split.argtypes, lib.ntk_split.restype = (_T, _I, _I, _P, _P, _P, _I), None
     return lib
 
 
@@ -146,15 +148,17 @@ def _fits(t: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> bool:
     return t.device.type == "cpu" and t.dtype == dtype and tuple(t.shape) == shape and t.is_contiguous()
 
 
-def _gram(g_hi: torch.Tensor, g_low: torch.Tensor) -> tuple[int, int, tuple] | None:
-    """Block size and the Gram operands ``(g_hi, its row stride, g_low)``: a zero scalar ``g_hi``
-    (no principal part) becomes one zero row read with stride 0.  ``None`` if they do not fit."""
-    if g_low.ndim != 2 or g_low.dtype not in _LOW or not _fits(g_low, g_low.dtype, tuple(g_low.shape)):
+def _gram(ar: torch.Tensor, pt: torch.Tensor, g_low: torch.Tensor) -> tuple[int, int, tuple] | None:
+    """Block size and the Gram operands ``(ar, q, pt, pt's row stride, g_low)`` (principal part
+    ``ar @ pt`` with ``q`` inner terms, low part ``g_low``), or ``None`` if they do not fit."""
+    if g_low.ndim != 2 or g_low.dtype not in _LOW or not g_low.is_contiguous() or g_low.device.type != "cpu":
         return None
     n, w = g_low.shape
-    if g_hi.ndim == 0 and g_hi.device.type == "cpu" and float(g_hi) == 0:
-        return n, w, (torch.zeros(w), 0, g_low)
-    return (n, w, (g_hi, w, g_low)) if _fits(g_hi, torch.float32, (n, w)) else None
+    q = ar.shape[1] if ar.ndim == 2 else -1
+    if not (_fits(ar, torch.float32, (n, q)) and pt.device.type == "cpu" and pt.dtype == torch.float32
+            and tuple(pt.shape) == (q, w) and (q == 0 or (pt.stride(1) == 1 and pt.stride(0) >= w))):
+        return None
+    return n, w, (ar, q, pt, pt.stride(0) if q else w, g_low)
 
 
 def _launch(base: str, g_low: torch.Tensor, n: int, w: int, *args, scale: float, factor: float,
@@ -162,19 +166,20 @@ def _launch(base: str, g_low: torch.Tensor, n: int, w: int, *args, scale: float,
     """Run ``{base}_{bf16|f32}`` (by ``g_low``'s dtype) on tensors (as pointers) and ints."""
     ptrs = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]
     fn = getattr(library(), f"{base}_{_LOW[g_low.dtype]}")
-    fn(torch.get_num_threads(), n, w, *ptrs, scale, factor, sigma_w2 / (2 * math.pi))
+    if fn(torch.get_num_threads(), n, w, *ptrs, scale, factor, sigma_w2 / (2 * math.pi)):
+        raise MemoryError(f"{base}: no memory for a {w}-column row buffer")
 
 
-def _single(out, g_hi, g_low, nr, nc, scale, factor, sigma_w2):
-    f32, fit = torch.float32, _gram(g_hi, g_low)
+def _single(out, ar, pt, g_low, nr, nc, scale, factor, sigma_w2):
+    f32, fit = torch.float32, _gram(ar, pt, g_low)
     if fit is None or not (_fits(out, f32, fit[:2]) and _fits(nr, f32, fit[:1]) and _fits(nc, f32, fit[1:2])):
         return NotImplemented
     n, w, gram = fit
     return _launch("ntk_single", g_low, n, w, out, *gram, nr, nc, scale=scale, factor=factor, sigma_w2=sigma_w2)
 
 
-def _single_split(out_hi, out_lo, g_hi, g_low, nr, nc, scale, factor, sigma_w2):
-    f32, bf16, fit = torch.float32, torch.bfloat16, _gram(g_hi, g_low)
+def _single_split(out_hi, out_lo, ar, pt, g_low, nr, nc, scale, factor, sigma_w2):
+    f32, bf16, fit = torch.float32, torch.bfloat16, _gram(ar, pt, g_low)
     if fit is None or not (_fits(out_hi, bf16, fit[:2]) and _fits(out_lo, bf16, fit[:2])
                            and _fits(nr, f32, fit[:1]) and _fits(nc, f32, fit[1:2])):
         return NotImplemented
@@ -183,8 +188,8 @@ def _single_split(out_hi, out_lo, g_hi, g_low, nr, nc, scale, factor, sigma_w2):
                    sigma_w2=sigma_w2)
 
 
-def _pair(out, out_delta, g_hi, g_low, dg, nr, nc, nre, nce, scale, factor, sigma_w2):
-    f32, fit = torch.float32, _gram(g_hi, g_low)
+def _pair(out, out_delta, ar, pt, g_low, dg, nr, nc, nre, nce, scale, factor, sigma_w2):
+    f32, fit = torch.float32, _gram(ar, pt, g_low)
     if fit is None or not (_fits(out, f32, fit[:2]) and _fits(out_delta, g_low.dtype, fit[:2])
                            and _fits(dg, g_low.dtype, fit[:2]) and all(_fits(v, f32, fit[:1]) for v in (nr, nre))
                            and all(_fits(v, f32, fit[1:2]) for v in (nc, nce))):

@@ -349,9 +349,10 @@ class CNNKernel:
         if basis is not None:
             principal = pc @ basis
             pc_low = pc - principal @ basis.T
-            side.principal = F.pad(principal, (0, 0, 0, pad))
+            side.principal_t = F.pad(principal, (0, 0, 0, pad)).T.contiguous()
         else:
             pc_low = pc
+            side.principal_t = pc.new_zeros(0, len(cols) + pad)
         side.low = _operand_t(pc_low.to(gemm_dtype))
         if x_eps is not None:
             dpc = self._patches(x_eps, cols) - pc
@@ -397,15 +398,11 @@ class CNNKernel:
             return k.to(x.dtype), (self.block(x_eps.double(), rows, cols) - k).to(x.dtype)
         pr = self._patches(x, row_set)
         n, width = len(rows), side.width
-        if side.basis is not None:  # principal part exact, residual in low precision (summed in the fused op)
-            ar = pr @ side.basis
-            g_low = torch.mm(side.operand("lhs", torch.addmm(pr, ar, side.basis.T, alpha=-1)), side.low,
-                             out=side.buffer("g_low", (n, width), side.gemm_dtype, x.device))
-            g_hi = torch.mm(ar, side.principal.T, out=side.buffer("g_hi", (n, width), x.dtype, x.device))
-        else:
-            g_low = torch.mm(side.operand("lhs", pr), side.low,
-                             out=side.buffer("g_low", (n, width), side.gemm_dtype, x.device))
-            g_hi = torch.zeros((), dtype=x.dtype, device=x.device)
+        # principal part in float32 (its product is fused into the output op), the rest in low precision
+        ar = pr @ side.basis if side.basis is not None else pr.new_zeros(n, 0)
+        low = torch.addmm(pr, ar, side.basis.T, alpha=-1) if side.basis is not None else pr
+        g_low = torch.mm(side.operand("lhs", low), side.low,
+                         out=side.buffer("g_low", (n, width), side.gemm_dtype, x.device))
         nr = self._norms(side.diagonals, rows)
         factor = self._output_factor()
         m = width if padded else len(cols)
@@ -415,19 +412,20 @@ class CNNKernel:
         else:
             k = (side.buffer("k", (n, width), x.dtype, x.device),)
         if single:
-            _fused("single_split" if split else "single")(*k, g_hi, g_low, nr, side.norms, side.scale, factor,
-                                                          self.sigma_w2)
+            _fused("single_split" if split else "single")(*k, ar, side.principal_t, g_low, nr, side.norms, side.scale,
+                                                          factor, self.sigma_w2)
             k, _ = self._exact_self_pairs(_columns(k, m), None, rows, cols, side.diagonals, None)
-            return k, None if x_eps is None else self._moved_columns(pr, nr, g_hi, g_low, side)
+            return k, None if x_eps is None else self._moved_columns(pr, nr, ar, g_low, side)
         pre = self._patches(x_eps, row_set)
         dg = torch.mm(side.operand("lhs_pair", pre - pr, pre), side.delta,
                       out=side.buffer("dg", (n, width), side.gemm_dtype, x.device))
         nre = self._norms(side.diagonals_eps, rows)
         dk = side.buffer("dk", (n, width), side.gemm_dtype, x.device)
-        _fused("pair")(*k, dk, g_hi, g_low, dg, nr, side.norms, nre, side.norms_eps, side.scale, factor, self.sigma_w2)
+        _fused("pair")(*k, dk, ar, side.principal_t, g_low, dg, nr, side.norms, nre, side.norms_eps, side.scale, factor,
+                       self.sigma_w2)
         return self._exact_self_pairs(_columns(k, m), dk[:, :m], rows, cols, side.diagonals, side.diagonals_eps)
 
-    def _moved_columns(self, pr, nr, g_hi, g_low, side: "ColumnSide") -> "MovedColumns":
+    def _moved_columns(self, pr, nr, ar, g_low, side: "ColumnSide") -> "MovedColumns":
         """``K_eps - K`` on the columns the perturbation reaches, for rows whose patches it misses:
         ``dG = P (P_eps,S - P_S)^T`` there (exact zeros elsewhere, and no self-pairs: a row that is
         a moved column would have a moved patch itself)."""
@@ -441,11 +439,10 @@ class CNNKernel:
         # contiguous copies and a distinct row-norm tensor (equal: the rows did not move): the op then
         # matches the full blocks' compiled variant; slices or an alias would compile another (~0.6 s).
         # It also recomputes K on these columns (into k_moved, unused): a delta-only op would be one
-        # more compiled variant for ~1 ms a block
+        # more op for ~1 ms a block
         g_low = side.buffer("g_low_moved", (n, len(cols)), g_low.dtype, pr.device).copy_(side.moved_part(g_low, 1))
-        if g_hi.ndim:
-            g_hi = side.buffer("g_hi_moved", (n, len(cols)), g_hi.dtype, pr.device).copy_(side.moved_part(g_hi, 1))
-        _fused("pair")(k, dk, g_hi, g_low, dg, nr, side.moved_part(side.norms, 0), nr.clone(),
+        pt = side.moved_part(side.principal_t, 1).contiguous()
+        _fused("pair")(k, dk, ar, pt, g_low, dg, nr, side.moved_part(side.norms, 0), nr.clone(),
                        side.moved_part(side.norms_eps, 0), side.scale, self._output_factor(), self.sigma_w2)
         return MovedColumns(dk, cols)
 
@@ -502,7 +499,7 @@ class ColumnSide:
     scale: float = 1.0
     norms: torch.Tensor | None = None
     norms_eps: torch.Tensor | None = None
-    principal: torch.Tensor | None = None
+    principal_t: torch.Tensor | None = None
     low: torch.Tensor | None = None
     delta: torch.Tensor | None = None
     moved: torch.Tensor | int | None = None
@@ -597,23 +594,30 @@ def _arccos_output(g: torch.Tensor, nr: torch.Tensor, nc: torch.Tensor, scale: f
     return val * norm * (sigma_w2 / (2 * math.pi))
 
 
-def _arccos_single(out, g_hi, g_low, nr, nc, scale: float, factor: float, sigma_w2: float) -> None:
-    """Kernel block into ``out`` from a Gram given as a float32 part plus a low-precision part."""
-    out.copy_(_arccos_output(g_hi + g_low.to(nr.dtype), nr, nc, scale, factor, sigma_w2))
+def _gram(ar, pt, g_low, nr):
+    """The Gram block: its principal part ``ar @ pt`` in float32 plus the low-precision rest."""
+    return torch.addmm(g_low.to(nr.dtype), ar, pt)
 
 
-def _arccos_pair(out, out_delta, g_hi, g_low, dg, nr, nc, nre, nce, scale: float, factor: float, sigma_w2: float) -> None:
+def _arccos_single(out, ar, pt, g_low, nr, nc, scale: float, factor: float, sigma_w2: float) -> None:
+    """Kernel block into ``out`` from a Gram given as a float32 principal part ``ar @ pt`` (``q`` inner
+    terms, ``q`` may be 0) plus a low-precision part ``g_low``."""
+    out.copy_(_arccos_output(_gram(ar, pt, g_low, nr), nr, nc, scale, factor, sigma_w2))
+
+
+def _arccos_pair(out, out_delta, ar, pt, g_low, dg, nr, nc, nre, nce, scale: float, factor: float,
+                 sigma_w2: float) -> None:
     """Kernel block into ``out`` and its change ``K(G + dG) - K(G)`` into ``out_delta`` in one pass;
     the change is kept in ``dg``'s (possibly low) precision, ready for the next low-precision product."""
-    g = g_hi + g_low.to(nr.dtype)
+    g = _gram(ar, pt, g_low, nr)
     k = _arccos_output(g, nr, nc, scale, factor, sigma_w2)
     out_delta.copy_(_arccos_output(g + dg.to(nr.dtype), nre, nce, scale, factor, sigma_w2) - k)
     out.copy_(k)
 
 
-def _arccos_single_split(out_hi, out_lo, g_hi, g_low, nr, nc, scale: float, factor: float, sigma_w2: float) -> None:
+def _arccos_single_split(out_hi, out_lo, ar, pt, g_low, nr, nc, scale: float, factor: float, sigma_w2: float) -> None:
     """:func:`_arccos_single` written as two bfloat16 parts (:func:`_split_bf16`)."""
-    hi, lo = _split_bf16(_arccos_output(g_hi + g_low.to(nr.dtype), nr, nc, scale, factor, sigma_w2))
+    hi, lo = _split_bf16(_arccos_output(_gram(ar, pt, g_low, nr), nr, nc, scale, factor, sigma_w2))
     out_hi.copy_(hi)
     out_lo.copy_(lo)
 
