@@ -29,7 +29,8 @@ def _operands(low_dtype: torch.dtype, n_principal: int, seed: int = 0):
     ar, pt = p @ basis, (q @ basis).T.contiguous()
     g_low = (p @ q.T - ar @ pt).to(low_dtype)
     dg = (1e-3 * torch.randn(N, W, generator=g)).to(low_dtype)
-    return (ar, pt, g_low), dg, nr, nc, nr * 1.001, nc * 0.999
+    dg_moved = (1e-3 * torch.randn(N, 25, generator=g)).to(low_dtype)  # dG's second term, on 25 columns
+    return (ar, pt, g_low), (dg, dg_moved), nr, nc, nr * 1.001, nc * 0.999
 
 
 def _scalars():
@@ -48,8 +49,8 @@ def test_native_ops_match_their_torch_twins(low_dtype, n_principal):
     assert float((out - ref).abs().max()) < tol
 
     ref_d, out_d = torch.empty(N, W, dtype=low_dtype), torch.empty(N, W, dtype=low_dtype)
-    _EAGER["pair"](ref, ref_d, *gram, dg, nr, nc, nre, nce, scale, factor, sw2)
-    _native.op("pair")(out, out_d, *gram, dg, nr, nc, nre, nce, scale, factor, sw2)
+    _EAGER["pair"](ref, ref_d, *gram, *dg, nr, nc, nre, nce, scale, factor, sw2)
+    _native.op("pair")(out, out_d, *gram, *dg, nr, nc, nre, nce, scale, factor, sw2)
     assert float((out - ref).abs().max()) < tol
     # the change is rounded to low_dtype: one unit of its last place at most, plus float32 noise
     ulp = float(ref_d.float().abs().max()) * (2**-7 if low_dtype == torch.bfloat16 else 2**-22)

@@ -144,22 +144,28 @@ int ntk_single_split_##SUF(int threads, int64_t n, int64_t w, uint16_t *out_hi, 
                            float c) {                                                                         \
     FOR_ROWS(split_row_##SUF(out_hi + i * w, out_lo + i * w, hi, low + i * w, nr[i], nc, w, scale, factor, c)) \
 }                                                                                                             \
-static void pair_row_##SUF(float *restrict o, LOW_T *restrict od, const float *restrict h,                    \
-                           const LOW_T *restrict l, const LOW_T *restrict d, float ni, float nei,             \
-                           const float *restrict nc, const float *restrict nce, int64_t w, float scale,       \
-                           float factor, float c) {                                                           \
-    for (int64_t j = 0; j < w; j++) {                                                                         \
-        float g = h[j] + LOAD(l[j]);                                                                          \
-        float k = arccos_output(g, ni * nc[j], scale, factor, c);                                             \
-        od[j] = STORE(arccos_output(g + LOAD(d[j]), nei * nce[j], scale, factor, c) - k);                     \
-        o[j] = k;                                                                                             \
-    }                                                                                                         \
+static inline float pair_entry_##SUF(float g, float delta, float norm, float norm_eps, LOW_T *od, float scale, \
+                                     float factor, float c) {                                                 \
+    float k = arccos_output(g, norm, scale, factor, c);                                                       \
+    *od = STORE(arccos_output(g + delta, norm_eps, scale, factor, c) - k);                                    \
+    return k;                                                                                                 \
 }                                                                                                             \
+static void pair_row_##SUF(float *restrict o, LOW_T *restrict od, const float *restrict h,                    \
+                           const LOW_T *restrict l, const LOW_T *restrict d, const LOW_T *restrict dm,        \
+                           int64_t wm, float ni, float nei, const float *restrict nc,                         \
+                           const float *restrict nce, int64_t w, float scale, float factor, float c) {        \
+    for (int64_t j = 0; j < wm; j++)                                                                          \
+        o[j] = pair_entry_##SUF(h[j] + LOAD(l[j]), LOAD(d[j]) + LOAD(dm[j]), ni * nc[j], nei * nce[j], od + j, \
+                                scale, factor, c);                                                            \
+    for (int64_t j = wm; j < w; j++)                                                                          \
+        o[j] = pair_entry_##SUF(h[j] + LOAD(l[j]), LOAD(d[j]), ni * nc[j], nei * nce[j], od + j, scale, factor, c); \
+}                                                                                                             \
+/* dG = dg plus dg_moved (n x wm) on the first wm columns */                                                  \
 int ntk_pair_##SUF(int threads, int64_t n, int64_t w, float *out, LOW_T *out_delta, PRINCIPAL,                \
-                   const LOW_T *low, const LOW_T *dg, const float *nr, const float *nc, const float *nre,     \
-                   const float *nce, float scale, float factor, float c) {                                    \
-    FOR_ROWS(pair_row_##SUF(out + i * w, out_delta + i * w, hi, low + i * w, dg + i * w, nr[i], nre[i], nc,   \
-                            nce, w, scale, factor, c))                                                        \
+                   const LOW_T *low, const LOW_T *dg, const LOW_T *dg_moved, int64_t wm, const float *nr,     \
+                   const float *nc, const float *nre, const float *nce, float scale, float factor, float c) { \
+    FOR_ROWS(pair_row_##SUF(out + i * w, out_delta + i * w, hi, low + i * w, dg + i * w, dg_moved + i * wm, wm,   \
+                            nr[i], nre[i], nc, nce, w, scale, factor, c))                                     \
 }
 
 DEFINE_OPS(bf16, uint16_t, load_bf16, store_bf16)

@@ -49,7 +49,7 @@ _GRAM = (_P, _I, _P, _I, _P)  # ar, q, pt, pt's row stride, g_low
 _ARGTYPES = {
     "ntk_single": (_T, _I, _I, _P, *_GRAM, _P, _P, _F, _F, _F),
     "ntk_single_split": (_T, _I, _I, _P, _P, *_GRAM, _P, _P, _F, _F, _F),
-    "ntk_pair": (_T, _I, _I, _P, _P, *_GRAM, _P, _P, _P, _P, _P, _F, _F, _F),
+    "ntk_pair": (_T, _I, _I, _P, _P, *_GRAM, _P, _P, _I, _P, _P, _P, _P, _F, _F, _F),
 }
 #: suffix of the C functions for the dtype of the low-precision operands
 _LOW = {torch.bfloat16: "bf16", torch.float32: "f32"}
@@ -188,14 +188,17 @@ def _single_split(out_hi, out_lo, ar, pt, g_low, nr, nc, scale, factor, sigma_w2
                    sigma_w2=sigma_w2)
 
 
-def _pair(out, out_delta, ar, pt, g_low, dg, nr, nc, nre, nce, scale, factor, sigma_w2):
+def _pair(out, out_delta, ar, pt, g_low, dg, dg_moved, nr, nc, nre, nce, scale, factor, sigma_w2):
     f32, fit = torch.float32, _gram(ar, pt, g_low)
+    wm = dg_moved.shape[1] if dg_moved.ndim == 2 else -1
     if fit is None or not (_fits(out, f32, fit[:2]) and _fits(out_delta, g_low.dtype, fit[:2])
-                           and _fits(dg, g_low.dtype, fit[:2]) and all(_fits(v, f32, fit[:1]) for v in (nr, nre))
+                           and _fits(dg, g_low.dtype, fit[:2]) and 0 <= wm <= fit[1]
+                           and _fits(dg_moved, g_low.dtype, (fit[0], wm))
+                           and all(_fits(v, f32, fit[:1]) for v in (nr, nre))
                            and all(_fits(v, f32, fit[1:2]) for v in (nc, nce))):
         return NotImplemented
     n, w, gram = fit
-    return _launch("ntk_pair", g_low, n, w, out, out_delta, *gram, dg, nr, nc, nre, nce, scale=scale,
+    return _launch("ntk_pair", g_low, n, w, out, out_delta, *gram, dg, dg_moved, wm, nr, nc, nre, nce, scale=scale,
                    factor=factor, sigma_w2=sigma_w2)
 
 

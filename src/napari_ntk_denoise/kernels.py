@@ -357,12 +357,12 @@ class CNNKernel:
         if x_eps is not None:
             dpc = self._patches(x_eps, cols) - pc
             side.norms_eps = F.pad(self._norms(diagonals_eps, cols), (0, pad))
-            side.delta = _operand_t(torch.cat([pc, dpc], dim=1).to(gemm_dtype))
-            # columns whose patch the perturbation reaches: the only ones that change for rows it misses
-            moved = torch.nonzero((dpc != 0).any(1)).flatten()
-            leading = bool((moved == torch.arange(len(moved), device=moved.device)).all())
-            side.moved = len(moved) if leading else moved  # a count when they are the first columns
-            side.delta_moved = _pad_inner(dpc[moved].to(gemm_dtype)).T.contiguous()
+            side.patches = _operand_t(pc.to(gemm_dtype))
+            # columns whose patches the perturbation reaches lie among the first `moved`: the only
+            # columns where P_{d,S} (and, for rows it misses, K_eps - K) is not zero
+            reached = torch.nonzero((dpc != 0).any(1)).flatten()
+            side.moved = int(reached[-1]) + 1 if len(reached) else 0
+            side.delta_moved = _pad_inner(dpc[: side.moved].to(gemm_dtype)).T.contiguous()
         return side
 
     def block_fast(
@@ -417,32 +417,37 @@ class CNNKernel:
             k, _ = self._exact_self_pairs(_columns(k, m), None, rows, cols, side.diagonals, None)
             return k, None if x_eps is None else self._moved_columns(pr, nr, ar, g_low, side)
         pre = self._patches(x_eps, row_set)
-        dg = torch.mm(side.operand("lhs_pair", pre - pr, pre), side.delta,
+        # dG = P_d P_S^T + P_eps P_{d,S}^T, the second term on the moved columns only
+        dg = torch.mm(side.operand("lhs_pair", pre - pr), side.patches,
                       out=side.buffer("dg", (n, width), side.gemm_dtype, x.device))
+        dg_moved = torch.mm(side.operand("lhs_eps", pre), side.delta_moved,
+                            out=side.buffer("dg_moved", (n, side.moved), side.gemm_dtype, x.device))
         nre = self._norms(side.diagonals_eps, rows)
         dk = side.buffer("dk", (n, width), side.gemm_dtype, x.device)
-        _fused("pair")(*k, dk, ar, side.principal_t, g_low, dg, nr, side.norms, nre, side.norms_eps, side.scale, factor,
-                       self.sigma_w2)
+        _fused("pair")(*k, dk, ar, side.principal_t, g_low, dg, dg_moved, nr, side.norms, nre, side.norms_eps,
+                       side.scale, factor, self.sigma_w2)
         return self._exact_self_pairs(_columns(k, m), dk[:, :m], rows, cols, side.diagonals, side.diagonals_eps)
 
     def _moved_columns(self, pr, nr, ar, g_low, side: "ColumnSide") -> "MovedColumns":
-        """``K_eps - K`` on the columns the perturbation reaches, for rows whose patches it misses:
-        ``dG = P (P_eps,S - P_S)^T`` there (exact zeros elsewhere, and no self-pairs: a row that is
-        a moved column would have a moved patch itself)."""
-        n, cols = len(nr), side.moved_columns
-        if not len(cols):
+        """``K_eps - K`` on the first ``side.moved`` columns (those whose patches the perturbation
+        may reach), for rows whose patches it misses: ``dG = P P_{d,S}^T`` there (exact zeros
+        elsewhere, and no self-pairs: a row that is a moved column would have a moved patch itself)."""
+        n, mv = len(nr), side.moved
+        cols = torch.arange(mv, device=pr.device)
+        if not mv:
             return MovedColumns(torch.zeros(n, 0, dtype=side.gemm_dtype, device=pr.device), cols)
-        dg = torch.mm(side.operand("lhs_moved", pr), side.delta_moved,
-                      out=side.buffer("dg_moved", (n, len(cols)), side.gemm_dtype, pr.device))
-        k = side.buffer("k_moved", (n, len(cols)), pr.dtype, pr.device)
-        dk = side.buffer("dk_moved", (n, len(cols)), side.gemm_dtype, pr.device)
-        # contiguous copies and a distinct row-norm tensor (equal: the rows did not move): the op then
-        # matches the full blocks' compiled variant; slices or an alias would compile another (~0.6 s).
-        # It also recomputes K on these columns (into k_moved, unused): a delta-only op would be one
-        # more op for ~1 ms a block
-        g_low = side.buffer("g_low_moved", (n, len(cols)), g_low.dtype, pr.device).copy_(side.moved_part(g_low, 1))
+        dg_moved = torch.mm(side.operand("lhs_moved", pr), side.delta_moved,
+                            out=side.buffer("dg_moved", (n, mv), side.gemm_dtype, pr.device))
+        k = side.buffer("k_moved", (n, mv), pr.dtype, pr.device)
+        dk = side.buffer("dk_moved", (n, mv), side.gemm_dtype, pr.device)
+        # contiguous copies, a zero P_d P_S^T and a distinct row-norm tensor (equal: the rows did not
+        # move): the op then matches the full blocks' compiled variant; slices, an empty operand or an
+        # alias would compile another (~0.6 s).  It also recomputes K on these columns (into k_moved,
+        # unused): a delta-only op would be one more op for ~1 ms a block
+        g_low = side.buffer("g_low_moved", (n, mv), g_low.dtype, pr.device).copy_(side.moved_part(g_low, 1))
+        zero = side.buffer("dg_zero", (n, mv), side.gemm_dtype, pr.device).zero_()
         pt = side.moved_part(side.principal_t, 1).contiguous()
-        _fused("pair")(k, dk, ar, pt, g_low, dg, nr, side.moved_part(side.norms, 0), nr.clone(),
+        _fused("pair")(k, dk, ar, pt, g_low, zero, dg_moved, nr, side.moved_part(side.norms, 0), nr.clone(),
                        side.moved_part(side.norms_eps, 0), side.scale, self._output_factor(), self.sigma_w2)
         return MovedColumns(dk, cols)
 
@@ -501,8 +506,8 @@ class ColumnSide:
     norms_eps: torch.Tensor | None = None
     principal_t: torch.Tensor | None = None
     low: torch.Tensor | None = None
-    delta: torch.Tensor | None = None
-    moved: torch.Tensor | int | None = None
+    patches: torch.Tensor | None = None
+    moved: int | None = None
     delta_moved: torch.Tensor | None = None
     workspace: dict[str, torch.Tensor] | None = None
 
@@ -511,15 +516,11 @@ class ColumnSide:
         """Columns of a ``block_fast(..., padded=True)`` block (anchors plus zero padding)."""
         return len(self.cols) if self.low is None else self.low.shape[1]
 
-    @property
-    def moved_columns(self) -> torch.Tensor:
-        """Indices of the columns whose patches the perturbation reaches."""
-        return torch.arange(self.moved, device=self.cols.device) if isinstance(self.moved, int) else self.moved
-
     def moved_part(self, t: torch.Tensor, dim: int) -> torch.Tensor:
-        """The moved columns' entries of ``t`` along ``dim``: a slice when they come first (as
-        :func:`~napari_ntk_denoise.nystrom.iter_nystrom` orders the anchors), else a gather."""
-        return t.narrow(dim, 0, self.moved) if isinstance(self.moved, int) else t.index_select(dim, self.moved)
+        """The first ``moved`` entries of ``t`` along ``dim``: those of every column whose patch the
+        perturbation reaches (few when those come first, as
+        :func:`~napari_ntk_denoise.nystrom.iter_nystrom` orders the anchors)."""
+        return t.narrow(dim, 0, self.moved)
 
     def reuse_buffers(self) -> "ColumnSide":
         """Let :meth:`CNNKernel.block_fast` write every block into the same buffers.
@@ -605,13 +606,16 @@ def _arccos_single(out, ar, pt, g_low, nr, nc, scale: float, factor: float, sigm
     out.copy_(_arccos_output(_gram(ar, pt, g_low, nr), nr, nc, scale, factor, sigma_w2))
 
 
-def _arccos_pair(out, out_delta, ar, pt, g_low, dg, nr, nc, nre, nce, scale: float, factor: float,
+def _arccos_pair(out, out_delta, ar, pt, g_low, dg, dg_moved, nr, nc, nre, nce, scale: float, factor: float,
                  sigma_w2: float) -> None:
-    """Kernel block into ``out`` and its change ``K(G + dG) - K(G)`` into ``out_delta`` in one pass;
-    the change is kept in ``dg``'s (possibly low) precision, ready for the next low-precision product."""
+    """Kernel block into ``out`` and its change ``K(G + dG) - K(G)`` into ``out_delta`` in one pass,
+    where ``dG`` is ``dg`` plus ``dg_moved`` on its first columns; the change is kept in ``dg``'s
+    (possibly low) precision, ready for the next low-precision product."""
     g = _gram(ar, pt, g_low, nr)
     k = _arccos_output(g, nr, nc, scale, factor, sigma_w2)
-    out_delta.copy_(_arccos_output(g + dg.to(nr.dtype), nre, nce, scale, factor, sigma_w2) - k)
+    d = dg.to(nr.dtype, copy=True)
+    d[:, : dg_moved.shape[1]] += dg_moved.to(nr.dtype)
+    out_delta.copy_(_arccos_output(g + d, nre, nce, scale, factor, sigma_w2) - k)
     out.copy_(k)
 
 
