@@ -373,19 +373,21 @@ class CNNKernel:
 
         The perturbed Gram is ``G + dG`` with ``dG = P_d P_S^T + P_eps P_{d,S}^T``
         (``P_d = P_eps - P``) computed on its own, so that the difference of the two kernels keeps
-        its precision however the products round.  The arc-cosine output layer is one fused
-        elementwise kernel (compiled when possible); pixels that are both a row and a column get
-        their exact diagonal (:meth:`_exact_self_pairs`).  Deeper kernels use :meth:`block` in
-        float64 for both inputs.  ``rows`` must be sorted (a ``range`` of whole image rows is
-        fastest).  With ``padded``, depth-2 blocks keep the zero columns that pad the width to a
-        multiple of 32 (aligned operands for the products that follow).  With a workspace on
-        ``side`` (:meth:`ColumnSide.reuse_buffers`) the blocks returned are views of buffers that the
-        next call overwrites.  ``rows_moved=False`` promises that the perturbation misses every
-        row's patch: then ``K_eps - K`` is zero outside the columns whose patches it reaches, and only
-        those are computed (returned as :class:`MovedColumns`).  With ``split``, blocks without
-        ``K_eps - K`` on all columns come as two bfloat16 parts :class:`SplitBlock` (for
-        :class:`~napari_ntk_denoise.nystrom._SplitProduct`), written by the fused op itself rather
-        than by another pass over the block (the compiler does not fuse the split into the paired op).
+        its precision however the products round; its second term is computed on the first
+        ``side.moved`` columns only (elsewhere ``P_{d,S}`` is zero).  The arc-cosine output layer,
+        with the float32 principal part of the Gram, is one fused op (:func:`_fused`: C on a
+        CPU); pixels that are both a row and a column get their exact diagonal
+        (:meth:`_exact_self_pairs`).  Deeper kernels use :meth:`block` in float64 for both inputs.
+        ``rows`` must be sorted (a ``range`` of whole image rows is fastest).  With ``padded``,
+        depth-2 blocks keep the zero columns that pad the width to a multiple of 32 (aligned
+        operands for the products that follow).  With a workspace on ``side``
+        (:meth:`ColumnSide.reuse_buffers`) the blocks returned are views of buffers that the next
+        call overwrites.  ``rows_moved=False`` promises that the perturbation misses every row's
+        patch: then ``K_eps - K`` is zero outside the columns whose patches it reaches, and only the
+        first ``side.moved`` columns, which hold those, are computed (as :class:`MovedColumns`).
+        With ``split``, blocks without ``K_eps - K`` on all columns come as two bfloat16 parts
+        :class:`SplitBlock` (for :class:`~napari_ntk_denoise.nystrom._SplitProduct`), written by the
+        fused op itself rather than by another pass over the block.
         """
         cols, x_eps = side.cols, side.x_eps
         row_set = rows
