@@ -2,10 +2,10 @@
  * _arccos_single_split, _arccos_pair and _split_bf16 (see there for the maths), including the small
  * float32 product of the Gram's principal part (written to memory and read back, it cost as much as
  * the op).  Blocks are row-major (n, w); rows are shared among `threads` OpenMP threads (torch's
- * count).  Built with -fopenmp the
- * library needs libgomp.so.1, which a Linux torch has already loaded: the dynamic loader then reuses
- * torch's runtime and thread pool (a second pool would fight torch's spinning threads for the cores).
- * Compiled on first use, with the host's vector instructions, by napari_ntk_denoise._native. */
+ * count).  Built with -fopenmp the library needs libgomp.so.1, which a Linux torch has already
+ * loaded: the dynamic loader then reuses torch's runtime and thread pool (a second pool would fight
+ * torch's spinning threads for the cores).  Compiled on first use, with the host's vector
+ * instructions, by napari_ntk_denoise._native. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -96,7 +96,7 @@ static void principal_rows(float *restrict h, const float *restrict a, const flo
 
 /* Rows of an op in tiles shared among `threads` OpenMP threads, each with a principal-part buffer;
  * ROW is the op's row function called with (row index i, principal row hi).  Returns 1 if a buffer
- * could not be allocated (nothing else can fail). */
+ * could not be allocated (the output is then incomplete; nothing else can fail). */
 #define FOR_ROWS(ROW)                                                                                  \
     int failed = 0;                                                                                    \
     _Pragma("omp parallel num_threads(threads)")                                                       \
@@ -105,15 +105,17 @@ static void principal_rows(float *restrict h, const float *restrict a, const flo
         if (!buf) {                                                                                    \
             _Pragma("omp atomic write")                                                                \
             failed = 1;                                                                                \
-        } else {                                                                                       \
-            _Pragma("omp for schedule(static)")                                                        \
-            for (int64_t i0 = 0; i0 < n; i0 += TILE_ROWS) {                                            \
-                int64_t rows = n - i0 < TILE_ROWS ? n - i0 : TILE_ROWS;                                \
-                principal_rows(buf, ar + i0 * q, pt, lpt, q, w, rows);                                 \
-                for (int64_t i = i0; i < i0 + rows; i++) {                                             \
-                    const float *hi = buf + (i - i0) * w;                                              \
-                    ROW;                                                                               \
-                }                                                                                      \
+        }                                                                                              \
+        /* every thread reaches the loop (a thread skipping it would hang the others) */              \
+        _Pragma("omp for schedule(static)")                                                            \
+        for (int64_t i0 = 0; i0 < n; i0 += TILE_ROWS) {                                                \
+            if (!buf)                                                                                  \
+                continue;                                                                              \
+            int64_t rows = n - i0 < TILE_ROWS ? n - i0 : TILE_ROWS;                                    \
+            principal_rows(buf, ar + i0 * q, pt, lpt, q, w, rows);                                     \
+            for (int64_t i = i0; i < i0 + rows; i++) {                                                 \
+                const float *hi = buf + (i - i0) * w;                                                  \
+                ROW;                                                                                   \
             }                                                                                          \
         }                                                                                              \
         free(buf);                                                                                     \
