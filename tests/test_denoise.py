@@ -107,6 +107,26 @@ def test_guided_two_stages_with_sure():
     assert psnr(out, clean, 1) > psnr(noisy, clean, 1) + 3
 
 
+def test_guided_stage_kernel_type():
+    """The guided stage uses the NNGP kernel by default (or the one asked for); stage 1 keeps ``kernel``."""
+    from napari_ntk_denoise.events import drain
+    from napari_ntk_denoise.kernels import CNNKernel
+    from napari_ntk_denoise.nystrom import iter_nystrom, sample_anchors
+
+    noisy, _ = _noisy()
+    _, res = denoise_ntk(noisy, 0.1, guided=True, stop=5, **FAST)
+    _, same = denoise_ntk(noisy, 0.1, guided=True, guided_kernel=None, stop=5, **FAST)
+    assert res.params["guided_kernel"] == "nngp" and same.params["guided_kernel"] == "ntk"
+    np.testing.assert_array_equal(res.stages[0].filter.eigenvalues, same.stages[0].filter.eigenvalues)
+    # stage 2 is the Nystrom filter of that kernel on the stage-1 estimate
+    for result, kind in ((res, "nngp"), (same, "ntk")):
+        guide = result.stages[0].output(5).reshape(1, *noisy.shape).float()
+        kern = CNNKernel(kernel_size=FAST["kernel_size"], kind=kind)
+        anchors = sample_anchors(noisy.shape, result.params["n_anchors"], 0)
+        expected = drain(iter_nystrom(kern, guide, anchors, result.params["rank"]))[0].filter
+        np.testing.assert_allclose(result.stages[1].filter.eigenvalues, expected.eigenvalues, rtol=1e-4)
+
+
 def test_noise_input_filter_is_image_independent():
     noisy, _ = _noisy()
     f1 = low_rank_filter(noisy, input="noise", **FAST)
@@ -197,6 +217,7 @@ def test_iter_filter_yields_progress_and_returns_filter():
         (np.zeros((32, 32)), {"input": "video"}, "input"),
         (np.zeros((32, 32)), {"reference": np.zeros((16, 16))}, "reference shape"),
         (np.zeros((32, 32)), {"sigma": -1.0}, "sigma"),
+        (np.zeros((32, 32)), {"guided": True, "guided_kernel": "rbf"}, "guided_kernel"),
     ],
 )
 def test_bad_input_raises_clear_value_error(image, kwargs, match):

@@ -36,6 +36,8 @@ def _stop_value(text: str) -> str | int:
 def _add_ntk_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sigma", type=float, default=None, help="noise level in the image's units (estimated if omitted)")
     p.add_argument("--guided", action="store_true", help="second stage with the kernel of the first estimate")
+    p.add_argument("--guided-kernel", choices=("nngp", "ntk"), default="nngp",
+                   help="kernel type of the guided stage (default nngp: larger gains on greyscale images)")
     p.add_argument("--stop", type=_stop_value, default="sure", help="'sure' (default), 'oracle' (needs --reference) or N")
     p.add_argument("--depth", type=int, default=2, help="weight layers of the CNN (default 2)")
     p.add_argument("--kernel-size", type=int, default=11, help="convolution size r (odd, default 11)")
@@ -50,7 +52,8 @@ def _add_ntk_options(p: argparse.ArgumentParser) -> None:
 
 def _ntk_kwargs(args: argparse.Namespace) -> dict:
     kw = dict(depth=args.depth, kernel_size=args.kernel_size, kernel=args.kernel, input=args.input,
-              fraction=args.fraction, stop=args.stop, guided=args.guided, device=args.device, seed=args.seed)
+              fraction=args.fraction, stop=args.stop, guided=args.guided,
+              guided_kernel=args.guided_kernel, device=args.device, seed=args.seed)
     if args.rank is not None:
         kw["rank"] = args.rank
     return kw

@@ -56,6 +56,19 @@ def test_run_streams_into_one_layer_updated_in_place(qtbot, viewer, ntk, camera_
     assert psnr(clean, np.clip(out.data, 0, 1), data_range=1) > psnr(clean, noisy, data_range=1) + 2
 
 
+def test_guided_stage_kernel_is_chosen_with_the_guided_stage(qtbot, viewer, ntk) -> None:
+    """The guided kernel control shows with the guided stage and reaches the engine and the metadata."""
+    assert ntk._guided_kernel.native.isHidden() and ntk._guided_kernel.value == "nngp"
+    ntk._guided.value = True
+    assert not ntk._guided_kernel.native.isHidden()  # (the dock itself is not shown in these tests)
+    ntk._guided_kernel.value = "ntk"
+    worker = ntk.run()
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
+        pass
+    params = viewer.layers["noisy [NTK]"].metadata["params"]
+    assert params["guided"] and params["guided_kernel"] == "ntk"
+
+
 def test_t_slider_rerenders_without_recomputing(qtbot, viewer, ntk, camera_pair) -> None:
     """After a run the slider re-renders z(t) from the stored result, and the plot follows."""
     ntk._reference.value = viewer.layers["clean"]

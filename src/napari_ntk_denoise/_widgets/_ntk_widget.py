@@ -166,6 +166,8 @@ class NTKFilterWidget(ImageRunWidget):
         self._rank = SpinBox(label="rank", value=256, min=1, max=8192, tooltip="Eigenimages kept.")
         self._guided = CheckBox(value=False, text="guided second stage",
                                 tooltip="Recompute the filter from the first estimate and filter again.")
+        self._guided_kernel = ComboBox(label="guided kernel", choices=("nngp", "ntk"), value="nngp", visible=False,
+                                       tooltip="Kernel type of the guided stage (nngp gains more on greyscale images).")
         self._noise_model = ComboBox(
             label="noise model", choices=("gaussian", "poisson-gaussian"), value="gaussian",
             tooltip="poisson-gaussian (photon counts, cameras): the generalized Anscombe transform before the "
@@ -192,7 +194,8 @@ class NTKFilterWidget(ImageRunWidget):
         self.extend([
             self._image, self._reference, self._noise_model, self._sigma, self._gain, self._read_noise,
             self._depth, self._kernel_size, self._volume, self._kernel_size_z, self._kernel, self._fraction,
-            self._rank, self._guided, self._tile, self._device, self._buttons, self._t, self._t_label,
+            self._rank, self._guided, self._guided_kernel, self._tile, self._device, self._buttons, self._t,
+            self._t_label,
         ])
         self.native.layout().addWidget(self._plot)
         self._results: dict[tuple[int, ...], PlaneResult] = {}
@@ -202,6 +205,7 @@ class NTKFilterWidget(ImageRunWidget):
         self._image.changed.connect(self._estimate_sigma)
         self._noise_model.changed.connect(self._show_noise_fields)
         self._volume.changed.connect(lambda on: setattr(self._kernel_size_z, "visible", on))
+        self._guided.changed.connect(lambda on: setattr(self._guided_kernel, "visible", on))
         self._t.changed.connect(self._render_t)
         viewer.dims.events.current_step.connect(self._update_plot)
         self.native.destroyed.connect(lambda *_: viewer.dims.events.current_step.disconnect(self._update_plot))
@@ -212,7 +216,8 @@ class NTKFilterWidget(ImageRunWidget):
         return {
             "depth": self._depth.value, "kernel_size": self._kernel_size.value, "kernel": self._kernel.value,
             "input": "image", "fraction": self._fraction.value, "rank": self._rank.value,
-            "guided": self._guided.value, "device": None if device == "auto" else device, "seed": 0,
+            "guided": self._guided.value, "guided_kernel": self._guided_kernel.value,
+            "device": None if device == "auto" else device, "seed": 0,
             "volume": self._volume.value, "kernel_size_z": self._kernel_size_z.value if self._volume.value else None,
         }
 
