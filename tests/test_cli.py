@@ -50,6 +50,18 @@ def test_tiff_keeps_dtype_and_range(tmp_path, capsys, dtype, scale):
     assert "(estimated)" in capsys.readouterr().out
 
 
+def test_guided_kernel_option_reaches_the_guided_stage(tmp_path):
+    noisy, _ = _noisy(1.0, np.float32)
+    tifffile.imwrite(tmp_path / "n.tif", noisy)
+    outs = {}
+    for kind in ("nngp", "ntk"):
+        args = ["denoise", str(tmp_path / "n.tif"), "-o", str(tmp_path / f"{kind}.tif"), "--sigma", "0.1", "--guided",
+                "--guided-kernel", kind, "--stop", "20", *FAST]
+        assert cli.main(args) == 0
+        outs[kind] = tifffile.imread(tmp_path / f"{kind}.tif")
+    assert not np.allclose(outs["nngp"], outs["ntk"], atol=1e-4)
+
+
 def test_errors_are_reported_not_raised(tmp_path, capsys):
     tifffile.imwrite(tmp_path / "bad.tif", np.full((32, 32), np.nan, np.float32))
     assert cli.main(["denoise", str(tmp_path / "bad.tif"), "-o", str(tmp_path / "o.tif"), *FAST]) == 2
