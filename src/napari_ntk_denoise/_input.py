@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["ImageLayout", "prepare_image", "resolve_device", "available_memory", "check_memory"]
+__all__ = ["ImageLayout", "prepare_image", "resolve_device", "available_memory", "check_memory", "cpu_flags"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,17 @@ def resolve_device(device: str | torch.device | None, allow_mps: bool = False) -
     if dev.type == "mps" and not (allow_mps and torch.backends.mps.is_available()):
         raise ValueError("device 'mps' is not available" + ("" if allow_mps else " for the NTK engine"))
     return dev
+
+
+@functools.cache
+def cpu_flags() -> str:
+    """The CPU's feature flags (the ``flags`` / ``Features`` line of ``/proc/cpuinfo``), ``""`` where
+    there is no such file."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next((line.strip() for line in fh if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return ""
 
 
 def available_memory(device: torch.device) -> int:

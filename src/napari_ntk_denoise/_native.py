@@ -35,6 +35,8 @@ from typing import Callable
 
 import torch
 
+from ._input import cpu_flags
+
 __all__ = ["build", "cache_dir", "library", "op"]
 
 _SOURCE = Path(__file__).with_name("_arccos.c")
@@ -72,13 +74,7 @@ def _compiler() -> str | None:
 
 def _host() -> str:
     """What a compiled library depends on besides its source: machine, system and CPU features."""
-    features = ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            features = next((line for line in fh if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        pass
-    return f"{platform.machine()} {platform.system()} {features}"
+    return f"{platform.machine()} {platform.system()} {cpu_flags()}"
 
 
 def build(directory: Path, compiler: str | None) -> Path | None:

@@ -357,7 +357,7 @@ class CNNKernel:
         if x_eps is not None:
             dpc = self._patches(x_eps, cols) - pc
             side.norms_eps = F.pad(self._norms(diagonals_eps, cols), (0, pad))
-            side.patches = _operand_t(pc.to(gemm_dtype))
+            side.patches = side.low if basis is None else _operand_t(pc.to(gemm_dtype))  # P_S in gemm_dtype
             # columns whose patches the perturbation reaches lie among the first `moved`: the only
             # columns where P_{d,S} (and, for rows it misses, K_eps - K) is not zero
             reached = torch.nonzero((dpc != 0).any(1)).flatten()

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._input import cpu_flags
 from .events import Progress
 from .kernels import CNNKernel, ColumnSide, MovedColumns, SplitBlock, _fused
 from .twicing import twicing_factors, twicing_output
@@ -147,11 +148,7 @@ def default_gemm_dtype(device: torch.device) -> torch.dtype:
     """bfloat16 where it is fast (CUDA; CPUs with AVX512-BF16 or AMX), float32 elsewhere."""
     if device.type == "cuda":
         return torch.bfloat16
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = fh.read(65536)
-    except OSError:
-        return torch.float32
+    flags = cpu_flags().split()
     return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
 
 
@@ -367,8 +364,7 @@ def _core(sides: list[ColumnSide], kernel: CNNKernel, x: torch.Tensor, n_rows: i
         k, dk = _kernel_rows(kernel, x, s[rows], sides)
         cores[0, rows] = k
         if paired:
-            cores[1, rows] = k
-            cores[1].index_put_((rows,), dk.to(x.dtype), accumulate=True)
+            cores[1, rows] = k + dk.to(x.dtype)
     return _symmetrize(cores, n_rows)
 
 
