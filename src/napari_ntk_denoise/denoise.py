@@ -319,7 +319,7 @@ def iter_denoise_ntk(
     guided_kernel : {"nngp", "ntk"} or None
         Kernel type of the guided stage (``None``: ``kernel``).  The output-layer (NNGP) kernel by
         default: on the whole Set12 / McMaster images (sigma 25, auto-stopped) the guided stage
-        gained +0.23 / +0.28 dB over the NTK filter with it, +0.01 / +0.29 dB with the NTK
+        gained +0.23 / +0.35 dB over the NTK filter with it, +0.01 / +0.29 dB with the NTK
         (``benchmarks/bench_ntk.py --datasets``).
     reference : numpy.ndarray, optional
         Clean image in the same layout: PSNR curves, and required by ``stop="oracle"``.
