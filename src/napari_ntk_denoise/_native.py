@@ -5,7 +5,7 @@ kernel block (importing the compiler, checking the CPU's vector instructions, tr
 on a 512^2 colour image more than a third of a first call.  ``_arccos.c`` is instead compiled
 once per machine by the host's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``) with
 ``-O3 -march=native`` into a cache folder (``$NTK_DENOISE_CACHE``, else
-``$XDG_CACHE_HOME/napari-ntk-denoise`` or ``~/.cache/napari-ntk-denoise``; ~0.3 s), and later
+``$XDG_CACHE_HOME/napari-ntk-denoise`` or ``~/.cache/napari-ntk-denoise``; ~0.5 s), and later
 processes load it with ctypes in milliseconds.  The library's name hashes its source, compiler,
 flags and the CPU's feature flags, so a cache shared by different machines holds one library per
 kind of CPU.  The C ops are also faster: 2.9 ms instead of 7.3 ms for the compiled op on a

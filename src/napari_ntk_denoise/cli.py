@@ -37,7 +37,7 @@ def _add_ntk_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sigma", type=float, default=None, help="noise level in the image's units (estimated if omitted)")
     p.add_argument("--guided", action="store_true", help="second stage with the kernel of the first estimate")
     p.add_argument("--guided-kernel", choices=("nngp", "ntk"), default="nngp",
-                   help="kernel type of the guided stage (default nngp: larger gains on greyscale images)")
+                   help="kernel type of the guided stage (default nngp: larger gains, most on greyscale images)")
     p.add_argument("--stop", type=_stop_value, default="sure", help="'sure' (default), 'oracle' (needs --reference) or N")
     p.add_argument("--depth", type=int, default=2, help="weight layers of the CNN (default 2)")
     p.add_argument("--kernel-size", type=int, default=11, help="convolution size r (odd, default 11)")

@@ -166,8 +166,9 @@ class NTKFilterWidget(ImageRunWidget):
         self._rank = SpinBox(label="rank", value=256, min=1, max=8192, tooltip="Eigenimages kept.")
         self._guided = CheckBox(value=False, text="guided second stage",
                                 tooltip="Recompute the filter from the first estimate and filter again.")
-        self._guided_kernel = ComboBox(label="guided kernel", choices=("nngp", "ntk"), value="nngp", visible=False,
-                                       tooltip="Kernel type of the guided stage (nngp gains more on greyscale images).")
+        self._guided_kernel = ComboBox(
+            label="guided kernel", choices=("nngp", "ntk"), value="nngp", visible=False,
+            tooltip="Kernel type of the guided stage (nngp gains more, most on greyscale images).")
         self._noise_model = ComboBox(
             label="noise model", choices=("gaussian", "poisson-gaussian"), value="gaussian",
             tooltip="poisson-gaussian (photon counts, cameras): the generalized Anscombe transform before the "
