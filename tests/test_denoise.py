@@ -174,7 +174,8 @@ def test_banded_sure_probe_stops_near_the_oracle(monkeypatch):
         return flags[-1]
 
     monkeypatch.setattr(nystrom, "_moved_rows", spy)
-    monkeypatch.setattr(nystrom, "BLOCK_BYTES", 2**18)  # blocks of a few image rows, as on large images
+    for name in ("BLOCK_BYTES", "GPU_BLOCK_BYTES"):  # blocks of a few image rows, as on large images
+        monkeypatch.setattr(nystrom, name, 2**18)
     noisy, clean = _noisy(shape=(256, 48))
     chosen = []
     for period in (denoise.PROBE_PERIOD, 1000):  # banded, then dense (the image has < 4 periods of rows)

@@ -157,7 +157,7 @@ def test_split_bfloat16_product_has_float32_accuracy():
     from napari_ntk_denoise.nystrom import _SplitProduct, _has_float32_output_bf16_products
 
     g = torch.Generator().manual_seed(0)
-    a, b = torch.rand(1000, 544, generator=g), torch.randn(544, 64, generator=g)
+    a, b = torch.rand(1000, 544, generator=g), torch.randn(544, 64, generator=g).bfloat16()  # b: exact in bf16
     assert _has_float32_output_bf16_products(torch.device("cuda"))
     got = _SplitProduct(b.cuda())(a.cuda()).cpu().double()
     exact = a.double() @ b.double()
