@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -107,8 +108,9 @@ def test_guided_two_stages_with_sure():
     assert psnr(out, clean, 1) > psnr(noisy, clean, 1) + 3
 
 
-def test_guided_stage_kernel_type():
-    """The guided stage uses the NNGP kernel by default (or the one asked for); stage 1 keeps ``kernel``."""
+def test_guided_kernel_type_serves_both_stages():
+    """Both stages of the guided filter use ``guided_kernel`` (NNGP by default; ``None``: ``kernel``):
+    stage 1 is the unguided filter of that kernel, stage 2 its Nystrom filter on the stage-1 estimate."""
     from napari_ntk_denoise.events import drain
     from napari_ntk_denoise.kernels import CNNKernel
     from napari_ntk_denoise.nystrom import iter_nystrom, sample_anchors
@@ -117,16 +119,45 @@ def test_guided_stage_kernel_type():
     _, res = denoise_ntk(noisy, 0.1, guided=True, stop=5, **FAST)
     _, same = denoise_ntk(noisy, 0.1, guided=True, guided_kernel=None, stop=5, **FAST)
     assert res.params["guided_kernel"] == "nngp" and same.params["guided_kernel"] == "ntk"
-    np.testing.assert_array_equal(res.stages[0].filter.eigenvalues, same.stages[0].filter.eigenvalues)
-    # stage 2 is the Nystrom filter of that kernel on the stage-1 estimate
     for result, kind in ((res, "nngp"), (same, "ntk")):
+        plain = low_rank_filter(noisy, kernel=kind, **FAST)
+        np.testing.assert_array_equal(result.stages[0].filter.eigenvalues, plain.eigenvalues)
         guide = result.stages[0].output(5).reshape(1, *noisy.shape).float()
         kern = CNNKernel(kernel_size=FAST["kernel_size"], kind=kind)
         anchors = sample_anchors(noisy.shape, result.params["n_anchors"], 0)
         expected = drain(iter_nystrom(kern, guide, anchors, result.params["rank"]))[0].filter
         np.testing.assert_allclose(result.stages[1].filter.eigenvalues, expected.eigenvalues, rtol=1e-4)
+        assert result.stages[1].blend is None  # a fixed step: no SURE or MSE to weigh the pilot with
 
 
+@pytest.mark.parametrize("stop", ["sure", "oracle"])
+def test_guided_output_is_the_best_average_with_the_pilot(stop):
+    """The guided stage's output is ``a p + (1 - a) z(t)`` with the pilot ``p`` (stage 1's output):
+    its curves are those of the average, and ``a`` minimises the SURE (or the true MSE) of it."""
+    noisy, clean = _noisy(channels=3)
+    n = noisy.size
+    _, res = denoise_ntk(noisy, 0.1, channel_axis=-1, guided=True, stop=stop, reference=clean, **FAST)
+    s1, s2 = res.stages
+    pilot, z = res.render(s1.t, stage=0), res.render(res.t)
+    a = s2.blend.weight_at(res.t)
+    assert 0 < a < 1 and res.metadata()["pilot_weight"] == a
+    twiced = dataclasses.replace(s2, blend=None).output(res.t).reshape(noisy.shape).cpu().numpy()
+    np.testing.assert_allclose(z, a * pilot + (1 - a) * twiced, atol=1e-5)
+    i = int(np.searchsorted(res.t_grid, res.t))
+    np.testing.assert_allclose(s2.mse[i], np.mean((z - clean) ** 2), rtol=1e-4)
+
+    def average(b):
+        return b * pilot + (1 - b) * twiced
+
+    if stop == "sure":
+        np.testing.assert_allclose(s2.sure.residual[i], np.mean((noisy - z) ** 2), rtol=1e-4)
+        d1 = s1.sure.divergence[np.searchsorted(res.t_grid, s1.t)]
+        d2 = (s2.sure.divergence[i] - a * d1) / (1 - a)  # the average's divergence is a d1 + (1 - a) d2
+        cost = [np.mean((noisy - average(b)) ** 2) + 2 * 0.1**2 * (b * d1 + (1 - b) * d2) / n
+                for b in np.linspace(0, 1, 101)]
+    else:
+        cost = [np.mean((clean - average(b)) ** 2) for b in np.linspace(0, 1, 101)]
+    assert abs(np.linspace(0, 1, 101)[int(np.argmin(cost))] - a) <= 0.011
 def test_noise_input_filter_is_image_independent():
     noisy, _ = _noisy()
     f1 = low_rank_filter(noisy, input="noise", **FAST)

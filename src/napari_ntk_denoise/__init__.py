@@ -4,7 +4,7 @@ The engine (everything importable from this package) needs no Qt or napari; the 
 :mod:`napari_ntk_denoise._widgets`.
 """
 
-from .denoise import NTKResult, StageResult, denoise_ntk, iter_denoise_ntk, iter_filter, low_rank_filter
+from .denoise import NTKResult, PilotBlend, StageResult, denoise_ntk, iter_denoise_ntk, iter_filter, low_rank_filter
 from .events import Progress, TwicingStep
 from .kernels import CNNKernel
 from .networks import VanillaCNN, empirical_ntk
@@ -19,6 +19,7 @@ __all__ = [
     "CNNKernel",
     "LowRankFilter",
     "NTKResult",
+    "PilotBlend",
     "PoissonGaussian",
     "Progress",
     "StageResult",

@@ -35,9 +35,10 @@ def _stop_value(text: str) -> str | int:
 
 def _add_ntk_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sigma", type=float, default=None, help="noise level in the image's units (estimated if omitted)")
-    p.add_argument("--guided", action="store_true", help="second stage with the kernel of the first estimate")
+    p.add_argument("--guided", action="store_true",
+                   help="second stage with the kernel of the first estimate, averaged with it (weight by SURE)")
     p.add_argument("--guided-kernel", choices=("nngp", "ntk"), default="nngp",
-                   help="kernel type of the guided stage (default nngp: larger gains, most on greyscale images)")
+                   help="kernel type of both guided stages (default nngp: the larger gains)")
     p.add_argument("--stop", type=_stop_value, default="sure", help="'sure' (default), 'oracle' (needs --reference) or N")
     p.add_argument("--depth", type=int, default=2, help="weight layers of the CNN (default 2)")
     p.add_argument("--kernel-size", type=int, default=11, help="convolution size r (odd, default 11)")

@@ -21,16 +21,42 @@ from ._input import ImageLayout, check_memory, prepare_image, resolve_device
 from .events import Progress, TwicingStep, drain
 from .kernels import CNNKernel
 from .nystrom import LowRankFilter, estimate_bytes, iter_nystrom, sample_anchors
-from .stopping import SureCurve, estimate_noise_sigma, mc_sure_curve, mse_curve, psnr, t_grid
+from .stopping import (
+    PilotTerms, SureCurve, estimate_noise_sigma, mc_sure_curve, mse_curve, pilot_blend, psnr, t_grid,
+)
 from .twicing import twicing_factors, twicing_output, twicing_schedule
 
-__all__ = ["NTKResult", "StageResult", "iter_denoise_ntk", "denoise_ntk", "iter_filter", "low_rank_filter"]
+__all__ = ["NTKResult", "StageResult", "PilotBlend", "iter_denoise_ntk", "denoise_ntk", "iter_filter",
+           "low_rank_filter"]
 
 #: perturbation of Monte-Carlo SURE, relative to sigma (METHOD.md section 3)
 SURE_EPS = 0.01
 DEFAULT_RANK = 256
 
 Stop = Literal["sure", "oracle"] | int
+
+
+@dataclass
+class PilotBlend:
+    """The guided stage's output averaged with its pilot: ``u(t) = a(t) p + (1 - a(t)) z(t)``.
+
+    Attributes
+    ----------
+    pilot : torch.Tensor or None
+        The pilot ``p``, the first stage's output, ``(d, C)`` (``None`` once dropped to save memory).
+    t : numpy.ndarray
+        Steps of the grid.
+    weight : numpy.ndarray
+        ``a(t)`` over the grid, chosen by Monte-Carlo SURE (by the MSE with ``stop="oracle"``).
+    """
+
+    pilot: torch.Tensor | None
+    t: np.ndarray
+    weight: np.ndarray
+
+    def weight_at(self, t: float) -> float:
+        """``a(t)``, interpolated between grid steps."""
+        return float(np.interp(t, self.t, self.weight))
 
 
 @dataclass
@@ -49,6 +75,9 @@ class StageResult:
         Monte-Carlo SURE over the step grid (``stop="sure"``).
     mse : numpy.ndarray or None
         Exact MSE against the reference over the step grid (when a reference was given).
+    blend : PilotBlend or None
+        The guided stage's average with its pilot; ``sure``, ``mse`` and ``t`` are then those of
+        the average.
     """
 
     filter: LowRankFilter
@@ -56,10 +85,14 @@ class StageResult:
     t: int
     sure: SureCurve | None = None
     mse: np.ndarray | None = None
+    blend: PilotBlend | None = None
 
     def output(self, t: float) -> torch.Tensor:
-        """``z(t)`` as ``(d, C)``."""
-        return twicing_output(self.filter.basis, self.coeffs, twicing_factors(self.filter.normalized_eigenvalues, t))
+        """``z(t)`` as ``(d, C)`` (averaged with the pilot when the stage has a :class:`PilotBlend`)."""
+        z = twicing_output(self.filter.basis, self.coeffs, twicing_factors(self.filter.normalized_eigenvalues, t))
+        if self.blend is None:
+            return z
+        return torch.lerp(z, self.blend.pilot.to(z.dtype), self.blend.weight_at(t))
 
 
 @dataclass
@@ -133,6 +166,8 @@ class NTKResult:
         }
         if len(self.stages) == 2:
             meta["t_stage1"] = self.stages[0].t
+        if self.stages[-1].blend is not None:
+            meta["pilot_weight"] = self.stages[-1].blend.weight_at(self.t)
         return meta
 
 
@@ -314,13 +349,13 @@ def iter_denoise_ntk(
         Monte-Carlo SURE (one more pipeline run on ``y + eps b``), the PSNR-optimal step given a
         ``reference`` (the paper's protocol), or a fixed number of twicing steps.
     guided : bool
-        Recompute the kernel from the first-stage estimate and twice the noisy image again; the
-        SURE of this stage perturbs through both stages.
+        Two stages: a first estimate (the pilot ``p``), then the kernel recomputed from ``p`` and
+        the noisy image twiced again; its output is ``a p + (1 - a) z(t)``, the pilot weight ``a``
+        chosen for every ``t`` by the same Monte-Carlo SURE (by the MSE with ``stop="oracle"``;
+        ``a = 0`` with a fixed step), whose perturbed run goes through both stages.
     guided_kernel : {"nngp", "ntk"} or None
-        Kernel type of the guided stage (``None``: ``kernel``).  The output-layer (NNGP) kernel by
-        default: on the whole Set12 / McMaster images (sigma 25, auto-stopped) the guided stage
-        gained +0.23 / +0.35 dB over the NTK filter with it, +0.01 / +0.29 dB with the NTK
-        (``benchmarks/bench_ntk.py --datasets``).
+        Kernel type of both guided stages (``None``: ``kernel``).  The output-layer (NNGP) kernel
+        by default: it makes the better pilot and the better second filter.
     reference : numpy.ndarray, optional
         Clean image in the same layout: PSNR curves, and required by ``stop="oracle"``.
     device : str, optional
@@ -404,16 +439,16 @@ def iter_denoise_ntk(
             return _kernel_input(y, st.input, st.noise_channels, seed, dev)
         return img.T.reshape(n_ch, *y.shape[:-1]).contiguous()
 
-    kernels = {1: st.kernel, 2: replace(st.kernel, kind=guided_kernel or kernel)}
+    kern = replace(st.kernel, kind=guided_kernel or kernel) if guided else st.kernel
     for stage in (1, 2) if guided else (1,):
         label = "guided " if stage == 2 else ""
         tk = time.perf_counter()
         x = kernel_image(guide)
-        project = [yt, probe] + ([reft] if reft is not None else [])
+        project = [yt, probe] + ([reft] if reft is not None else []) + ([guide] if stage == 2 else [])
         paired = stop == "sure" and not (st.input == "noise" and stage == 1)
         x_eps = kernel_image(y_eps if guide_eps is None else guide_eps) if paired else None
         main, pert = yield from iter_nystrom(
-            kernels[stage], x, st.anchors, st.rank, project=project, stage=f"{label}kernel ({stage}/{n_stages})",
+            kern, x, st.anchors, st.rank, project=project, stage=f"{label}kernel ({stage}/{n_stages})",
             seed=seed, x_eps=x_eps, project_eps=[y_eps, probe], keep_basis_eps=guided and stage == 1,
         )
         timings[f"stage{stage}_kernel"] = time.perf_counter() - tk
@@ -431,12 +466,23 @@ def iter_denoise_ntk(
                 coeffs_eps = pert.projections[0]
             curve = mc_sure_curve(ts, lam, coeffs, probe_c, pert.filter.normalized_eigenvalues, coeffs_eps,
                                   pert.projections[1], y_norm2, sigma, eps, d * n_ch)
+        blend = None
+        if stage == 2 and stop in ("sure", "oracle"):  # averaged with the pilot, a(t) by SURE (or the MSE)
+            s1, p64 = stages[0], guide.double()
+            pilot = PilotTerms(
+                coeffs=main.projections[-1], norm2=float((p64**2).sum()), y_dot=float((yt.double() * p64).sum()),
+                divergence=None if curve is None else float(s1.sure.divergence[np.searchsorted(ts, s1.t)]),
+                ref_dot=None if reft is None else float((reft.double() * p64).sum()))
+            weights, curve, mse = pilot_blend(ts, lam, coeffs, pilot, curve, mse,
+                                              None if reft is None else main.projections[2], sigma, d * n_ch)
+            blend = PilotBlend(pilot=guide, t=ts, weight=weights)
+        if stop == "sure":
             t_best = curve.best_t
         elif stop == "oracle":
             t_best = int(ts[int(np.argmin(mse))])
         else:
             t_best = int(stop)
-        result = StageResult(filter=filt, coeffs=coeffs, t=t_best, sure=curve, mse=mse)
+        result = StageResult(filter=filt, coeffs=coeffs, t=t_best, sure=curve, mse=mse, blend=blend)
         stages.append(result)
         for t in twicing_schedule(t_best, stream_steps):
             img = result.output(t).reshape(*y.shape).cpu().numpy()
@@ -455,7 +501,7 @@ def iter_denoise_ntk(
                   input=input, fraction=fraction, n_anchors=len(st.anchors), rank=st.rank, stop=stop, guided=guided,
                   device=str(dev), seed=seed)
     if guided:
-        params["guided_kernel"] = kernels[2].kind
+        params["guided_kernel"] = kern.kind
     if volume:
         params.update(volume=True, kernel_size_z=st.kernel.sizes[0])
     res = NTKResult(image=image_out, t=final.t, sigma=float(sigma), sigma_estimated=sigma_estimated, t_grid=ts,

@@ -19,7 +19,8 @@ import torch
 
 from .twicing import twicing_factors
 
-__all__ = ["t_grid", "SureCurve", "mc_sure_curve", "mse_curve", "estimate_noise_sigma", "psnr"]
+__all__ = ["t_grid", "SureCurve", "mc_sure_curve", "mse_curve", "PilotTerms", "pilot_blend", "estimate_noise_sigma",
+           "psnr"]
 
 
 def t_grid(t_max: float = 1e6, n: int = 400) -> np.ndarray:
@@ -119,6 +120,100 @@ def mse_curve(
     cross = _spectral_sum(f, (coeffs * ref_coeffs).sum(1))
     sq = _spectral_sum(f**2, (coeffs**2).sum(1))
     return (ref_norm2 - 2 * cross + sq) / n
+
+
+@dataclass
+class PilotTerms:
+    """What :func:`pilot_blend` needs of a pilot estimate ``p`` (the first stage's output).
+
+    Attributes
+    ----------
+    coeffs : torch.Tensor
+        ``Q^T p`` in the basis of the stage it is averaged with, shape ``(k, C)``.
+    norm2 : float
+        ``||p||^2``.
+    y_dot : float
+        ``y^T p``.
+    divergence : float or None
+        Monte-Carlo divergence of ``y -> p`` (for SURE).
+    ref_dot : float or None
+        ``x^T p`` with a reference ``x`` (for the MSE).
+    """
+
+    coeffs: torch.Tensor
+    norm2: float
+    y_dot: float
+    divergence: float | None = None
+    ref_dot: float | None = None
+
+
+def pilot_blend(
+    ts: np.ndarray,
+    lam: np.ndarray,
+    coeffs: torch.Tensor,
+    pilot: PilotTerms,
+    sure: SureCurve | None,
+    mse: np.ndarray | None,
+    ref_coeffs: torch.Tensor | None,
+    sigma: float,
+    n: int,
+) -> tuple[np.ndarray, SureCurve | None, np.ndarray | None]:
+    """Average twicing ``z(t)`` with a pilot: ``u(t) = a(t) p + (1 - a(t)) z(t)``, ``a`` in [0, 1].
+
+    For each ``t``, ``a(t)`` minimises the Monte-Carlo SURE of ``u(t)`` (``sure`` given), else the
+    MSE against the reference (``mse`` given; the oracle protocol).  Both are quadratic in ``a``:
+    ``||y - u||^2 = ||y - z||^2 - 2 a (y - z)^T (p - z) + a^2 ||p - z||^2`` and, for a fixed ``a``,
+    ``div u = a div p + (1 - a) div z``, so ``a = ((y - z)^T (p - z) - sigma^2 (div p - div z)) /
+    ||p - z||^2``.  Every inner product is a spectral sum over the ``k`` coefficients of ``z(t)``.
+
+    Parameters
+    ----------
+    ts, lam, coeffs
+        Steps, normalised eigenvalues and ``Q^T y`` of the stage, as in :func:`mc_sure_curve`.
+    pilot : PilotTerms
+        The pilot's inner products (its ``divergence`` needed with ``sure``, ``ref_dot`` with ``mse``).
+    sure : SureCurve or None
+        The stage's own SURE curve.
+    mse : numpy.ndarray or None
+        The stage's own MSE curve against a reference (per value).
+    ref_coeffs : torch.Tensor or None
+        ``Q^T x`` for the reference, with ``mse``.
+    sigma : float
+        Noise standard deviation.
+    n : int
+        Number of values.
+
+    Returns
+    -------
+    weights : numpy.ndarray
+        ``a(t)`` over ``ts`` (zeros when neither curve is given).
+    sure : SureCurve or None
+        SURE of ``u(t)``.
+    mse : numpy.ndarray or None
+        MSE of ``u(t)`` against the reference.
+    """
+    f = twicing_factors(lam, ts)
+    zz = _spectral_sum(f**2, (coeffs**2).sum(1))
+    pz = _spectral_sum(f, (coeffs * pilot.coeffs).sum(1))
+    gap = np.maximum(pilot.norm2 - 2 * pz + zz, 1e-30)  # ||p - z||^2
+    y_cross = pilot.y_dot - _spectral_sum(f, (coeffs**2).sum(1)) - pz + zz  # (y - z)^T (p - z)
+    x_cross = None
+    if mse is not None:
+        x_cross = pilot.ref_dot - _spectral_sum(f, (coeffs * ref_coeffs).sum(1)) - pz + zz  # (x - z)^T (p - z)
+    if sure is not None:
+        a = y_cross - sigma**2 * (pilot.divergence - sure.divergence)
+    elif x_cross is not None:
+        a = x_cross
+    else:
+        return np.zeros(len(ts)), None, None
+    a = np.clip(a / gap, 0.0, 1.0)
+    mse_u = None if mse is None else mse - (2 * a * x_cross - a**2 * gap) / n
+    if sure is None:
+        return a, None, mse_u
+    residual = sure.residual - (2 * a * y_cross - a**2 * gap) / n
+    div = a * pilot.divergence + (1 - a) * sure.divergence
+    sure_u = SureCurve(t=ts, sure=residual - sigma**2 + 2 * sigma**2 * div / n, residual=residual, divergence=div)
+    return a, sure_u, mse_u
 
 
 def psnr(estimate: np.ndarray, reference: np.ndarray, data_range: float) -> float:

@@ -87,8 +87,10 @@ def _data_units(image: np.ndarray, noise: PoissonGaussian | None) -> np.ndarray:
 
 
 def _without_eigenimages(result: NTKResult) -> NTKResult:
-    """A copy of ``result`` without the ``d x k`` eigenimages (curves, steps and metadata kept)."""
-    stages = [dataclasses.replace(st, filter=dataclasses.replace(st.filter, basis=None)) for st in result.stages]
+    """A copy of ``result`` without the ``d x k`` eigenimages and the guided stage's pilot image
+    (curves, steps, weights and metadata kept)."""
+    stages = [dataclasses.replace(st, filter=dataclasses.replace(st.filter, basis=None),
+                                  blend=st.blend and dataclasses.replace(st.blend, pilot=None)) for st in result.stages]
     return dataclasses.replace(result, stages=stages)
 
 
@@ -165,10 +167,11 @@ class NTKFilterWidget(ImageRunWidget):
                                       tooltip="Fraction of pixels used as Nyström anchors.")
         self._rank = SpinBox(label="rank", value=256, min=1, max=8192, tooltip="Eigenimages kept.")
         self._guided = CheckBox(value=False, text="guided second stage",
-                                tooltip="Recompute the filter from the first estimate and filter again.")
+                                tooltip="Recompute the filter from the first estimate, filter again, and average "
+                                        "the two (weight chosen by SURE).")
         self._guided_kernel = ComboBox(
             label="guided kernel", choices=("nngp", "ntk"), value="nngp", visible=False,
-            tooltip="Kernel type of the guided stage (nngp gains more, most on greyscale images).")
+            tooltip="Kernel type of both guided stages (nngp gains more).")
         self._noise_model = ComboBox(
             label="noise model", choices=("gaussian", "poisson-gaussian"), value="gaussian",
             tooltip="poisson-gaussian (photon counts, cameras): the generalized Anscombe transform before the "
