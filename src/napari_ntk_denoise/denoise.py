@@ -32,6 +32,12 @@ __all__ = ["NTKResult", "StageResult", "PilotBlend", "iter_denoise_ntk", "denois
 #: perturbation of Monte-Carlo SURE, relative to sigma (METHOD.md section 3)
 SURE_EPS = 0.01
 DEFAULT_RANK = 256
+#: the guided filter's pilot is its first stage at this fraction of the first stage's chosen step,
+#: by kernel type.  A smoother NNGP pilot than the best first estimate carries less of the first
+#: filter's noise into the guided kernel (Set12 01-07: 26.18 / 26.23 / 26.22 / 26.16 / 26.07 dB at
+#: 0.3 / 0.45 / 0.6 / 1 / 1.6; the whole Set12 and McMaster +0.06 / +0.03 dB at 0.5 against 1); the
+#: NTK pilot does not gain (Set12 26.44 either way, McMaster 28.21 at 0.5 against 28.40 at 1)
+PILOT_STEP = {"nngp": 0.5, "ntk": 1.0}
 
 Stop = Literal["sure", "oracle"] | int
 
@@ -207,6 +213,14 @@ def _probe(seed: int, shape: tuple[int, ...], channels: int, device: str) -> tor
     return b.to(device)
 
 
+def _pilot_step(t: int, ts: np.ndarray, fraction: float) -> int:
+    """The guided filter's pilot step: the grid step nearest to ``fraction * t`` (0 for ``t = 0``),
+    so that the first stage's Monte-Carlo divergence is known there."""
+    if t == 0:
+        return 0
+    return int(ts[int(np.argmin(np.abs(np.log(ts) - np.log(fraction * t))))])
+
+
 def _n_anchors(d: int, fraction: float, n_anchors: int | None) -> int:
     if n_anchors is not None:
         if not 1 <= int(n_anchors) <= d:
@@ -349,8 +363,9 @@ def iter_denoise_ntk(
         Monte-Carlo SURE (one more pipeline run on ``y + eps b``), the PSNR-optimal step given a
         ``reference`` (the paper's protocol), or a fixed number of twicing steps.
     guided : bool
-        Two stages: a first estimate (the pilot ``p``), then the kernel recomputed from ``p`` and
-        the noisy image twiced again; its output is ``a p + (1 - a) z(t)``, the pilot weight ``a``
+        Two stages: a first estimate at half its chosen step with the NNGP kernel (the pilot ``p``,
+        see :data:`PILOT_STEP`), then the kernel recomputed from ``p`` and the noisy image twiced
+        again; its output is ``a p + (1 - a) z(t)``, the pilot weight ``a``
         chosen for every ``t`` by the same Monte-Carlo SURE (by the MSE with ``stop="oracle"``;
         ``a = 0`` with a fixed step), whose perturbed run goes through both stages.
     guided_kernel : {"nngp", "ntk"} or None
@@ -468,10 +483,10 @@ def iter_denoise_ntk(
                                   pert.projections[1], y_norm2, sigma, eps, d * n_ch)
         blend = None
         if stage == 2 and stop in ("sure", "oracle"):  # averaged with the pilot, a(t) by SURE (or the MSE)
-            s1, p64 = stages[0], guide.double()
+            s1, p64 = stages[0], guide.double()  # the pilot, stage 1 at t_pilot
             pilot = PilotTerms(
                 coeffs=main.projections[-1], norm2=float((p64**2).sum()), y_dot=float((yt.double() * p64).sum()),
-                divergence=None if curve is None else float(s1.sure.divergence[np.searchsorted(ts, s1.t)]),
+                divergence=None if curve is None else float(s1.sure.divergence[np.searchsorted(ts, t_pilot)]),
                 ref_dot=None if reft is None else float((reft.double() * p64).sum()))
             weights, curve, mse = pilot_blend(ts, lam, coeffs, pilot, curve, mse,
                                               None if reft is None else main.projections[2], sigma, d * n_ch)
@@ -488,10 +503,11 @@ def iter_denoise_ntk(
             img = result.output(t).reshape(*y.shape).cpu().numpy()
             yield TwicingStep(stage=stage, t=t, image=st.layout.restore(img))
         if guided and stage == 1:
-            guide = result.output(t_best)
+            t_pilot = _pilot_step(t_best, ts, PILOT_STEP[kern.kind])
+            guide = result.output(t_pilot)
             if pert is not None:  # the perturbed guide, also when both runs share the filter (noise input)
                 pf = pert.filter
-                guide_eps = twicing_output(pf.basis, coeffs_eps, twicing_factors(pf.normalized_eigenvalues, t_best))
+                guide_eps = twicing_output(pf.basis, coeffs_eps, twicing_factors(pf.normalized_eigenvalues, t_pilot))
             del main, pert
 
     final = stages[-1]
@@ -501,7 +517,7 @@ def iter_denoise_ntk(
                   input=input, fraction=fraction, n_anchors=len(st.anchors), rank=st.rank, stop=stop, guided=guided,
                   device=str(dev), seed=seed)
     if guided:
-        params["guided_kernel"] = kern.kind
+        params.update(guided_kernel=kern.kind, t_pilot=t_pilot)
     if volume:
         params.update(volume=True, kernel_size_z=st.kernel.sizes[0])
     res = NTKResult(image=image_out, t=final.t, sigma=float(sigma), sigma_estimated=sigma_estimated, t_grid=ts,
