@@ -49,7 +49,8 @@ class PilotBlend:
     Attributes
     ----------
     pilot : torch.Tensor or None
-        The pilot ``p``, the first stage's output, ``(d, C)`` (``None`` once dropped to save memory).
+        The pilot ``p``, the first stage's output at ``params["t_pilot"]``, ``(d, C)`` (``None``
+        once dropped to save memory).
     t : numpy.ndarray
         Steps of the grid.
     weight : numpy.ndarray
@@ -363,11 +364,11 @@ def iter_denoise_ntk(
         Monte-Carlo SURE (one more pipeline run on ``y + eps b``), the PSNR-optimal step given a
         ``reference`` (the paper's protocol), or a fixed number of twicing steps.
     guided : bool
-        Two stages: a first estimate at half its chosen step with the NNGP kernel (the pilot ``p``,
-        see :data:`PILOT_STEP`), then the kernel recomputed from ``p`` and the noisy image twiced
-        again; its output is ``a p + (1 - a) z(t)``, the pilot weight ``a``
-        chosen for every ``t`` by the same Monte-Carlo SURE (by the MSE with ``stop="oracle"``;
-        ``a = 0`` with a fixed step), whose perturbed run goes through both stages.
+        Two stages: a first estimate (the pilot ``p``; with the NNGP kernel, at half its chosen
+        step, see :data:`PILOT_STEP`), then the kernel recomputed from ``p`` and the noisy image
+        twiced again; the output is ``a p + (1 - a) z(t)``, the pilot weight ``a`` chosen for
+        every ``t`` by the same Monte-Carlo SURE (by the MSE with ``stop="oracle"``; ``a = 0``
+        with a fixed step), whose perturbed run goes through both stages.
     guided_kernel : {"nngp", "ntk"} or None
         Kernel type of both guided stages (``None``: ``kernel``).  The output-layer (NNGP) kernel
         by default: it makes the better pilot and the better second filter.
