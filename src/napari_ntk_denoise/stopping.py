@@ -186,26 +186,29 @@ def pilot_blend(
     Returns
     -------
     weights : numpy.ndarray
-        ``a(t)`` over ``ts`` (zeros when neither curve is given).
+        ``a(t)`` over ``ts``.
     sure : SureCurve or None
         SURE of ``u(t)``.
     mse : numpy.ndarray or None
         MSE of ``u(t)`` against the reference.
+
+    Raises
+    ------
+    ValueError
+        With neither ``sure`` nor ``mse``: nothing to choose ``a`` by.
     """
+    if sure is None and mse is None:
+        raise ValueError("pilot_blend needs a SURE curve or an MSE curve to choose the weights by")
     f = twicing_factors(lam, ts)
-    zz = _spectral_sum(f**2, (coeffs**2).sum(1))
+    c2 = (coeffs**2).sum(1)
+    zz = _spectral_sum(f**2, c2)
     pz = _spectral_sum(f, (coeffs * pilot.coeffs).sum(1))
     gap = np.maximum(pilot.norm2 - 2 * pz + zz, 1e-30)  # ||p - z||^2
-    y_cross = pilot.y_dot - _spectral_sum(f, (coeffs**2).sum(1)) - pz + zz  # (y - z)^T (p - z)
+    y_cross = pilot.y_dot - _spectral_sum(f, c2) - pz + zz  # (y - z)^T (p - z)
     x_cross = None
     if mse is not None:
         x_cross = pilot.ref_dot - _spectral_sum(f, (coeffs * ref_coeffs).sum(1)) - pz + zz  # (x - z)^T (p - z)
-    if sure is not None:
-        a = y_cross - sigma**2 * (pilot.divergence - sure.divergence)
-    elif x_cross is not None:
-        a = x_cross
-    else:
-        return np.zeros(len(ts)), None, None
+    a = x_cross if sure is None else y_cross - sigma**2 * (pilot.divergence - sure.divergence)
     a = np.clip(a / gap, 0.0, 1.0)
     mse_u = None if mse is None else mse - (2 * a * x_cross - a**2 * gap) / n
     if sure is None:
