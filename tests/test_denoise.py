@@ -202,13 +202,14 @@ def test_banded_sure_probe_stops_near_the_oracle(monkeypatch):
     import napari_ntk_denoise.nystrom as nystrom
 
     flags = []
-    moved_rows = nystrom._moved_rows
+    row_blocks = nystrom._row_blocks
 
-    def spy(reach, blocks):
-        flags.append(moved_rows(reach, blocks))
-        return flags[-1]
+    def spy(d, w, n_rows, reach):
+        blocks = row_blocks(d, w, n_rows, reach)
+        flags.append([moved for *_, moved in blocks])
+        return blocks
 
-    monkeypatch.setattr(nystrom, "_moved_rows", spy)
+    monkeypatch.setattr(nystrom, "_row_blocks", spy)
     for name in ("BLOCK_BYTES", "GPU_BLOCK_BYTES"):  # blocks of a few image rows, as on large images
         monkeypatch.setattr(nystrom, name, 2**18)
     noisy, clean = _noisy(shape=(256, 48))

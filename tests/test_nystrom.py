@@ -203,7 +203,9 @@ def test_banded_perturbation_skips_work_without_changing_the_filters(monkeypatch
     anchors = sample_anchors(shape, 120)
     v = torch.randn(960, 3, generator=torch.Generator().manual_seed(5))
     if not volume:
-        assert nystrom._moved_rows(nystrom._reach(kern, x, x_eps), [(0, 384), (384, 576), (576, 960)]) == [False, True, False]
+        # rows 18-23 reach the perturbation (rows 20-21, 5 x 5 patches): blocks end where it begins and ends
+        blocks = nystrom._row_blocks(960, 24, 384, nystrom._reach(kern, x, x_eps))
+        assert blocks == [(0, 384, False), (384, 432, False), (432, 576, True), (576, 960, False)]
     monkeypatch.setattr(nystrom, "BLOCK_BYTES", 2**15)  # several row blocks
 
     def run():
@@ -211,7 +213,8 @@ def test_banded_perturbation_skips_work_without_changing_the_filters(monkeypatch
                                    gemm_dtype=torch.float32))
 
     sparse = run()
-    monkeypatch.setattr(nystrom, "_moved_rows", lambda reach, blocks: [True] * len(blocks))
+    row_blocks = nystrom._row_blocks
+    monkeypatch.setattr(nystrom, "_row_blocks", lambda *args: [(i0, i1, True) for i0, i1, _ in row_blocks(*args)])
     dense = run()
     for a, b in zip(sparse, dense):
         np.testing.assert_allclose(a.filter.eigenvalues, b.filter.eigenvalues, rtol=1e-5)

@@ -130,13 +130,20 @@ def _reach(kernel: CNNKernel, x: torch.Tensor, x_eps: torch.Tensor | None) -> to
     return kernel._box((x_eps != x).any(0).to(x.dtype)).reshape(-1) > 0
 
 
-def _moved_rows(reach: torch.Tensor | None, blocks: list[tuple[int, int]]) -> list[bool]:
-    """Per row block, whether the perturbation reaches the patch of any of its pixels."""
+def _row_blocks(d: int, w: int, n_rows: int, reach: torch.Tensor | None) -> list[tuple[int, int, bool]]:
+    """Row blocks ``(start, stop, moved)`` of whole image rows (``w`` pixels), at most ``n_rows``
+    pixels each, split where the perturbation's reach begins or ends: ``moved`` says whether it
+    reaches the patch of any pixel of the block (always, without a ``reach`` mask).  Blocks laid
+    over the image regardless of the probe's bands met a band nearly every time on a GPU (blocks of
+    49 image rows, bands every 64): 96 % of the rows paid for the perturbed kernel, against the 28 %
+    its reach covers on the 512^2 astronaut (with the GPU's block size on a CPU: 11.1 s against 8.7 s).
+    """
     if reach is None:
-        return [True] * len(blocks)
-    ends = torch.as_tensor([i1 for _, i1 in blocks], device=reach.device)
-    counts = torch.cumsum(reach.to(torch.int64), 0)[ends - 1]
-    return (torch.diff(counts, prepend=counts.new_zeros(1)) > 0).tolist()
+        return [(i, min(d, i + n_rows), True) for i in range(0, d, n_rows)]
+    lines = reach.reshape(-1, w).any(1).cpu().numpy()
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(lines)) + 1, [len(lines)]]) * w
+    return [(i, min(end, i + n_rows), bool(lines[start // w]))
+            for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist()) for i in range(start, end, n_rows)]
 
 
 def _column_sides(kernel, x, s, diags, chunk, x_eps=None, diags_eps=None, gemm_dtype=torch.float32, basis=None):
@@ -467,7 +474,7 @@ def iter_nystrom(
     diags_eps = None if x_eps is None else kernel.diagonals(x_eps)
     n_rows, chunk = _block_sizes(kernel, len(s), d, dev)
     n_rows = max(w, n_rows // w * w)  # whole image rows: patches unfold from a band
-    blocks = [(i, min(d, i + n_rows)) for i in range(0, d, n_rows)]
+    blocks = _row_blocks(d, w, n_rows, reach)
     total = len(blocks) + 1
     yield Progress(stage, 0, total, "anchor kernel")
     basis = kernel.patch_basis(x, s) if gemm_dtype not in (torch.float32, torch.float64) else None
@@ -503,9 +510,8 @@ def iter_nystrom(
         if sides[0].moved is not None:  # None for deep kernels (never MovedColumns)
             m_eps_moved = sides[0].moved_part(m_eps_low, 0)
     yield Progress(stage, 1, total, "kernel columns")
-    moved = _moved_rows(reach, blocks)
-    for b, (i0, i1) in enumerate(blocks):
-        kr, dk = _kernel_rows(kernel, x, range(i0, i1), sides, padded=True, rows_moved=moved[b], split=split)
+    for b, (i0, i1, moved) in enumerate(blocks):
+        kr, dk = _kernel_rows(kernel, x, range(i0, i1), sides, padded=True, rows_moved=moved, split=split)
         brows = product(kr)  # C's ~16 bits kept: the trailing eigen-directions cancel strongly
         main.add(i0, i1, brows)
         if pert is not None:
