@@ -32,7 +32,7 @@ def test_png_uint8_rgb_roundtrip_prints_figures(tmp_path, capsys):
     out = read_image(tmp_path / "o.png")
     assert out.dtype == np.uint8 and out.shape == noisy.shape
     text = capsys.readouterr().out
-    for key in ("t = ", "sigma = 25.5", "time = ", "PSNR = "):
+    for key in ("t = ", "sigma = 25.5", "SURE for data clipped at 0 and 255", "time = ", "PSNR = "):
         assert key in text
     psnr_out = float(text.split("PSNR = ")[1].split()[0])
     mse_noisy = np.mean((noisy.astype(float) - clean) ** 2)

@@ -195,6 +195,52 @@ def test_sure_probe_is_banded_on_tall_images_and_has_unit_variance():
     assert bool((small != 0).all()) and abs(float((small**2).mean()) - 1) < 0.05
 
 
+def test_clipped_noise_scale_matches_sampled_clipped_noise():
+    """sigma_i / sigma of clip(mu + sigma n) in closed form against 400k samples, for both bounds,
+    one bound, and far from any bound (1)."""
+    import torch
+
+    from napari_ntk_denoise.stopping import clipped_noise_scale
+
+    mus, sigma = np.array([-0.1, 0.0, 0.05, 0.2, 0.5, 0.95, 1.0, 1.2]), 0.1
+    rows = torch.from_numpy(np.repeat(mus[:, None], 8, 1))[None].float()  # box of 1: mu_i = the row's value
+    draws = mus[:, None] + sigma * np.random.default_rng(0).standard_normal((len(mus), 400_000))
+    for low, high in ((0.0, 1.0), (0.0, None), (None, 1.0)):
+        scale = clipped_noise_scale(rows, sigma, low, high, size=1)[0, :, 0].numpy()
+        sampled = np.clip(draws, -np.inf if low is None else low, np.inf if high is None else high).std(1) / sigma
+        np.testing.assert_allclose(scale, sampled, atol=0.005)
+    assert clipped_noise_scale(rows, sigma, None, None, size=1).eq(1).all()
+
+
+def test_clip_bounds_are_levels_where_values_pile_up():
+    from napari_ntk_denoise.stopping import clip_bounds
+
+    noisy, _ = _noisy(sigma=0.2)
+    assert clip_bounds(noisy) == (None, None)  # continuous noise: one value at each extreme
+    assert clip_bounds(np.clip(noisy, 0, 1)) == (0.0, 1.0)
+    assert clip_bounds(np.clip(noisy, 0, None)) == (0.0, None)
+    assert clip_bounds(np.full((8, 8), 3.0)) == (None, None)  # no noise to weigh
+
+
+def test_sure_on_clipped_data_stops_near_the_oracle(monkeypatch):
+    """Clipping leaves less noise near the bounds; Monte-Carlo SURE with the probe weighted by the
+    clipped noise's standard deviation stops near the oracle, where plain SURE (sigma everywhere)
+    over-smooths (measured gaps: 0.12-0.17 dB against 0.45-0.52 over three noise draws)."""
+    import napari_ntk_denoise.denoise as denoise
+
+    clean = np.clip(2.5 * smooth_image((64, 64)) - 0.8, 0, 1)  # a fifth of the noisy values clipped
+    noisy = np.clip(clean + 0.1 * np.random.default_rng(0).standard_normal(clean.shape), 0, 1).astype(np.float32)
+    kw = dict(reference=clean, kernel_size=5, fraction=0.05, rank=64)
+    out, res = denoise_ntk(noisy, 0.1, **kw)
+    assert res.params["clip_bounds"] == [0.0, 1.0]
+    gap = res.psnr.max() - psnr(out, clean, 1)
+    monkeypatch.setattr(denoise, "clip_bounds", lambda image: (None, None))
+    plain, res_plain = denoise_ntk(noisy, 0.1, **kw)
+    assert res_plain.params["clip_bounds"] == [None, None]
+    assert gap < 0.25 < res_plain.psnr.max() - psnr(plain, clean, 1) - 0.1
+    assert res.t > res_plain.t
+
+
 def test_banded_sure_probe_stops_near_the_oracle(monkeypatch):
     """On an image tall enough for a banded probe, most row blocks skip the perturbed products and
     Monte-Carlo SURE still stops near the oracle, as with a dense probe."""

@@ -75,6 +75,9 @@ def _report(res, elapsed: float, reference_psnr: float | None) -> None:
     stages = " -> ".join(str(s.t) for s in res.stages)
     print(f"t = {res.t}" + (f" (stages: {stages})" if len(res.stages) > 1 else ""))
     print(f"sigma = {res.sigma:.6g}" + (" (estimated)" if res.sigma_estimated else ""))
+    bounds = [f"{b:g}" for b in res.params.get("clip_bounds", ()) if b is not None]
+    if bounds:
+        print(f"SURE for data clipped at {' and '.join(bounds)} (less noise near the bounds)")
     print(f"time = {elapsed:.2f} s  rank = {res.filter.rank}  device = {res.params['device']}")
     if reference_psnr is not None:
         print(f"PSNR = {reference_psnr:.2f} dB")

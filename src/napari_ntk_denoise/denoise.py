@@ -22,7 +22,8 @@ from .events import Progress, TwicingStep, drain
 from .kernels import CNNKernel
 from .nystrom import LowRankFilter, estimate_bytes, iter_nystrom, sample_anchors
 from .stopping import (
-    PilotTerms, SureCurve, estimate_noise_sigma, mc_sure_curve, mse_curve, pilot_blend, psnr, t_grid,
+    PilotTerms, SureCurve, clip_bounds, clipped_noise_scale, estimate_noise_sigma, mc_sure_curve, mse_curve,
+    pilot_blend, psnr, t_grid,
 )
 from .twicing import twicing_factors, twicing_output, twicing_schedule
 
@@ -361,7 +362,9 @@ def iter_denoise_ntk(
     rank : int
         Maximal number of eigenimages.
     stop : {"sure", "oracle"} or int
-        Monte-Carlo SURE (one more pipeline run on ``y + eps b``), the PSNR-optimal step given a
+        Monte-Carlo SURE (one more pipeline run on ``y + eps b``; on clipped data with the noise's
+        smaller spread near the bounds, see :func:`~napari_ntk_denoise.stopping.clipped_noise_scale`
+        and ``params["clip_bounds"]``), the PSNR-optimal step given a
         ``reference`` (the paper's protocol), or a fixed number of twicing steps.
     guided : bool
         Two stages: a first estimate (the pilot ``p``; with the NNGP kernel, at half its chosen
@@ -442,6 +445,12 @@ def iter_denoise_ntk(
     yt = torch.from_numpy(y.reshape(d, n_ch)).to(dev, torch.float32)
     eps = SURE_EPS * sigma
     probe = _probe(seed, tuple(y.shape[:-1]), n_ch, str(dev))
+    bounds = clip_bounds(y) if stop == "sure" else (None, None)
+    noise_var = None
+    if bounds != (None, None):  # less noise near the bounds: the probe weighted by sigma_i / sigma
+        scale = clipped_noise_scale(yt.T.reshape(n_ch, *y.shape[:-1]), sigma, *bounds).reshape(n_ch, d).T
+        probe = probe * scale
+        noise_var = sigma**2 * float((scale.double() ** 2).mean())
     y_eps = yt + eps * probe
     reft = None if ref is None else torch.from_numpy(ref.reshape(d, n_ch)).to(dev, torch.float32)
     ts = t_grid()
@@ -481,7 +490,7 @@ def iter_denoise_ntk(
             else:
                 coeffs_eps = pert.projections[0]
             curve = mc_sure_curve(ts, lam, coeffs, probe_c, pert.filter.normalized_eigenvalues, coeffs_eps,
-                                  pert.projections[1], y_norm2, sigma, eps, d * n_ch)
+                                  pert.projections[1], y_norm2, sigma, eps, d * n_ch, noise_var)
         blend = None
         if stage == 2 and stop in ("sure", "oracle"):  # averaged with the pilot, a(t) by SURE (or the MSE)
             s1, p64 = stages[0], guide.double()  # the pilot, stage 1 at t_pilot
@@ -516,7 +525,7 @@ def iter_denoise_ntk(
     timings["total"] = time.perf_counter() - t0
     params = dict(sigma=sigma, channel_axis=channel_axis, depth=depth, kernel_size=kernel_size, kernel=kernel,
                   input=input, fraction=fraction, n_anchors=len(st.anchors), rank=st.rank, stop=stop, guided=guided,
-                  device=str(dev), seed=seed)
+                  device=str(dev), seed=seed, clip_bounds=list(bounds))
     if guided:
         params.update(guided_kernel=kern.kind, t_pilot=t_pilot)
     if volume:

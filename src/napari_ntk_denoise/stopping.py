@@ -8,19 +8,32 @@ Plain SURE with divergence ``sum_i f_i(t)`` fails because the filter itself depe
 Monte-Carlo SURE (Ramani, Blu & Unser 2008, doi:10.1109/TIP.2008.2001404) runs the whole pipeline
 once more on ``y + eps b`` (``b ~ N(0, I)``, same anchors) and uses
 ``div(t) ~ b^T (z_eps(t) - z(t)) / eps``.
+
+Data clipped to a range (8-bit images, saturated detectors) carry less noise near its bounds:
+with ``sigma_i`` the standard deviation of ``clip(mu_i + sigma n)``, SURE becomes
+``||y - z||^2 - sum_i sigma_i^2 + 2 sum_i sigma_i^2 dz_i/dy_i``, whose divergence term the same
+Monte-Carlo pass estimates with the probe weighted by ``sigma_i / sigma``
+(:func:`clip_bounds`, :func:`clipped_noise_scale`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .twicing import twicing_factors
 
-__all__ = ["t_grid", "SureCurve", "mc_sure_curve", "mse_curve", "PilotTerms", "pilot_blend", "estimate_noise_sigma",
-           "psnr"]
+__all__ = ["t_grid", "SureCurve", "mc_sure_curve", "mse_curve", "PilotTerms", "pilot_blend", "clip_bounds",
+           "clipped_noise_scale", "estimate_noise_sigma", "psnr"]
+
+#: a bound counts as a clipping level when at least this fraction of the values sits exactly on it
+CLIP_FRACTION = 1e-3
+#: side of the box (pixels, Y and X) whose mean stands for the clean value in :func:`clipped_noise_scale`
+CLIP_MEAN_SIZE = 7
 
 
 def t_grid(t_max: float = 1e6, n: int = 400) -> np.ndarray:
@@ -72,6 +85,7 @@ def mc_sure_curve(
     sigma: float,
     eps: float,
     n: int,
+    noise_var: float | None = None,
 ) -> SureCurve:
     """Monte-Carlo SURE curve of twicing from the coefficients of two pipeline runs.
 
@@ -93,6 +107,9 @@ def mc_sure_curve(
         Perturbation size.
     n : int
         Number of values in ``y`` (pixels times channels).
+    noise_var : float, optional
+        Mean noise variance per value (default ``sigma^2``); for clipped data the mean of
+        ``sigma_i^2``, the probe ``b`` then weighted by ``sigma_i / sigma``.
 
     Returns
     -------
@@ -105,7 +122,7 @@ def mc_sure_curve(
     bz = _spectral_sum(f, (probe_coeffs * coeffs).sum(1))
     bz_eps = _spectral_sum(f_eps, (probe_coeffs_eps * coeffs_eps).sum(1))
     div = (bz_eps - bz) / eps
-    sure = residual - n * sigma**2 + 2 * sigma**2 * div
+    sure = residual - n * (sigma**2 if noise_var is None else noise_var) + 2 * sigma**2 * div
     return SureCurve(t=ts, sure=sure / n, residual=residual / n, divergence=div)
 
 
@@ -215,8 +232,72 @@ def pilot_blend(
         return a, None, mse_u
     residual = sure.residual - (2 * a * y_cross - a**2 * gap) / n
     div = a * pilot.divergence + (1 - a) * sure.divergence
-    sure_u = SureCurve(t=ts, sure=residual - sigma**2 + 2 * sigma**2 * div / n, residual=residual, divergence=div)
+    sure_u = SureCurve(t=ts, sure=sure.sure + residual - sure.residual + 2 * sigma**2 * (div - sure.divergence) / n,
+                       residual=residual, divergence=div)
     return a, sure_u, mse_u
+
+
+def clip_bounds(image: np.ndarray, fraction: float = CLIP_FRACTION) -> tuple[float | None, float | None]:
+    """Levels at which noisy data were clipped: the minimum and the maximum, each where at least
+    ``fraction`` of the values sit exactly on it (noise leaves ties at an extreme improbable
+    otherwise), else ``None``; none for a constant image."""
+    need = max(2.0, fraction * image.size)
+    lo, hi = image.min(), image.max()
+    if lo == hi:
+        return None, None
+    low = float(lo) if np.count_nonzero(image == lo) >= need else None
+    high = float(hi) if np.count_nonzero(image == hi) >= need else None
+    return low, high
+
+
+def clipped_noise_scale(
+    image: torch.Tensor, sigma: float, low: float | None, high: float | None, size: int = CLIP_MEAN_SIZE
+) -> torch.Tensor:
+    """``sigma_i / sigma``: the standard deviation of ``clip(mu_i + sigma n, low, high)``
+    (``n ~ N(0, 1)``) relative to ``sigma``, with ``mu_i`` the mean of the clipped data over a
+    ``size x size`` box (per channel and plane).
+
+    Parameters
+    ----------
+    image : torch.Tensor
+        Noisy clipped data ``(C, ..., H, W)``.
+    sigma : float
+        Noise standard deviation before clipping (``> 0``).
+    low, high : float or None
+        Clipping levels (``None``: unbounded on that side).
+    size : int
+        Odd side of the box.
+
+    Returns
+    -------
+    torch.Tensor
+        Same shape as ``image``, float32, in ``(0, 1]``.
+
+    Notes
+    -----
+    With ``a = (low - mu) / sigma`` and ``b = (high - mu) / sigma`` the censored normal's moments
+    about ``mu`` are ``E[Y - mu] = sigma (phi(a) - phi(b)) + (low - mu) Phi(a) + (high - mu) (1 - Phi(b))``
+    and ``E[(Y - mu)^2] = sigma^2 (Phi(b) - Phi(a) + a phi(a) - b phi(b)) + (low - mu)^2 Phi(a) +
+    (high - mu)^2 (1 - Phi(b))``.  The box mean of clipped data lies inside the range, a little
+    away from a bound it meets (at a clean value on the bound, ``0.4 sigma``), so ``sigma_i`` is
+    slightly overestimated there.
+    """
+    planes = image.reshape(-1, *image.shape[-2:]).double()
+    mu = F.avg_pool2d(planes, size, stride=1, padding=size // 2, count_include_pad=False).reshape(image.shape)
+    inner = torch.ones_like(mu)
+    m1, m2 = torch.zeros_like(mu), torch.zeros_like(mu)
+    for level, sign in ((low, 1.0), (high, -1.0)):
+        if level is None:
+            continue
+        dist = level - mu
+        z = dist / sigma
+        outside = torch.special.ndtr(sign * z)  # mass beyond the bound, there clipped to it
+        pdf = torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+        inner -= outside
+        m1 += sign * sigma * pdf + dist * outside
+        m2 += sign * sigma**2 * z * pdf + dist**2 * outside
+    var = sigma**2 * inner + m2 - m1**2
+    return (var.clamp_min(0).sqrt() / sigma).clamp(1e-3, 1).float()
 
 
 def psnr(estimate: np.ndarray, reference: np.ndarray, data_range: float) -> float:
