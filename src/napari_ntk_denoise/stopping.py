@@ -240,7 +240,20 @@ def pilot_blend(
 def clip_bounds(image: np.ndarray, fraction: float = CLIP_FRACTION) -> tuple[float | None, float | None]:
     """Levels at which noisy data were clipped: the minimum and the maximum, each where at least
     ``fraction`` of the values sit exactly on it (noise leaves ties at an extreme improbable
-    otherwise), else ``None``; none for a constant image."""
+    otherwise).
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        Noisy data, any shape.
+    fraction : float
+        Share of the values that must sit on an extreme for it to count as a clipping level.
+
+    Returns
+    -------
+    low, high : float or None
+        The clipping levels, ``None`` where the data were not clipped (both for a constant image).
+    """
     need = max(2.0, fraction * image.size)
     lo, hi = image.min(), image.max()
     if lo == hi:
