@@ -162,6 +162,8 @@ def test_guided_output_is_the_best_average_with_the_pilot(stop):
     else:
         cost = [np.mean((clean - average(b)) ** 2) for b in np.linspace(0, 1, 101)]
     assert abs(np.linspace(0, 1, 101)[int(np.argmin(cost))] - a) <= 0.011
+
+
 def test_noise_input_filter_is_image_independent():
     noisy, _ = _noisy()
     f1 = low_rank_filter(noisy, input="noise", **FAST)
