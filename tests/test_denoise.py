@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import smooth_image
 from napari_ntk_denoise import Progress, TwicingStep, denoise_ntk, iter_denoise_ntk, iter_filter, low_rank_filter
@@ -110,10 +111,12 @@ def test_guided_two_stages_with_sure():
 
 def test_guided_kernel_type_serves_both_stages():
     """Both stages of the guided filter use ``guided_kernel`` (NNGP by default; ``None``: ``kernel``):
-    stage 1 is the unguided filter of that kernel, stage 2 its Nystrom filter on the stage-1 estimate."""
+    stage 1 is the unguided filter of that kernel, stage 2 its Nystrom filter on the pilot, the mean
+    of stage 1's estimate and that of the same kernel's filter on a second anchor draw."""
     from napari_ntk_denoise.events import drain
     from napari_ntk_denoise.kernels import CNNKernel
     from napari_ntk_denoise.nystrom import iter_nystrom, sample_anchors
+    from napari_ntk_denoise.twicing import twicing_factors, twicing_output
 
     noisy, _ = _noisy()
     _, res = denoise_ntk(noisy, 0.1, guided=True, stop=5, **FAST)
@@ -123,26 +126,34 @@ def test_guided_kernel_type_serves_both_stages():
         plain = low_rank_filter(noisy, kernel=kind, **FAST)
         np.testing.assert_array_equal(result.stages[0].filter.eigenvalues, plain.eigenvalues)
         # the pilot: the grid step nearest to 0.7 of stage 1's 5 with the NNGP kernel, 5 with the NTK
-        assert result.params["t_pilot"] == (4 if kind == "nngp" else 5)
-        guide = result.stages[0].output(result.params["t_pilot"]).reshape(1, *noisy.shape).float()
+        t_pilot = 4 if kind == "nngp" else 5
+        assert result.params["t_pilot"] == [t_pilot, t_pilot]
         kern = CNNKernel(kernel_size=FAST["kernel_size"], kind=kind)
-        anchors = sample_anchors(noisy.shape, result.params["n_anchors"], 0)
-        expected = drain(iter_nystrom(kern, guide, anchors, result.params["rank"]))[0].filter
+        m, rank = result.params["n_anchors"], result.params["rank"]
+        y = torch.from_numpy(noisy).float()
+        second = drain(iter_nystrom(kern, y[None], sample_anchors(noisy.shape, m, 1), rank, project=[y.reshape(-1, 1)]))[0]
+        f = twicing_factors(second.filter.normalized_eigenvalues, t_pilot)
+        pilot = (result.render(t_pilot, stage=0) + twicing_output(second.filter.basis, second.projections[0], f)
+                 .reshape(noisy.shape).numpy()) / 2
+        expected = drain(iter_nystrom(kern, torch.from_numpy(pilot[None]).float(), sample_anchors(noisy.shape, m, 0),
+                                      rank))[0].filter
         np.testing.assert_allclose(result.stages[1].filter.eigenvalues, expected.eigenvalues, rtol=1e-4)
         assert result.stages[1].blend is None  # a fixed step: no SURE or MSE to weigh the pilot with
 
 
 @pytest.mark.parametrize("stop", ["sure", "oracle"])
 def test_guided_output_is_the_best_average_with_the_pilot(stop):
-    """The guided stage's output is ``a p + (1 - a) z(t)`` with the pilot ``p`` (stage 1's output at
-    about 0.7 of its step): its curves are those of the average, and ``a`` minimises its SURE (or MSE)."""
+    """The guided stage's output is ``a p + (1 - a) z(t)`` with the pilot ``p`` (the mean of two
+    first-stage estimates, stage 1's at about 0.7 of its step among them): its curves are those of
+    the average, and ``a`` minimises its SURE (or MSE)."""
     noisy, clean = _noisy(channels=3)
     n = noisy.size
     _, res = denoise_ntk(noisy, 0.1, channel_axis=-1, guided=True, stop=stop, reference=clean, **FAST)
     s1, s2 = res.stages
-    t_pilot = res.params["t_pilot"]
-    assert t_pilot in res.t_grid and 0.63 < t_pilot / s1.t < 0.77
-    pilot, z = res.render(t_pilot, stage=0), res.render(res.t)
+    t_pilot = res.params["t_pilot"][0]
+    assert set(res.params["t_pilot"]) <= set(res.t_grid) and 0.63 < t_pilot / s1.t < 0.77
+    pilot, z = s2.blend.pilot.reshape(noisy.shape).cpu().numpy(), res.render(res.t)
+    assert 0 < np.mean((pilot - res.render(t_pilot, stage=0)) ** 2) < 0.1 * np.mean((pilot - noisy) ** 2)
     a = s2.blend.weight_at(res.t)
     assert 0 < a < 1 and res.metadata()["pilot_weight"] == a
     twiced = dataclasses.replace(s2, blend=None).output(res.t).reshape(noisy.shape).cpu().numpy()
@@ -155,7 +166,8 @@ def test_guided_output_is_the_best_average_with_the_pilot(stop):
 
     if stop == "sure":
         np.testing.assert_allclose(s2.sure.residual[i], np.mean((noisy - z) ** 2), rtol=1e-4)
-        d1 = s1.sure.divergence[np.searchsorted(res.t_grid, t_pilot)]
+        d1 = s2.blend.divergence
+        assert d1 > 0
         d2 = (s2.sure.divergence[i] - a * d1) / (1 - a)  # the average's divergence is a d1 + (1 - a) d2
         cost = [np.mean((noisy - average(b)) ** 2) + 2 * 0.1**2 * (b * d1 + (1 - b) * d2) / n
                 for b in np.linspace(0, 1, 101)]

@@ -51,17 +51,21 @@ class PilotBlend:
     Attributes
     ----------
     pilot : torch.Tensor or None
-        The pilot ``p``, the first stage's output at ``params["t_pilot"]``, ``(d, C)`` (``None``
-        once dropped to save memory).
+        The pilot ``p``, ``(d, C)``: the mean of two first-stage estimates, the first stage's output
+        and that of the same filter on a second anchor draw, each at its ``params["t_pilot"]``
+        step (``None`` once dropped to save memory).
     t : numpy.ndarray
         Steps of the grid.
     weight : numpy.ndarray
         ``a(t)`` over the grid, chosen by Monte-Carlo SURE (by the MSE with ``stop="oracle"``).
+    divergence : float or None
+        Monte-Carlo divergence of ``y -> p`` (with ``stop="sure"``).
     """
 
     pilot: torch.Tensor | None
     t: np.ndarray
     weight: np.ndarray
+    divergence: float | None = None
 
     def weight_at(self, t: float) -> float:
         """``a(t)``, interpolated between grid steps."""
@@ -368,8 +372,9 @@ def iter_denoise_ntk(
         and ``params["clip_bounds"]``), the PSNR-optimal step given a
         ``reference`` (the paper's protocol), or a fixed number of twicing steps.
     guided : bool
-        Two stages: a first estimate (the pilot ``p``; with the NNGP kernel, at 0.7 of its chosen
-        step, see :data:`PILOT_STEP`), then the kernel recomputed from ``p`` and the noisy image
+        Two stages: a first estimate (the pilot ``p``: the mean of the first stage's output and that
+        of a second run on another anchor draw, each at its chosen step, with the NNGP kernel at
+        0.7 of it, see :data:`PILOT_STEP`), then the kernel recomputed from ``p`` and the noisy image
         twiced again; the output is ``a p + (1 - a) z(t)``, the pilot weight ``a`` chosen for
         every ``t`` by the same Monte-Carlo SURE (by the MSE with ``stop="oracle"``; ``a = 0``
         with a fixed step), whose perturbed run goes through both stages.
@@ -404,7 +409,7 @@ def iter_denoise_ntk(
     -----
     Cost is dominated by the kernel columns: ``O(d m r^2 C + d m k)`` per pipeline run, with
     ``d`` pixels, ``m`` anchors, ``k = rank``; memory ``O(d k + m^2)``.  ``stop="sure"`` doubles the
-    runs, ``guided=True`` doubles them again.
+    runs, ``guided=True`` triples them (two first-stage anchor draws, then the guided stage).
 
     References
     ----------
@@ -422,7 +427,6 @@ def iter_denoise_ntk(
         raise ValueError("stop='oracle' needs a reference image")
     if guided_kernel not in (None, "ntk", "nngp"):
         raise ValueError(f"guided_kernel must be 'ntk', 'nngp' or None, got {guided_kernel!r}")
-    n_stages = 1 + bool(guided)
     st = _setup(image, channel_axis, depth, kernel_size, kernel, input, fraction, n_anchors, rank, device, seed,
                 noise_channels, passes=1 + (stop == "sure"), volume=volume, kernel_size_z=kernel_size_z)
     y, dev = st.y, st.device
@@ -466,18 +470,23 @@ def iter_denoise_ntk(
         return img.T.reshape(n_ch, *y.shape[:-1]).contiguous()
 
     kern = replace(st.kernel, kind=guided_kernel or kernel) if guided else st.kernel
-    for stage in (1, 2) if guided else (1,):
-        label = "guided " if stage == 2 else ""
+    # (stage, anchors, label, timing): with guided=True a second first-stage run on another anchor draw for the pilot
+    runs = [(1, st.anchors, "", "stage1")]
+    if guided:
+        runs += [(1, sample_anchors(y.shape[:-1], len(st.anchors), seed + 1), "pilot ", "pilot"),
+                 (2, st.anchors, "guided ", "stage2")]
+    pilots: list[tuple[int, torch.Tensor, torch.Tensor | None, float | None]] = []  # (t, p, p_eps, div p)
+    for run, (stage, anchors, label, phase) in enumerate(runs, 1):
         tk = time.perf_counter()
         x = kernel_image(guide)
         project = [yt, probe] + ([reft] if reft is not None else []) + ([guide] if stage == 2 else [])
         paired = stop == "sure" and not (st.input == "noise" and stage == 1)
         x_eps = kernel_image(y_eps if guide_eps is None else guide_eps) if paired else None
         main, pert = yield from iter_nystrom(
-            kern, x, st.anchors, st.rank, project=project, stage=f"{label}kernel ({stage}/{n_stages})",
+            kern, x, anchors, st.rank, project=project, stage=f"{label}kernel ({run}/{len(runs)})",
             seed=seed, x_eps=x_eps, project_eps=[y_eps, probe], keep_basis_eps=guided and stage == 1,
         )
-        timings[f"stage{stage}_kernel"] = time.perf_counter() - tk
+        timings[f"{phase}_kernel"] = time.perf_counter() - tk
         filt = main.filter
         coeffs, probe_c = main.projections[0], main.projections[1]
         lam = filt.normalized_eigenvalues
@@ -494,14 +503,14 @@ def iter_denoise_ntk(
                                   pert.projections[1], y_norm2, sigma, eps, d * n_ch, noise_var)
         blend = None
         if stage == 2 and stop in ("sure", "oracle"):  # averaged with the pilot, a(t) by SURE (or the MSE)
-            s1, p64 = stages[0], guide.double()  # the pilot, stage 1 at t_pilot
+            p64 = guide.double()
             pilot = PilotTerms(
                 coeffs=main.projections[-1], norm2=float((p64**2).sum()), y_dot=float((yt.double() * p64).sum()),
-                divergence=None if curve is None else float(s1.sure.divergence[np.searchsorted(ts, t_pilot)]),
+                divergence=None if curve is None else float(np.mean([p[3] for p in pilots])),
                 ref_dot=None if reft is None else float((reft.double() * p64).sum()))
             weights, curve, mse = pilot_blend(ts, lam, coeffs, pilot, curve, mse,
                                               None if reft is None else main.projections[2], sigma, d * n_ch)
-            blend = PilotBlend(pilot=guide, t=ts, weight=weights)
+            blend = PilotBlend(pilot=guide, t=ts, weight=weights, divergence=pilot.divergence)
         if stop == "sure":
             t_best = curve.best_t
         elif stop == "oracle":
@@ -509,17 +518,23 @@ def iter_denoise_ntk(
         else:
             t_best = int(stop)
         result = StageResult(filter=filt, coeffs=coeffs, t=t_best, sure=curve, mse=mse, blend=blend)
-        stages.append(result)
-        for t in twicing_schedule(t_best, stream_steps):
-            img = result.output(t).reshape(*y.shape).cpu().numpy()
-            yield TwicingStep(stage=stage, t=t, image=st.layout.restore(img))
+        if phase != "pilot":
+            stages.append(result)
+            for t in twicing_schedule(t_best, stream_steps):
+                img = result.output(t).reshape(*y.shape).cpu().numpy()
+                yield TwicingStep(stage=stage, t=t, image=st.layout.restore(img))
         if guided and stage == 1:
             t_pilot = _pilot_step(t_best, ts, PILOT_STEP[kern.kind])
-            guide = result.output(t_pilot)
-            if pert is not None:  # the perturbed guide, also when both runs share the filter (noise input)
+            p_eps = None
+            if pert is not None:  # the perturbed pilot, also when both runs share the filter (noise input)
                 pf = pert.filter
-                guide_eps = twicing_output(pf.basis, coeffs_eps, twicing_factors(pf.normalized_eigenvalues, t_pilot))
-            del main, pert
+                p_eps = twicing_output(pf.basis, coeffs_eps, twicing_factors(pf.normalized_eigenvalues, t_pilot))
+            div = None if curve is None else float(curve.divergence[np.searchsorted(ts, t_pilot)])
+            pilots.append((t_pilot, result.output(t_pilot), p_eps, div))
+            del main, pert, result
+            if len(pilots) == 2:  # the pilot: the mean of both draws' estimates (less Nystrom noise in the guide)
+                guide = (pilots[0][1] + pilots[1][1]) / 2
+                guide_eps = None if p_eps is None else (pilots[0][2] + pilots[1][2]) / 2
 
     final = stages[-1]
     image_out = st.layout.restore(final.output(final.t).reshape(*y.shape).cpu().numpy())
@@ -528,7 +543,7 @@ def iter_denoise_ntk(
                   input=input, fraction=fraction, n_anchors=len(st.anchors), rank=st.rank, stop=stop, guided=guided,
                   device=str(dev), seed=seed, clip_bounds=list(bounds))
     if guided:
-        params.update(guided_kernel=kern.kind, t_pilot=t_pilot)
+        params.update(guided_kernel=kern.kind, t_pilot=[p[0] for p in pilots])
     if volume:
         params.update(volume=True, kernel_size_z=st.kernel.sizes[0])
     res = NTKResult(image=image_out, t=final.t, sigma=float(sigma), sigma_estimated=sigma_estimated, t_grid=ts,
