@@ -81,8 +81,7 @@ def astronaut(device) -> None:
     print(f"| NTK, MC-SURE and PSNR curve, first call in the process | {_seconds(first['time'])} | {rss:.2f} | "
           f"{first['psnr']:.2f} | {first['t']} |")
     print(f"| NTK, MC-SURE, second call (no reference) | {_seconds(second['time'])} | {peak_rss_gb():.2f} | "
-          f"{second['psnr']:.2f} | "
-          f"{second['t']} |")
+          f"{second['psnr']:.2f} | {second['t']} |")
     print(f"| NTK, oracle t (same run) | | | {first['oracle']:.2f} | {first['oracle_t']} |")
     print(f"| skimage denoise_nl_means (fast, 5x5/13x13, h = 0.8 sigma) | {nlm['time']:.2f} | | {nlm['psnr']:.2f} | |")
     lib = _native.library()

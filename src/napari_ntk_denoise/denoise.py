@@ -461,7 +461,7 @@ def iter_denoise_ntk(
     ts = t_grid()
     y_norm2 = float((yt.double() ** 2).sum())
     stages: list[StageResult] = []
-    guide = guide_eps = None
+    guide = guide_eps = guide_div = None
 
     def kernel_image(img: torch.Tensor | None) -> torch.Tensor:
         """Kernel input: stage 1's (``None``), or an image ``(d, C)`` already on the device."""
@@ -506,7 +506,7 @@ def iter_denoise_ntk(
             p64 = guide.double()
             pilot = PilotTerms(
                 coeffs=main.projections[-1], norm2=float((p64**2).sum()), y_dot=float((yt.double() * p64).sum()),
-                divergence=None if curve is None else float(np.mean([p[3] for p in pilots])),
+                divergence=guide_div,
                 ref_dot=None if reft is None else float((reft.double() * p64).sum()))
             weights, curve, mse = pilot_blend(ts, lam, coeffs, pilot, curve, mse,
                                               None if reft is None else main.projections[2], sigma, d * n_ch)
@@ -533,8 +533,10 @@ def iter_denoise_ntk(
             pilots.append((t_pilot, result.output(t_pilot), p_eps, div))
             del main, pert, result
             if len(pilots) == 2:  # the pilot: the mean of both draws' estimates (less Nystrom noise in the guide)
-                guide = (pilots[0][1] + pilots[1][1]) / 2
-                guide_eps = None if p_eps is None else (pilots[0][2] + pilots[1][2]) / 2
+                _, (pa, pb), (ea, eb), (da, db) = zip(*pilots)
+                guide = (pa + pb) / 2
+                guide_eps = None if ea is None else (ea + eb) / 2
+                guide_div = None if da is None else (da + db) / 2
 
     final = stages[-1]
     image_out = st.layout.restore(final.output(final.t).reshape(*y.shape).cpu().numpy())
