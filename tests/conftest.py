@@ -1,13 +1,48 @@
-"""Shared fixtures: small deterministic test images and the shared data folder."""
+"""Shared fixtures: small deterministic test images and the shared data folder; GUI tests skipped
+without a display (Qt aborts the whole process when it cannot open one)."""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+NO_DISPLAY = (
+    "GUI tests (marker gui) skipped: no display (DISPLAY/WAYLAND_DISPLAY unset) and no Xvfb; install it "
+    "(`apt-get install xvfb` plus the X/GL libraries that .ci/run lists, or run `bash .ci/run` as root) "
+    "and rerun `make test`, which then runs them under xvfb-run"
+)
+#: number of GUI tests skipped for want of a display
+_SKIPPED = pytest.StashKey[int]()
+
+
+def _no_display() -> bool:
+    """True on Linux without an X or Wayland display and without an explicit Qt platform."""
+    return sys.platform.startswith("linux") and not any(
+        os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")
+    )
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the GUI tests (marked by ``tests/_widgets/conftest.py``) where Qt would find no display."""
+    if not _no_display():
+        return
+    skip = pytest.mark.skip(reason=NO_DISPLAY)
+    gui = [item for item in items if item.get_closest_marker("gui")]
+    for item in gui:
+        item.add_marker(skip)
+    config.stash[_SKIPPED] = len(gui)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """One line saying why the GUI tests were skipped and how to run them."""
+    if config.stash.get(_SKIPPED, 0):
+        terminalreporter.write_line(f"{config.stash[_SKIPPED]} {NO_DISPLAY}", yellow=True)
 
 
 @pytest.fixture
