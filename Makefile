@@ -6,6 +6,8 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# GUI tests run under xvfb-run where it exists; elsewhere without a display tests/conftest.py skips
+# them with one line saying how to get it (.ci/run installs it)
 XVFB := $(shell command -v xvfb-run >/dev/null 2>&1 && echo "xvfb-run -a -s '-screen 0 1600x1200x24'")
 
 .PHONY: install demo test bench clean
@@ -23,6 +25,7 @@ demo: install
 	$(VENV)/bin/ntk-denoise demo -o demo_output
 
 test: install
+	$(PY) -m ruff check .
 	$(XVFB) $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: install

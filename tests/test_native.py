@@ -70,7 +70,8 @@ def test_native_principal_part_reads_a_strided_slice():
     scale, factor, sw2 = _scalars()
     ref, out = torch.empty(N, 20), torch.empty(N, 20)
     _EAGER["single"](ref, ar, pt[:, :20].contiguous(), g_low[:, :20].contiguous(), nr, nc[:20], scale, factor, sw2)
-    assert _native.op("single")(out, ar, pt[:, :20], g_low[:, :20].contiguous(), nr, nc[:20], scale, factor, sw2) is None
+    low = g_low[:, :20].contiguous()
+    assert _native.op("single")(out, ar, pt[:, :20], low, nr, nc[:20], scale, factor, sw2) is None
     assert float((out - ref).abs().max()) < 2e-6 * float(ref.abs().max())
 
 

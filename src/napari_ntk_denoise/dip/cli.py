@@ -14,7 +14,7 @@ from typing import TextIO
 
 import numpy as np
 
-from .._textbar import TextBar
+from .._progress import ProgressBar
 from ..events import drain
 from ..imageio import guess_channel_axis, read_image, write_image
 from .architectures import ARCHITECTURES
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace, stream: TextIO | None = None) -> int:
         lr=args.lr, iterations=args.iters, every=args.every, reference=reference, sigma=args.sigma,
         data_range=data_range, device=args.device, seed=args.seed,
     )
-    bar, figures, tick = TextBar(stream), "", max(1, args.iters // 200)
+    bar, figures, tick = ProgressBar(stream), "", max(1, args.iters // 200)
 
     def show(event) -> None:
         nonlocal figures
