@@ -1,4 +1,4 @@
-"""The C versions of the fused kernel ops (``_native``) against their torch twins."""
+"""The C and numba versions of the fused kernel ops (``_native``) against their torch twins."""
 
 from __future__ import annotations
 
@@ -12,9 +12,15 @@ import torch
 from napari_ntk_denoise import _native
 from napari_ntk_denoise.kernels import _EAGER, _fused
 
-pytestmark = pytest.mark.skipif(_native.library() is None, reason="no C compiler for the native kernel ops")
-
 N, W = 37, 70
+NO_COMPILER = pytest.mark.skipif(_native._compiler() is None, reason="no C compiler for the C kernel ops")
+
+
+@pytest.fixture(params=[pytest.param("c", marks=NO_COMPILER), "numba"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each backend of the native ops in turn."""
+    monkeypatch.setattr(_native, "backend", lambda: request.param)
+    return request.param
 
 
 def _operands(low_dtype: torch.dtype, n_principal: int, seed: int = 0):
@@ -40,7 +46,7 @@ def _scalars():
 
 @pytest.mark.parametrize("low_dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("n_principal", [6, 0])
-def test_native_ops_match_their_torch_twins(low_dtype, n_principal):
+def test_native_ops_match_their_torch_twins(backend, low_dtype, n_principal):
     gram, dg, nr, nc, nre, nce = _operands(low_dtype, n_principal)
     scale, factor, sw2 = _scalars()
     ref, out = torch.empty(N, W), torch.empty(N, W)
@@ -64,7 +70,7 @@ def test_native_ops_match_their_torch_twins(low_dtype, n_principal):
     assert float((out_sum - ref_sum).abs().max()) < tol + 2**-15 * float(ref_sum.abs().max())
 
 
-def test_native_principal_part_reads_a_strided_slice():
+def test_native_principal_part_reads_a_strided_slice(backend):
     """The moved columns' principal part is a column slice of the full one (row stride > width)."""
     (ar, pt, g_low), _, nr, nc, _, _ = _operands(torch.bfloat16, 6)
     scale, factor, sw2 = _scalars()
@@ -75,14 +81,14 @@ def test_native_principal_part_reads_a_strided_slice():
     assert float((out - ref).abs().max()) < 2e-6 * float(ref.abs().max())
 
 
-def test_native_split_rounds_like_torch_on_strided_blocks():
+def test_native_split_rounds_like_torch_on_strided_blocks(backend):
     a = torch.randn(300, 200, generator=torch.Generator().manual_seed(3))[:, :150]  # as the padded blocks are
     hi, lo = _native.op("split")(a)
     ref_hi, ref_lo = _EAGER["split"](a)
     assert torch.equal(hi, ref_hi) and torch.equal(lo, ref_lo)
 
 
-def test_native_ops_decline_operands_they_do_not_handle():
+def test_native_ops_decline_operands_they_do_not_handle(backend):
     gram, _, nr, nc, _, _ = _operands(torch.bfloat16, 6)
     scale, factor, sw2 = _scalars()
     single = _native.op("single")
@@ -101,6 +107,7 @@ def test_native_ops_decline_operands_they_do_not_handle():
     assert float((out - ref).abs().max()) < 2e-6 * float(ref.abs().max())
 
 
+@NO_COMPILER
 def test_build_compiles_once_into_the_cache_and_only_with_a_compiler(tmp_path):
     compiler = _native._compiler()
     path = _native.build(tmp_path, compiler)
@@ -118,9 +125,9 @@ def test_build_with_a_failing_compiler_leaves_nothing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_denoising_with_the_native_ops_matches_the_torch_ops(monkeypatch):
+def test_denoising_with_the_native_ops_matches_the_torch_ops(backend, monkeypatch):
     """End to end on a 256 x 128 image (banded SURE probe, moved-column blocks, paired blocks): the C
-    ops and the torch twins (what a GPU runs) give the same step and the same image up to rounding."""
+    or numba ops and the torch twins (what a GPU runs) give the same step and the same image up to rounding."""
     from napari_ntk_denoise import denoise_ntk
     from napari_ntk_denoise.samples import add_noise, clean_sample
     from napari_ntk_denoise.stopping import psnr

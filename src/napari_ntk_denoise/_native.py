@@ -1,21 +1,21 @@
 """The fused elementwise ops of :mod:`~napari_ntk_denoise.kernels` in C, for CPUs.
 
-``torch.compile`` fuses these ops too, but a fresh process pays ~4 s for it before its first
-kernel block (importing the compiler, checking the CPU's vector instructions, tracing three ops):
-on a 512^2 colour image more than a third of a first call.  ``_arccos.c`` is instead compiled
-once per machine by the host's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``) with
-``-O3 -march=native`` into a cache folder (``$NTK_DENOISE_CACHE``, else
-``$XDG_CACHE_HOME/napari-ntk-denoise`` or ``~/.cache/napari-ntk-denoise``; ~0.5 s), and later
-processes load it with ctypes in milliseconds.  The library's name hashes its source, compiler,
-flags and the CPU's feature flags, so a cache shared by different machines holds one library per
-kind of CPU.  The C ops are also faster: 2.9 ms instead of 7.3 ms for the compiled op on a
-2048 x 5248 block amid the sweep's products (2-core AVX-512 CPU); built with OpenMP, they share
+``torch.compile`` fuses these ops too, but a fresh process pays seconds for it before its first
+kernel block (importing the compiler, checking the CPU's vector instructions, tracing three ops),
+and it needs a C++ compiler as well.  ``_arccos.c`` is instead compiled once per machine by the
+host's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``) with ``-O3 -march=native`` into a
+cache folder (``$NTK_DENOISE_CACHE``, else ``$XDG_CACHE_HOME/napari-ntk-denoise`` or
+``~/.cache/napari-ntk-denoise``), and later processes load it with ctypes in milliseconds.  The
+library's name hashes its source, compiler, flags and the CPU's feature flags, so a cache shared
+by different machines holds one library per kind of CPU.  Built with OpenMP, the C ops share
 torch's threads (see ``_arccos.c``).
 
-Without a C compiler or a writable cache, or with ``NTK_DENOISE_NATIVE=0``, :func:`op` returns
-``None`` and the kernels fall back to ``torch.compile``.  Every op checks its operands (CPU,
-dtypes, shapes, contiguity) and returns ``NotImplemented`` for anything else, so a caller can
-always fall back as well.
+Without a C compiler or a writable cache (or with ``NTK_DENOISE_NATIVE=numba``) the same ops run
+as numba kernels (:mod:`~napari_ntk_denoise._numba_ops`, compiled by numba and cached on disk: no
+C compiler needed); with neither, or with ``NTK_DENOISE_NATIVE=0``, :func:`op` returns ``None``
+and the kernels fall back to ``torch.compile``.  Every op checks its operands (CPU, dtypes, shapes,
+contiguity) and returns ``NotImplemented`` for anything else, so a caller can always fall back as
+well.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch
 
 from ._input import cpu_flags
 
-__all__ = ["build", "cache_dir", "library", "op"]
+__all__ = ["backend", "build", "cache_dir", "library", "op"]
 
 _SOURCE = Path(__file__).with_name("_arccos.c")
 #: no contraction into fused multiply-adds: ``K(G + 0) - K(G)`` must be exactly zero, as it is in torch
@@ -120,17 +120,13 @@ def build(directory: Path, compiler: str | None) -> Path | None:
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
-    """The compiled ops (built on first use), or ``None`` where there are none (with a warning)."""
-    if os.environ.get("NTK_DENOISE_NATIVE", "1") == "0":
-        return None
+    """The compiled C ops (built on first use), or ``None`` where there is no compiler or cache."""
     try:
         path = build(cache_dir(), _compiler())
         lib = None if path is None else ctypes.CDLL(str(path))
     except OSError:
         lib = None
     if lib is None:
-        warnings.warn("no C compiler or no writable cache for the native kernel ops: using torch.compile "
-                      "(a first call in each process is a few seconds slower)", RuntimeWarning, stacklevel=2)
         return None
     for base, argtypes in _ARGTYPES.items():
         for suffix in _LOW.values():
@@ -138,6 +134,35 @@ def library() -> ctypes.CDLL | None:
             fn.argtypes, fn.restype = argtypes, ctypes.c_int
     lib.ntk_split.argtypes, lib.ntk_split.restype = (_T, _I, _I, _P, _P, _P, _I), None
     return lib
+
+
+@functools.cache
+def _numba_ops():
+    """:mod:`~napari_ntk_denoise._numba_ops`, or ``None`` where numba cannot be imported."""
+    try:
+        from . import _numba_ops
+    except ImportError:
+        return None
+    return _numba_ops
+
+
+@functools.cache
+def backend() -> str | None:
+    """Which ops run on a CPU: ``"c"``, ``"numba"`` or ``None`` (torch's, with a warning).
+
+    ``NTK_DENOISE_NATIVE`` chooses: ``0`` none, ``numba`` the numba ops, otherwise the C ops where
+    they build and the numba ops elsewhere.
+    """
+    choice = os.environ.get("NTK_DENOISE_NATIVE", "1")
+    if choice == "0":
+        return None
+    if choice != "numba" and library() is not None:
+        return "c"
+    if _numba_ops() is not None:
+        return "numba"
+    warnings.warn("neither a C compiler with a writable cache nor numba for the native kernel ops: using "
+                  "torch.compile (a first call in each process is a few seconds slower)", RuntimeWarning, stacklevel=2)
+    return None
 
 
 def _fits(t: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> bool:
@@ -159,10 +184,14 @@ def _gram(ar: torch.Tensor, pt: torch.Tensor, g_low: torch.Tensor) -> tuple[int,
 
 def _launch(base: str, g_low: torch.Tensor, n: int, w: int, *args, scale: float, factor: float,
             sigma_w2: float) -> None:
-    """Run ``{base}_{bf16|f32}`` (by ``g_low``'s dtype) on tensors (as pointers) and ints."""
+    """Run ``{base}_{bf16|f32}`` (by ``g_low``'s dtype) on tensors (as pointers) and ints, or its
+    numba twin on the tensors."""
+    c = sigma_w2 / (2 * math.pi)
+    if backend() == "numba":
+        return getattr(_numba_ops(), base.removeprefix("ntk_"))(n, w, *args, scale, factor, c)
     ptrs = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]
     fn = getattr(library(), f"{base}_{_LOW[g_low.dtype]}")
-    if fn(torch.get_num_threads(), n, w, *ptrs, scale, factor, sigma_w2 / (2 * math.pi)):
+    if fn(torch.get_num_threads(), n, w, *ptrs, scale, factor, c):
         raise MemoryError(f"{base}: no memory for a {w}-column row buffer")
 
 
@@ -203,7 +232,10 @@ def _split(a: torch.Tensor):
         return NotImplemented
     n, w = a.shape
     hi, lo = (torch.empty((n, w), dtype=torch.bfloat16) for _ in range(2))
-    library().ntk_split(torch.get_num_threads(), n, w, hi.data_ptr(), lo.data_ptr(), a.data_ptr(), a.stride(0))
+    if backend() == "numba":
+        _numba_ops().split(n, w, hi, lo, a, a.stride(0))
+    else:
+        library().ntk_split(torch.get_num_threads(), n, w, hi.data_ptr(), lo.data_ptr(), a.data_ptr(), a.stride(0))
     return hi, lo
 
 
@@ -211,6 +243,6 @@ _OPS = {"single": _single, "single_split": _single_split, "pair": _pair, "split"
 
 
 def op(name: str) -> Callable | None:
-    """The C version of the fused op ``name`` (signature of its torch twin in
-    :mod:`~napari_ntk_denoise.kernels`), or ``None`` where the library is unavailable."""
-    return _OPS[name] if library() is not None else None
+    """The C or numba version (:func:`backend`) of the fused op ``name`` (signature of its torch twin
+    in :mod:`~napari_ntk_denoise.kernels`), or ``None`` where neither is available."""
+    return _OPS[name] if backend() is not None else None

@@ -646,8 +646,8 @@ _COMPILED: dict[str, object] = {}
 def _fused(name: str):
     """The fused elementwise op ``name`` (the output layer, or a bfloat16 split).
 
-    On a CPU, the C version of :mod:`~napari_ntk_denoise._native` where it is available (no
-    compiler start-up cost, and faster); elsewhere (a GPU, no C compiler, ``NTK_DENOISE_NATIVE=0``)
+    On a CPU, the C or numba version of :mod:`~napari_ntk_denoise._native` (no compiler start-up
+    cost, and faster); elsewhere (a GPU, ``NTK_DENOISE_NATIVE=0``, neither C compiler nor numba)
     the op ``torch.compile``d (about 10x faster than eager on a CPU), unless
     ``NTK_DENOISE_COMPILE=0`` or compilation fails, in which case eager is used."""
 
