@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -346,3 +347,26 @@ def test_cuda_matches_cpu(guided):
     np.testing.assert_allclose(res_gpu.filter.eigenvalues[:8], res_cpu.filter.eigenvalues[:8], rtol=2e-2)
     assert abs(psnr(out_gpu, clean, 1) - psnr(out_cpu, clean, 1)) < 0.1
     np.testing.assert_allclose(res_gpu.psnr, res_cpu.psnr, atol=0.1)
+
+
+def test_sure_guard_flags_an_over_estimated_sigma():
+    """With sigma twice the truth SURE goes negative and stops early: never silently."""
+    from napari_ntk_denoise.stopping import DoubtfulStopWarning
+
+    noisy, _ = _noisy(shape=(48, 48))
+    with pytest.warns(DoubtfulStopWarning, match="over-estimated"):
+        _, res = denoise_ntk(noisy, 0.2, **FAST)
+    assert res.sure.min() < 0 and any("negative" in w for w in res.params["stop_warnings"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DoubtfulStopWarning)
+        _, ok = denoise_ntk(noisy, 0.1, **FAST)
+    assert ok.params["stop_warnings"] == [] and ok.t > 1
+
+
+def test_constant_image_is_its_own_result():
+    for value in (0.0, 0.3):
+        image = np.full((24, 24), value, np.float32)
+        out, res = denoise_ntk(image, **FAST)
+        np.testing.assert_array_equal(out, image)
+        assert res.t == 0 and res.stages == [] and res.params["constant"] and res.metadata()["rank"] == 0
+        np.testing.assert_array_equal(res.render(5), image)

@@ -66,7 +66,7 @@ def test_poisson_gaussian_stack_improves_and_keeps_mean():
     out = denoise_stack(noisy, axes="ZYX", noise_model="poisson-gaussian", noise=PoissonGaussian(gain, read), **FAST)
     assert np.mean((out - clean) ** 2) < 0.3 * np.mean((noisy - clean) ** 2)
     assert out.mean() == pytest.approx(clean.mean(), rel=0.02)
-    with pytest.raises(ValueError, match="sigma is 1"):
+    with pytest.raises(ValueError, match="sets the noise level"):
         denoise_stack(noisy, 1.0, axes="ZYX", noise_model="poisson-gaussian")
     with pytest.raises(ValueError, match="noise_model"):
         denoise_stack(noisy, axes="ZYX", noise_model="poisson")

@@ -1,11 +1,11 @@
-"""Generalized Anscombe transform: stabilisation, unbiased inverse, parameter estimation."""
+"""Generalized Anscombe transform: stabilisation and unbiased inverse."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from napari_ntk_denoise.vst import PoissonGaussian, estimate_poisson_gaussian, gat_forward, gat_inverse
+from napari_ntk_denoise.vst import PoissonGaussian, gat_forward, gat_inverse
 
 
 def poisson_gaussian(clean, gain, read_noise, rng, offset=0.0):
@@ -46,28 +46,6 @@ def test_inverse_of_forward_on_images_keeps_dtype_and_input(rng):
     assert np.allclose(gat_inverse(gat_forward(np.full(4, 1e4), pg), pg), 1e4, rtol=1e-3)
 
 
-@pytest.mark.parametrize("gain, read_noise", [(2.0, 5.0), (4.0, 2.0), (0.5, 1.5)])
-def test_estimation_recovers_parameters(rng, gain, read_noise):
-    yy, xx = np.mgrid[:256, :256] / 256.0
-    clean = 2 + 300 * (0.6 * xx + 0.4 * yy) + 80 * ((xx - 0.5) ** 2 + (yy - 0.5) ** 2 < 0.05)
-    z = poisson_gaussian(clean, gain, read_noise, rng)
-    est = estimate_poisson_gaussian(z)
-    assert est.gain == pytest.approx(gain, rel=0.15)
-    for level in (50.0, 100.0, 300.0):  # the fitted variance function over the image's range
-        assert est.variance(level) == pytest.approx(gain * level + read_noise**2, rel=0.1)
-    if read_noise**2 > 5 * gain:  # read noise is identifiable only where it rivals the shot noise of dark pixels
-        assert est.read_noise == pytest.approx(read_noise, rel=0.15)
-
-
-def test_estimation_on_a_stack_and_errors(rng):
-    clean = np.broadcast_to(np.linspace(5, 200, 64)[None, None, :], (3, 64, 64))
-    est = estimate_poisson_gaussian(poisson_gaussian(clean, 3.0, 2.0, rng))
-    assert est.gain == pytest.approx(3.0, rel=0.2)
-    with pytest.raises(ValueError, match="constant"):
-        estimate_poisson_gaussian(np.full((32, 32), 7.0))
-    with pytest.raises(ValueError, match="signal-independent"):
-        estimate_poisson_gaussian(np.linspace(0, 50, 64)[None, :] + rng.standard_normal((64, 64)) * 3 + 0 * clean[0])
-    with pytest.raises(ValueError, match="at least"):
-        estimate_poisson_gaussian(np.ones((8, 8)))
+def test_parameters_are_checked():
     with pytest.raises(ValueError, match="gain"):
         PoissonGaussian(0.0, 1.0)

@@ -8,10 +8,11 @@ from .denoise import NTKResult, PilotBlend, StageResult, denoise_ntk, iter_denoi
 from .events import Progress, TwicingStep
 from .kernels import CNNKernel
 from .networks import VanillaCNN, empirical_ntk
+from .noise_estimation import NoiseReport, estimate_poisson_gaussian, noise_report, stabilised_sigma
 from .nystrom import LowRankFilter, iter_nystrom, sample_anchors
 from .stacks import denoise_stack, iter_denoise_stack
 from .tiling import TiledResult, denoise_tiled, iter_denoise_tiled
-from .vst import PoissonGaussian, estimate_poisson_gaussian, gat_forward, gat_inverse
+from .vst import PoissonGaussian, gat_forward, gat_inverse
 
 __version__ = "0.1.0"
 
@@ -19,6 +20,7 @@ __all__ = [
     "CNNKernel",
     "LowRankFilter",
     "NTKResult",
+    "NoiseReport",
     "PilotBlend",
     "PoissonGaussian",
     "Progress",
@@ -39,5 +41,7 @@ __all__ = [
     "iter_filter",
     "iter_nystrom",
     "low_rank_filter",
+    "noise_report",
     "sample_anchors",
+    "stabilised_sigma",
 ]

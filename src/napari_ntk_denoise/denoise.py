@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+import warnings
 from collections.abc import Generator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -22,8 +23,8 @@ from .events import Progress, TwicingStep, drain
 from .kernels import CNNKernel
 from .nystrom import LowRankFilter, estimate_bytes, iter_nystrom, sample_anchors
 from .stopping import (
-    PilotTerms, SureCurve, clip_bounds, clipped_noise_scale, estimate_noise_sigma, mc_sure_curve, mse_curve,
-    pilot_blend, psnr, t_grid,
+    DoubtfulStopWarning, PilotTerms, SureCurve, clip_bounds, clipped_noise_scale, estimate_noise_sigma, mc_sure_curve, mse_curve,
+    pilot_blend, psnr, stop_doubts, t_grid,
 )
 from .twicing import twicing_factors, twicing_output, twicing_schedule
 
@@ -144,24 +145,27 @@ class NTKResult:
     params: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def filter(self) -> LowRankFilter:
-        """Filter of the final stage."""
-        return self.stages[-1].filter
+    def filter(self) -> LowRankFilter | None:
+        """Filter of the final stage (``None`` for a constant image, which needs none)."""
+        return self.stages[-1].filter if self.stages else None
 
     @property
     def sure(self) -> np.ndarray | None:
         """SURE (MSE estimate per value) of the final stage over :attr:`t_grid`."""
-        s = self.stages[-1].sure
+        s = self.stages[-1].sure if self.stages else None
         return None if s is None else s.sure
 
     @property
     def psnr(self) -> np.ndarray | None:
         """PSNR (dB, unclipped output) of the final stage over :attr:`t_grid`, with a reference."""
-        m = self.stages[-1].mse
+        m = self.stages[-1].mse if self.stages else None
         return None if m is None else 10 * np.log10(self.data_range**2 / np.maximum(m, 1e-300))
 
     def render(self, t: float, stage: int = -1) -> np.ndarray:
-        """``z(t)`` of a stage in the input's layout, from stored coefficients (no recomputation)."""
+        """``z(t)`` of a stage in the input's layout, from stored coefficients (no recomputation);
+        a constant image at any step."""
+        if not self.stages:
+            return self.image.copy()
         st = self.stages[stage]
         z = st.output(t).reshape(*st.filter.shape, -1).cpu().numpy()
         return self.layout.restore(z)
@@ -173,13 +177,13 @@ class NTKResult:
             "t": self.t,
             "sigma": self.sigma,
             "sigma_estimated": self.sigma_estimated,
-            "rank": self.filter.rank,
+            "rank": self.filter.rank if self.stages else 0,
             "timings": dict(self.timings),
             "params": dict(self.params),
         }
         if len(self.stages) == 2:
             meta["t_stage1"] = self.stages[0].t
-        if self.stages[-1].blend is not None:
+        if self.stages and self.stages[-1].blend is not None:
             meta["pilot_weight"] = self.stages[-1].blend.weight_at(self.t)
         return meta
 
@@ -435,6 +439,12 @@ def iter_denoise_ntk(
         ref, _ = prepare_image(reference, channel_axis, name="reference", spatial=st.kernel.ndim)
         if ref.shape != y.shape:
             raise ValueError(f"reference shape {ref.shape} differs from the image's {y.shape}")
+    if sigma is not None and not (np.isfinite(sigma) and sigma >= 0):
+        raise ValueError(f"sigma must be a finite non-negative number, got {sigma}")
+    if np.ptp(y) == 0:  # a constant image is its own denoised result: no filter, no step
+        return NTKResult(image=st.layout.restore(y.copy()), t=0, sigma=float(sigma or 0.0), sigma_estimated=False,
+                         t_grid=t_grid(), stages=[], layout=st.layout, data_range=0.0,
+                         params=dict(stop=stop, constant=True, stop_warnings=[]))
     sigma_estimated = sigma is None
     if sigma is None:
         sigma = estimate_noise_sigma(st.layout.restore(y), st.layout.channel_axis)
@@ -476,6 +486,7 @@ def iter_denoise_ntk(
         runs += [(1, sample_anchors(y.shape[:-1], len(st.anchors), seed + 1), "pilot ", "pilot"),
                  (2, st.anchors, "guided ", "stage2")]
     pilots: list[tuple[int, torch.Tensor, torch.Tensor | None, float | None]] = []  # (t, p, p_eps, div p)
+    doubts: list[str] = []
     for run, (stage, anchors, label, phase) in enumerate(runs, 1):
         tk = time.perf_counter()
         x = kernel_image(guide)
@@ -518,6 +529,8 @@ def iter_denoise_ntk(
         else:
             t_best = int(stop)
         result = StageResult(filter=filt, coeffs=coeffs, t=t_best, sure=curve, mse=mse, blend=blend)
+        if phase != "pilot" and curve is not None:
+            doubts += [f"{label}{d}" for d in stop_doubts(curve, sigma**2 if noise_var is None else noise_var)]
         if phase != "pilot":
             stages.append(result)
             for t in twicing_schedule(t_best, stream_steps):
@@ -543,7 +556,7 @@ def iter_denoise_ntk(
     timings["total"] = time.perf_counter() - t0
     params = dict(sigma=sigma, channel_axis=channel_axis, depth=depth, kernel_size=kernel_size, kernel=kernel,
                   input=input, fraction=fraction, n_anchors=len(st.anchors), rank=st.rank, stop=stop, guided=guided,
-                  device=str(dev), seed=seed, clip_bounds=list(bounds))
+                  device=str(dev), seed=seed, clip_bounds=list(bounds), stop_warnings=doubts)
     if guided:
         params.update(guided_kernel=kern.kind, t_pilot=[p[0] for p in pilots])
     if volume:
@@ -553,6 +566,8 @@ def iter_denoise_ntk(
     if ref is not None:
         clipped = np.clip(image_out, 0, 1) if data_range == 1.0 else image_out
         res.params["psnr"] = psnr(clipped, st.layout.restore(ref), data_range)
+    for doubt in doubts:
+        warnings.warn(f"doubtful stop at t = {final.t}: {doubt}", DoubtfulStopWarning, stacklevel=2)
     return res
 
 

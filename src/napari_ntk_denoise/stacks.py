@@ -23,12 +23,13 @@ from typing import Any, Literal
 import numpy as np
 
 from .events import Progress, drain, forward_progress
+from .noise_estimation import NoiseReport, noise_report, stabilised_sigma
 from .stopping import estimate_noise_sigma
-from .tiling import TileGrid, check_tiled_request, iter_denoise_tile, iter_denoise_tiled
-from .vst import PoissonGaussian, estimate_poisson_gaussian, gat_forward, gat_inverse
+from .tiling import TileGrid, TileSigma, check_tiled_request, iter_denoise_tile, iter_denoise_tiled
+from .vst import PoissonGaussian, gat_forward, gat_inverse
 
-__all__ = ["AXES", "check_axes", "estimate_stack_noise", "estimate_stack_sigma", "iter_denoise_stack",
-           "denoise_stack"]
+__all__ = ["AXES", "check_axes", "estimate_stack_noise", "estimate_stack_sigma", "stack_noise_report",
+           "iter_denoise_stack", "denoise_stack"]
 
 #: recognised axis letters: time, depth, channel, rows, columns
 AXES = "TZCYX"
@@ -81,14 +82,22 @@ def _sample_planes(array: np.ndarray | Any, axes: str, count: int = 3) -> np.nda
                      for p in spread_indices(n, count)])
 
 
-def estimate_stack_noise(array: Any, axes: str, *, offset: float = 0.0) -> PoissonGaussian:
-    """Poisson-Gaussian parameters of a stack, from up to three evenly spaced planes.
+def stack_noise_report(
+    array: Any, axes: str, noise: PoissonGaussian | None = None, *, offset: float | None = None
+) -> NoiseReport:
+    """Poisson-Gaussian parameters of a stack (estimated unless given) and the noise level they
+    leave after the transform, from up to three evenly spaced planes (every channel of them).
 
     Works on numpy and dask arrays (only the sampled planes are computed).  See
-    :func:`~napari_ntk_denoise.vst.estimate_poisson_gaussian`.
+    :func:`~napari_ntk_denoise.noise_estimation.noise_report`.
     """
     ax = check_axes(axes, array.ndim)
-    return estimate_poisson_gaussian(_sample_planes(array, ax), offset=offset)
+    return noise_report(_sample_planes(array, ax), noise, offset=offset)
+
+
+def estimate_stack_noise(array: Any, axes: str, *, offset: float | None = None) -> PoissonGaussian:
+    """Poisson-Gaussian parameters of a stack: :func:`stack_noise_report`'s estimate."""
+    return stack_noise_report(array, axes, offset=offset).noise
 
 
 def estimate_stack_sigma(array: Any, axes: str) -> float:
@@ -108,7 +117,7 @@ def _check_options(channels: str, noise_model: str, sigma: float | None, noise: 
     if noise_model not in ("gaussian", "poisson-gaussian"):
         raise ValueError(f"noise_model must be 'gaussian' or 'poisson-gaussian', got {noise_model!r}")
     if noise_model == "poisson-gaussian" and sigma is not None:
-        raise ValueError("sigma is 1 after the variance-stabilising transform; give gain and read noise instead")
+        raise ValueError("the variance-stabilising transform sets the noise level; give gain and read noise instead")
     if noise_model == "gaussian" and noise is not None:
         raise ValueError("Poisson-Gaussian parameters were given with noise_model='gaussian'")
     if patches not in ("2d", "3d"):
@@ -141,8 +150,9 @@ class _Plan:
         return unit if self.noise is None else gat_inverse(unit, self.noise)
 
     @property
-    def unit_sigma(self) -> float | None:
-        return 1.0 if self.noise is not None else self.sigma
+    def unit_sigma(self) -> TileSigma:
+        """The noise level of a tile: ``sigma``, or after the transform the one it leaves in the tile."""
+        return self.sigma if self.noise is None else partial(stabilised_sigma, noise=self.noise)
 
     @property
     def ntk(self) -> dict[str, Any]:
@@ -196,7 +206,9 @@ def iter_denoise_stack(
         ``C`` as colour (one filter per plane, patches over all channels) or as separate planes.
     noise_model : {"gaussian", "poisson-gaussian"}
         With ``"poisson-gaussian"`` the data are stabilised by the generalized Anscombe transform,
-        denoised with ``sigma = 1`` and mapped back with the exact unbiased inverse.
+        denoised with the noise level the transform leaves in each tile
+        (:func:`~napari_ntk_denoise.noise_estimation.stabilised_sigma`, below 1 at low counts) and
+        mapped back with the exact unbiased inverse.
     noise : PoissonGaussian, optional
         Gain, read noise and offset; estimated from the stack (:func:`estimate_stack_noise`) when
         omitted.
@@ -233,9 +245,10 @@ def iter_denoise_stack(
     for k, idx in enumerate(np.ndindex(*loop_shape)):
         gen = iter_denoise_tiled(plan.stabilise(moved[idx]), plan.unit_sigma, channel_axis=plan.channel_axis,
                                  **plan.tiling)
-        result = (yield from forward_progress(gen, f"{unit} {k + 1}/{n_units}: ", part=(k, n_units))).image
-        out[idx] = plan.restore(result)
-        yield Progress("planes", k + 1, n_units, f"{unit} {k + 1}/{n_units}")
+        result = yield from forward_progress(gen, f"{unit} {k + 1}/{n_units}: ", part=(k, n_units))
+        out[idx] = plan.restore(result.image)
+        steps = ", ".join(map(str, result.t))
+        yield Progress("planes", k + 1, n_units, f"{unit} {k + 1}/{n_units}: t = {steps}")
     return np.ascontiguousarray(np.transpose(out, np.argsort(plan.order)))
 
 

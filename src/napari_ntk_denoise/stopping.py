@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from .twicing import twicing_factors
 
-__all__ = ["t_grid", "SureCurve", "mc_sure_curve", "mse_curve", "PilotTerms", "pilot_blend", "clip_bounds",
+__all__ = ["t_grid", "SureCurve", "DoubtfulStopWarning", "stop_doubts", "mc_sure_curve", "mse_curve", "PilotTerms",
+           "pilot_blend", "clip_bounds",
            "clipped_noise_scale", "estimate_noise_sigma", "psnr"]
 
 #: a bound counts as a clipping level when at least this fraction of the values sits exactly on it
@@ -66,6 +67,46 @@ class SureCurve:
     def best_t(self) -> int:
         """Step minimising SURE."""
         return int(self.t[int(np.argmin(self.sure))])
+
+
+#: SURE below minus this fraction of the noise variance counts as negative (beyond Monte-Carlo error)
+SURE_NEGATIVE = 0.05
+
+
+class DoubtfulStopWarning(UserWarning):
+    """SURE's stop may be wrong: its curve goes negative or is smallest at an end of the step grid."""
+
+
+def stop_doubts(curve: SureCurve, noise_var: float) -> list[str]:
+    """Why the step chosen on a SURE curve is doubtful (an empty list when it holds).
+
+    Parameters
+    ----------
+    curve : SureCurve
+        The curve SURE chose its step on.
+    noise_var : float
+        The noise variance per value that SURE was given.
+
+    Returns
+    -------
+    list of str
+        A negative minimum (an estimate of a mean squared error cannot be: the noise level is
+        over-estimated and the stop smooths too much), or a minimum at the first step or at the
+        last while still falling there (a curve flat at its end holds).
+    """
+    doubts = []
+    low = float(curve.sure.min())
+    if low < -SURE_NEGATIVE * noise_var:
+        doubts.append(f"SURE goes negative ({low / noise_var:.2f} of the noise variance): the noise level is "
+                      "over-estimated, so the stop smooths too much")
+    best = int(np.argmin(curve.sure))
+    if best == 0:
+        doubts.append(f"SURE is smallest at the first step t = {int(curve.t[0])}, the heaviest smoothing: "
+                      "the noise level may be over-estimated")
+    elif best == len(curve.t) - 1 and curve.sure[-len(curve.t) // 10] - low > SURE_NEGATIVE * noise_var:
+        doubts.append(f"SURE is smallest at the last step t = {int(curve.t[-1])}, almost no smoothing: "
+                      "the noise level may be under-estimated")
+    return doubts
 
 
 def _spectral_sum(factors: np.ndarray, weights: torch.Tensor) -> np.ndarray:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 
@@ -43,7 +43,7 @@ class TiledResult:
     image : numpy.ndarray
         Blended denoised image in the input's layout.
     sigma : float
-        Noise level used for every tile.
+        Noise level: the one of every tile, or their RMS where each tile had its own.
     sigma_estimated : bool
         Whether ``sigma`` was estimated (once, from the whole image).
     tiles : list of tuple of slice
@@ -52,6 +52,10 @@ class TiledResult:
         Twicing step chosen for every tile.
     overlap : tuple of int
         Overlap of neighbouring tiles along each spatial axis (pixels).
+    tile_sigma : list of float
+        Noise level of every tile.
+    stop_warnings : list of str
+        Why a tile's SURE stop is doubtful (``"tile k: reason"``), empty when every stop holds.
     """
 
     image: np.ndarray
@@ -60,11 +64,14 @@ class TiledResult:
     tiles: list[tuple[slice, ...]] = field(default_factory=list)
     t: list[int] = field(default_factory=list)
     overlap: tuple[int, ...] = ()
+    tile_sigma: list[float] = field(default_factory=list)
+    stop_warnings: list[str] = field(default_factory=list)
 
     def metadata(self) -> dict[str, Any]:
         """JSON-friendly summary."""
         return {"method": "ntk-nystrom-twicing-tiled", "sigma": self.sigma, "sigma_estimated": self.sigma_estimated,
-                "n_tiles": len(self.tiles), "t": list(self.t), "overlap": list(self.overlap)}
+                "n_tiles": len(self.tiles), "t": list(self.t), "overlap": list(self.overlap),
+                "tile_sigma": list(self.tile_sigma), "stop_warnings": list(self.stop_warnings)}
 
 
 def tile_cores(n: int, tile: int, halo: int) -> list[int]:
@@ -211,17 +218,25 @@ def check_tiled_request(
     return grid
 
 
+#: a noise level, or a function of a tile and its ``channel_axis`` keyword that gives the tile's
+TileSigma = Union[float, None, Callable[..., float]]
+
+
 def iter_denoise_tile(
-    tile: np.ndarray, sigma: float | None, channel_axis: int | None, **ntk_kwargs: Any
+    tile: np.ndarray, sigma: TileSigma, channel_axis: int | None, **ntk_kwargs: Any
 ) -> Generator[Progress | TwicingStep, None, NTKResult]:
     """One tile's own NTK filter and SURE step, as every tiled path runs it (in memory and in dask
-    tasks, so that both give the same result); no intermediate twicing steps are rendered."""
+    tasks, so that both give the same result); no intermediate twicing steps are rendered.  A
+    callable ``sigma`` is evaluated on the tile (e.g. the noise left by a variance-stabilising
+    transform, which depends on the tile's intensities)."""
+    if callable(sigma):
+        sigma = sigma(tile, channel_axis=channel_axis)
     return iter_denoise_ntk(tile, sigma, channel_axis=channel_axis, **{"stream_steps": 0, **ntk_kwargs})
 
 
 def iter_denoise_tiled(
     image: np.ndarray,
-    sigma: float | None = None,
+    sigma: TileSigma = None,
     *,
     tile: int = 512,
     overlap: int | None = None,
@@ -241,8 +256,9 @@ def iter_denoise_tiled(
     image : numpy.ndarray
         Noisy image, 2-D or 3-D with ``channel_axis`` (with ``volume``: a ``(Z, Y, X)`` volume,
         4-D with ``channel_axis``); never modified.
-    sigma : float, optional
-        Noise level; estimated once from the whole image when omitted, so every tile uses the same.
+    sigma : float or callable, optional
+        Noise level; estimated once from the whole image when omitted, so every tile uses the same;
+        a callable gives each tile's own (see :func:`iter_denoise_tile`).
     tile : int
         Longest tile side along Y and X in pixels.
     overlap : int, optional
@@ -297,16 +313,19 @@ def iter_denoise_tiled(
     acc = np.zeros(y.shape)
     wsum = np.zeros((*y.shape[:-1], 1))
     tiles = grid.tiles()
-    steps: list[int] = []
+    steps, sigmas, doubts = [], [], []
     for k, (sl, weight) in enumerate(tiles):
         gen = iter_denoise_tile(y[sl], sigma, -1, **arch, **ntk_kwargs)
         res = yield from forward_progress(gen, f"tile {k + 1}/{len(tiles)}: ", part=(k, len(tiles)))
         acc[sl] += weight[..., None] * res.image
         wsum[sl] += weight[..., None]
         steps.append(res.t)
+        sigmas.append(res.sigma)
+        doubts += [f"tile {k + 1}: {w}" for w in res.params.get("stop_warnings", ())]
         yield Progress("tiles", k + 1, len(tiles), f"tile {k + 1}/{len(tiles)}: t = {res.t}")
-    return TiledResult(image=layout.restore(acc / wsum), sigma=float(sigma), sigma_estimated=sigma_estimated,
-                       tiles=[sl for sl, _ in tiles], t=steps, overlap=grid.overlap)
+    return TiledResult(image=layout.restore(acc / wsum), sigma=float(np.sqrt(np.mean(np.square(sigmas)))),
+                       sigma_estimated=sigma_estimated, tiles=[sl for sl, _ in tiles], t=steps, overlap=grid.overlap,
+                       tile_sigma=sigmas, stop_warnings=doubts)
 
 
 def denoise_tiled(image: np.ndarray, sigma: float | None = None, **kwargs: Any) -> tuple[np.ndarray, TiledResult]:

@@ -25,9 +25,10 @@ from napari.layers import Image
 from napari.utils.notifications import show_info
 
 from napari_ntk_denoise import NTKResult, TiledResult, TwicingStep, iter_denoise_ntk, iter_denoise_tiled
+from napari_ntk_denoise.noise_estimation import estimate_poisson_gaussian, stabilised_sigma
 from napari_ntk_denoise.stopping import estimate_noise_sigma
 from napari_ntk_denoise.tiling import TILE_Z
-from napari_ntk_denoise.vst import PoissonGaussian, estimate_poisson_gaussian, gat_forward, gat_inverse
+from napari_ntk_denoise.vst import PoissonGaussian, gat_forward, gat_inverse
 
 from ._base import ImageRunWidget
 from ._filters import filters
@@ -100,8 +101,9 @@ def _denoise_plane(
 ) -> Generator[object, None, PlaneResult]:
     """Denoise one plane (in tiles of ``tile`` unless ``None``, through the GAT with ``noise``),
     streaming its events; ``keep`` keeps the eigenimages for :meth:`PlaneResult.render`."""
-    if noise is not None:
-        plane, sigma, ref = gat_forward(plane, noise), 1.0, None
+    if noise is not None:  # SURE gets the noise level the transform leaves (each tile its own)
+        plane, ref = gat_forward(plane, noise), None
+        sigma = partial(stabilised_sigma, noise=noise) if tile else stabilised_sigma(plane, noise, channel_axis)
     if tile is not None:
         tiled = yield from iter_denoise_tiled(plane, sigma, tile=tile, channel_axis=channel_axis, **params)
         return PlaneResult(_data_units(tiled.image, noise), tiled, noise)
