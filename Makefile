@@ -6,9 +6,9 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
-# GUI tests run under xvfb-run where it exists; elsewhere without a display tests/conftest.py skips
-# them with one line saying how to get it (.ci/run installs it)
-XVFB := $(shell command -v xvfb-run >/dev/null 2>&1 && echo "xvfb-run -a -s '-screen 0 1600x1200x24'")
+# GUI tests run under xvfb-run, installed first where it can be (root with apt: tools/install_xvfb.sh);
+# elsewhere without a display tests/conftest.py skips them with one line saying how to get it
+XVFB := xvfb-run -a -s '-screen 0 1600x1200x24'
 
 .PHONY: install demo test bench clean
 
@@ -25,8 +25,10 @@ demo: install
 	$(VENV)/bin/ntk-denoise demo -o demo_output
 
 test: install
+	@bash tools/install_xvfb.sh
 	$(PY) -m ruff check .
-	$(XVFB) $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	@if command -v xvfb-run >/dev/null 2>&1; then set -x; $(XVFB) $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS); \
+	else set -x; $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS); fi
 
 bench: install
 	$(PY) benchmarks/bench_ntk.py
