@@ -1,4 +1,5 @@
-"""NTK Filter widget: full runs in a worker, in-place streaming, the t slider, stop, robustness."""
+"""NTK Filter widget: full runs in a worker, in-place streaming, per-plane stops and the t slider, doubtful
+stops, stop, robustness."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import pytest
 from napari.utils.notifications import notification_manager
 from skimage.metrics import peak_signal_noise_ratio as psnr
 
-from napari_ntk_denoise import TwicingStep
+from napari_ntk_denoise import TwicingStep, iter_denoise_ntk
+from napari_ntk_denoise._widgets import _ntk_widget
 
 TIMEOUT = 120_000  # ms; a 32 x 32 run takes about a second, the machine may be shared
 
@@ -77,10 +79,10 @@ def test_t_slider_rerenders_without_recomputing(qtbot, viewer, ntk, camera_pair)
         pass
     result = ntk._results[()].result
     out = viewer.layers["noisy [NTK]"]
-    assert ntk._t.enabled and result.t_grid[ntk._t.value] == result.t
+    assert ntk._t.enabled and ntk._t.value == 0 and ntk._t.min == -int(np.searchsorted(result.t_grid, result.t))
     assert set(ntk._plot.curves) == {"SURE estimate", "PSNR vs reference"}
     assert ntk._plot.marker == result.t
-    ntk._t.value = 0  # t = 1: the most strongly filtered output
+    ntk._t.value = ntk._t.min  # t = 1: the most strongly filtered output
     assert ntk.worker is None  # nothing was started
     assert len(viewer.layers) == 3
     np.testing.assert_allclose(out.data, result.render(result.t_grid[0]), rtol=1e-6)
@@ -235,6 +237,7 @@ def test_dask_stack_is_read_plane_by_plane_tiled_and_streamed(qtbot, viewer, ope
     np.testing.assert_allclose(out[3], expected, atol=1e-6)
     meta = viewer.layers["lazy [NTK]"].metadata
     assert meta["planes"][3]["n_tiles"] == 4 and meta["planes"][3]["t"] == res.t
+    assert meta["planes"][3]["stop_warnings"] == res.stop_warnings
     assert not widget._t.enabled  # tiled planes have no single filter to re-render
 
 
@@ -263,7 +266,7 @@ def test_poisson_gaussian_model_estimates_and_inverts(qtbot, viewer, open_widget
     assert np.mean((out.data - clean) ** 2) < 0.3 * np.mean((noisy - clean) ** 2)
     assert out.data.mean() == pytest.approx(clean.mean(), rel=0.02)
     plane = widget._results[(1,)]
-    widget._t.value = 0
+    widget._t.value = widget._t.min
     np.testing.assert_allclose(out.data[1], gat_inverse(plane.result.render(plane.result.t_grid[0]), plane.noise),
                                rtol=1e-5)
 
@@ -293,3 +296,118 @@ def test_volume_patches_filter_each_z_stack(qtbot, viewer, open_widget, small) -
     np.testing.assert_allclose(out.data[1], expected, atol=1e-6)
     assert widget._t.enabled and widget._results[(1,)].result.filter.shape == (6, 24, 24)
     assert np.mean((out.data - clean) ** 2) < 0.3 * np.mean((noisy - clean) ** 2)
+
+
+def _two_noise_levels() -> np.ndarray:
+    """A (2, 48, 48) stack of the cameraman, plane 0 with noise 0.03 and plane 1 with 0.1 (different stops)."""
+    from skimage import data, img_as_float32, transform
+
+    clean = transform.resize(img_as_float32(data.camera()), (48, 48), anti_aliasing=True).astype(np.float32)
+    rng = np.random.default_rng(4)
+    return np.stack([clean + rng.normal(0, s, clean.shape) for s in (0.03, 0.1)]).astype(np.float32)
+
+
+@pytest.fixture
+def stack_run(qtbot, viewer, open_widget):
+    """NTK Filter run over a two-plane stack whose planes have different noise levels (kernel size 5)."""
+    viewer.add_image(_two_noise_levels(), name="zstack")
+    widget = open_widget("NTK Filter")
+    widget._kernel_size.value, widget._fraction.value, widget._rank.value = 5, 0.1, 32
+    widget._image.value = viewer.layers["zstack"]
+    worker = widget.run()
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
+        pass
+    return widget
+
+
+def test_each_plane_keeps_its_own_stop_shown_for_the_plane_on_screen(viewer, stack_run) -> None:
+    """Planes with different noise get different SURE steps; the label and plot follow the dims slider."""
+    (t0, plane0), (t1, plane1) = [(stack_run._results[(z,)].result.t, stack_run._results[(z,)]) for z in (0, 1)]
+    assert t0 > t1  # less noise: less smoothing, a later stop
+    meta = viewer.layers["zstack [NTK]"].metadata
+    assert [p["t"] for p in meta["planes"]] == [p["t_shown"] for p in meta["planes"]] == [t0, t1]
+    for z, (t, plane) in enumerate([(t0, plane0), (t1, plane1)]):
+        viewer.dims.set_current_step(0, z)
+        assert stack_run._t_label.value.startswith(f"t = {t}   (SURE choice: {t},")
+        assert stack_run._plot.marker == t
+        np.testing.assert_array_equal(stack_run._plot.curves["SURE estimate"][0], plane.result.t_grid)
+
+
+def test_t_slider_moves_every_plane_from_its_own_stop(viewer, stack_run) -> None:
+    """The slider is an offset on the t grid: each plane re-renders at its own SURE step plus the offset."""
+    out = viewer.layers["zstack [NTK]"]
+    planes = [stack_run._results[(z,)] for z in (0, 1)]
+    chosen = [int(np.searchsorted(p.result.t_grid, p.result.t)) for p in planes]
+    n = len(planes[0].result.t_grid)
+    assert (stack_run._t.min, stack_run._t.value, stack_run._t.max) == (-max(chosen), 0, n - 1 - min(chosen))
+    stack_run._t.value = 3
+    shown = [int(p.result.t_grid[c + 3]) for p, c in zip(planes, chosen)]
+    for z, (plane, t) in enumerate(zip(planes, shown)):
+        np.testing.assert_allclose(out.data[z], plane.render(t), rtol=1e-6)
+    assert [p["t_shown"] for p in out.metadata["planes"]] == shown and out.metadata["t_offset"] == 3
+    viewer.dims.set_current_step(0, 1)
+    assert stack_run._t_label.value.startswith(f"t = {shown[1]}   (SURE choice: {planes[1].result.t},")
+    assert stack_run._plot.marker == shown[1]
+    stack_run._t.value = stack_run._t.min  # every plane at the grid's first step (the earlier stop held there)
+    assert [p["t_shown"] for p in out.metadata["planes"]] == [1, 1]
+    stack_run._t.value = 0
+    for z, plane in enumerate(planes):
+        np.testing.assert_allclose(out.data[z], plane.image, rtol=1e-5, atol=1e-6)
+
+
+def test_planes_without_eigenimages_stay_at_their_stop(qtbot, viewer, ntk, monkeypatch) -> None:
+    """Eigenimages over the memory budget: the slider is off and the label says why."""
+    monkeypatch.setattr(_ntk_widget, "RENDER_BUDGET", 0)
+    worker = ntk.run()
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
+        pass
+    res = ntk._results[()].result
+    assert not ntk._t.enabled and not ntk._results[()].renderable
+    assert ntk._t_label.value.startswith(f"t = {res.t} ") and "not kept" in ntk._t_label.value
+
+
+def test_doubtful_stop_is_marked_per_plane(qtbot, viewer, open_widget, small, camera_pair, monkeypatch) -> None:
+    """A plane whose result has stop_warnings gets an orange label with the reason, an orange marker and
+    its warnings in the layer metadata; a result without the key (older engine) reads as sound."""
+    reason = "SURE goes negative: the noise level is over-estimated"
+    calls = []
+
+    def engine(*args, **kwargs):
+        res = yield from iter_denoise_ntk(*args, **kwargs)
+        calls.append(res)
+        if len(calls) == 2:
+            res.params["stop_warnings"] = [reason]
+        else:
+            res.params.pop("stop_warnings", None)
+        return res
+
+    monkeypatch.setattr(_ntk_widget, "iter_denoise_ntk", engine)
+    _, noisy = camera_pair
+    viewer.add_image(np.stack([noisy, noisy[:, ::-1]]), name="stack")
+    widget = small(open_widget("NTK Filter"))
+    widget._image.value = viewer.layers["stack"]
+    worker = widget.run()
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
+        pass
+    meta = viewer.layers["stack [NTK]"].metadata
+    assert [p["stop_warnings"] for p in meta["planes"]] == [[], [reason]] and meta["doubtful_planes"] == [[1]]
+    assert "doubtful on 1 of 2 planes" in _messages()[-1]
+    viewer.dims.set_current_step(0, 1)
+    t1 = widget._results[(1,)].result.t
+    assert widget._t_label.value.startswith(f"t = {t1} ") and widget._t_label.value.endswith(f"(doubtful: {reason})")
+    assert _ntk_widget.DOUBT_COLOUR in widget._t_label.native.styleSheet()
+    assert widget._plot.marker_colour == _ntk_widget.DOUBT_COLOUR and "doubtful" in widget._plot.marker_label
+    viewer.dims.set_current_step(0, 0)
+    assert "doubtful" not in widget._t_label.value and widget._t_label.native.styleSheet() == ""
+    assert widget._plot.marker_colour != _ntk_widget.DOUBT_COLOUR
+
+
+def test_output_inherits_colormap_and_contrast_limits(qtbot, viewer, ntk) -> None:
+    """The output layer starts with the source's colormap and contrast limits."""
+    source = viewer.layers["noisy"]
+    source.colormap, source.contrast_limits = "magma", (0.1, 0.8)
+    worker = ntk.run()
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
+        pass
+    out = viewer.layers["noisy [NTK]"]
+    assert out.colormap.name == "magma" and tuple(out.contrast_limits) == pytest.approx((0.1, 0.8))

@@ -3,7 +3,8 @@
 An :class:`ImageSource` reads an Image layer plane by plane (the last two axes, plus the colour
 axis of an RGB layer), never modifying the layer; :func:`iter_planes` runs one engine generator
 per plane and tags its events with the plane's index; :meth:`ImageSource.output_kwargs` gives the
-layer keyword arguments that carry the source's geometry over to a result.
+layer keyword arguments that carry the source's geometry and display (colormap, contrast limits)
+over to a result.
 """
 
 from __future__ import annotations
@@ -158,7 +159,8 @@ class ImageSource:
             out[index] = plane
 
     def output_kwargs(self, tag: str, metadata: dict[str, Any]) -> dict[str, Any]:
-        """Keyword arguments for ``viewer.add_image`` of a result of this layer.
+        """Keyword arguments for ``viewer.add_image`` of a result of this layer: its geometry, its
+        contrast limits and (gray layers) its colormap, so that the result looks like the source.
 
         Parameters
         ----------
@@ -174,6 +176,8 @@ class ImageSource:
             contrast_limits=tuple(self.layer.contrast_limits),
             metadata={"source": self.name, **metadata},
         )
+        if not self.rgb:
+            kwargs["colormap"] = self.layer.colormap
         return kwargs
 
     def plane_kwargs(self, tag: str, metadata: dict[str, Any], leading: int = 0) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 The widget turns the chosen layer into engine calls, one per plane, in a worker thread: planes up
 to the tile size go to :func:`napari_ntk_denoise.iter_denoise_ntk` (twicing steps streamed into the
-output layer; afterwards the ``t`` slider re-renders ``z(t)`` from the stored eigen-coefficients and
-the plot shows the SURE curve, and PSNR against a reference), larger planes to
-:func:`napari_ntk_denoise.iter_denoise_tiled` (per-tile progress, the plane shown when done).
+output layer), larger planes to :func:`napari_ntk_denoise.iter_denoise_tiled` (per-tile progress,
+the plane shown when done).  Every plane keeps its own SURE step; the ``t`` label and the plot (SURE
+curve, and PSNR against a reference) show the plane on screen, orange where SURE's stop is doubtful
+(the engine's ``stop_warnings``).  Afterwards the ``t`` slider moves every plane the same number of
+grid steps from its own SURE step, re-rendering ``z(t)`` from the stored eigen-coefficients.
 With the Poisson-Gaussian noise model every plane goes through the generalized Anscombe transform
 (parameters given or estimated from three planes).  Planes are read one at a time, so dask-backed
 (lazy) layers are never loaded whole.
@@ -45,6 +47,27 @@ __all__ = ["NTKFilterWidget"]
 #: eigenimages kept for the ``t`` slider over all planes of a run; beyond, the slider is disabled
 RENDER_BUDGET = 1 << 30
 
+#: Colour of the ``t`` label and the plot's marker where SURE's stop is doubtful.
+DOUBT_COLOUR = "#ffa726"
+
+
+def stop_warnings(result: NTKResult | TiledResult) -> list[str]:
+    """Why SURE's stop of an engine result is doubtful: empty when it holds (or the engine says nothing).
+
+    Parameters
+    ----------
+    result : NTKResult or TiledResult
+        The engine's result; an :class:`NTKResult` carries them in ``params["stop_warnings"]``, a
+        :class:`TiledResult` in its metadata (``"tile k: reason"``).
+
+    Returns
+    -------
+    list of str
+        One reason per doubt.
+    """
+    source = result.params if isinstance(result, NTKResult) else result.metadata()
+    return [str(w) for w in source.get("stop_warnings", [])]
+
 
 @dataclass(frozen=True)
 class PlaneResult:
@@ -68,14 +91,39 @@ class PlaneResult:
     noise: PoissonGaussian | None = None
     renderable: bool = False
 
+    @property
+    def stop_warnings(self) -> list[str]:
+        """Why SURE's stop of this plane is doubtful (empty when it holds)."""
+        return stop_warnings(self.result)
+
+    def offsets(self) -> tuple[int, int]:
+        """Lowest and highest slider offsets (grid steps from SURE's step) that stay on the ``t`` grid."""
+        assert isinstance(self.result, NTKResult)
+        chosen = self._chosen_index()
+        return -chosen, len(self.result.t_grid) - 1 - chosen
+
+    def step(self, offset: int) -> int:
+        """Twicing step shown ``offset`` grid steps from SURE's step (stopping at the grid's ends);
+        SURE's step itself when the plane cannot re-render."""
+        assert isinstance(self.result, NTKResult)
+        if offset == 0 or not self.renderable:
+            return self.result.t
+        index = int(np.clip(self._chosen_index() + offset, 0, len(self.result.t_grid) - 1))
+        return int(self.result.t_grid[index])
+
+    def _chosen_index(self) -> int:
+        """Position of SURE's step on the ``t`` grid."""
+        assert isinstance(self.result, NTKResult)
+        return int(np.searchsorted(self.result.t_grid, self.result.t))
+
     def render(self, t: int) -> np.ndarray:
         """The plane at twicing step ``t``, in data units."""
         assert isinstance(self.result, NTKResult) and self.renderable
         return _data_units(self.result.render(t), self.noise)
 
     def metadata(self) -> dict[str, Any]:
-        """The engine result's metadata, with the noise model."""
-        meta = self.result.metadata()
+        """The engine result's metadata, with the noise model and the stop's doubts (``stop_warnings``)."""
+        meta = {**self.result.metadata(), "stop_warnings": self.stop_warnings}
         if self.noise is not None:
             meta["noise_model"] = "poisson-gaussian"
             meta["poisson_gaussian"] = dataclasses.asdict(self.noise)
@@ -193,9 +241,14 @@ class NTKFilterWidget(ImageRunWidget):
                              tooltip="Planes larger than this are denoised in overlapping tiles, each with its own "
                              "filter and SURE step (the t slider then does not apply).")
         self._device = ComboBox(label="device", choices=device_choices())
-        self._t = Slider(label="t", min=0, max=0, value=0, readout=False, enabled=False,
-                         tooltip="Twicing step of the output, re-rendered from the stored eigen-coefficients.")
+        self._t = Slider(
+            label="t steps", min=0, max=0, value=0, enabled=False,
+            tooltip="Twicing steps from each plane's own SURE step, on the t grid: 0 shows every plane at its "
+            "SURE step, +k less smoothed, -k more (a plane stops at the grid's ends); every plane is re-rendered "
+            "from its stored eigen-coefficients. Planes whose eigenimages were not kept (memory budget) or that "
+            "were tiled stay at their SURE step.")
         self._t_label = Label(value="t: run the filter first")
+        self._t_label.native.setWordWrap(True)
         self._plot = CurvePlot("SURE and PSNR over twicing steps", xlabel="twicing step t", ylabel="dB", log_x=True)
         self.extend([
             self._image, self._reference, self._noise_model, self._sigma, self._gain, self._read_noise,
@@ -288,6 +341,7 @@ class NTKFilterWidget(ImageRunWidget):
             self._results, self._run_params = {}, params
             self._t.enabled = False
             self._plot.clear()
+            self._set_label("t: shown when the plane on screen is done", [])
         return worker
 
     def _on_step(self, item: PlaneEvent) -> None:
@@ -303,24 +357,38 @@ class NTKFilterWidget(ImageRunWidget):
             self._results[item.index] = event.value
             self._source.store(self._out, item.index, event.value.image)
             self._show({"status": "running", "planes_done": len(self._results), "planes": len(self._source.indices)})
+            self._update_plot()
 
     def _on_result(self, results: dict[tuple[int, ...], PlaneResult]) -> None:
-        """Keep the results for the ``t`` slider, show the metadata, plot the curves."""
+        """Keep the results for the ``t`` slider, show the metadata, plot the curves, tell of doubtful stops."""
         assert self._source is not None and self._out is not None
         self._results = results
-        renderable = all(r.renderable for r in results.values())
         for index, res in results.items():
             plane_filter = not (self._run_params["guided"] or self._run_params["volume"] or res.noise)
             if res.renderable and plane_filter:
                 filters.put(self._source.layer, index, self._run_params, res.result.filter)  # as the Inspector's
-        first = next(iter(results.values())).result
-        if renderable:
-            with self._t.changed.blocked():
-                self._t.max = len(first.t_grid) - 1
-                self._t.value = int(np.searchsorted(first.t_grid, first.t))
-        self._t.enabled = renderable
-        self._show(self._metadata(first.t if isinstance(first, NTKResult) else None))
+        self._reset_slider()
+        self._show(self._metadata())
         self._update_plot()
+        self._tell_doubts()
+
+    def _reset_slider(self) -> None:
+        """Slider at 0 (every plane at its SURE step), spanning the offsets of the planes that re-render."""
+        offsets = [res.offsets() for res in self._results.values() if res.renderable]
+        if offsets:
+            with self._t.changed.blocked():
+                self._t.max, self._t.min = max(hi for _, hi in offsets), min(lo for lo, _ in offsets)
+                self._t.value = 0
+        self._t.enabled = bool(offsets)
+
+    def _tell_doubts(self) -> None:
+        """A notification when SURE's stop is doubtful on some planes (the first reason given)."""
+        doubts = {index: res.stop_warnings for index, res in self._results.items() if res.stop_warnings}
+        if not doubts:
+            return
+        where = "" if list(self._results) == [()] else f" on {len(doubts)} of {len(self._results)} planes"
+        show_info(f"NTK filter: SURE's stop is doubtful{where} ({next(iter(doubts.values()))[0]}); see the t "
+                  "label and the layer's metadata (stop_warnings): check the noise level, or move the t slider.")
 
     def _on_finished(self, stopped: bool) -> None:
         """Tell the user about a stop; the output keeps the last streamed step."""
@@ -329,40 +397,60 @@ class NTKFilterWidget(ImageRunWidget):
             if self._output is not None:
                 self._output.metadata = {**self._output.metadata, "status": "stopped"}
 
-    def _metadata(self, t_shown: int | None) -> dict[str, Any]:
-        """Result metadata: parameters, σ, chosen t, timings (per plane for stacks)."""
-        shown = {} if t_shown is None else {"t_shown": t_shown}
-        if list(self._results) == [()]:
-            return {**self._results[()].metadata(), **shown}
-        planes = [{"index": list(i), **res.metadata()} for i, res in self._results.items()]
-        return {"planes": planes, **shown}
+    def _offset(self) -> int:
+        """Grid steps from each plane's SURE step that the output shows (0 while the slider is off)."""
+        return int(self._t.value) if self._t.enabled else 0
 
-    def _render_t(self, position: int) -> None:
-        """Re-render the output at the slider's step from the stored coefficients."""
+    def _metadata(self) -> dict[str, Any]:
+        """Result metadata: parameters, σ, chosen and shown t, stop doubts, timings (per plane for stacks)."""
+        offset = self._offset()
+
+        def plane_meta(res: PlaneResult) -> dict[str, Any]:
+            shown = {"t_shown": res.step(offset)} if isinstance(res.result, NTKResult) else {}
+            return {**res.metadata(), **shown}
+
+        if list(self._results) == [()]:
+            return {**plane_meta(self._results[()]), "t_offset": offset}
+        planes = [{"index": list(i), **plane_meta(res)} for i, res in self._results.items()]
+        doubtful = [list(i) for i, res in self._results.items() if res.stop_warnings]
+        return {"planes": planes, "t_offset": offset, "doubtful_planes": doubtful}
+
+    def _render_t(self, offset: int) -> None:
+        """Re-render every plane that can at ``offset`` grid steps from its own SURE step."""
         if not self._results or self._source is None or self._out is None or not self._t.enabled:
             return
-        t = int(next(iter(self._results.values())).result.t_grid[position])
         for index, res in self._results.items():
-            self._source.store(self._out, index, res.render(t))
-        self._show(self._metadata(t))
+            if res.renderable:
+                self._source.store(self._out, index, res.render(res.step(offset)))
+        self._show(self._metadata())
         self._update_plot()
 
+    def _set_label(self, text: str, doubts: list[str]) -> None:
+        """Show ``text`` as the ``t`` label, in orange with the reasons where the stop is doubtful."""
+        self._t_label.value = text + (f"   (doubtful: {'; '.join(doubts)})" if doubts else "")
+        self._t_label.native.setStyleSheet(f"color: {DOUBT_COLOUR};" if doubts else "")
+        self._t_label.tooltip = ("SURE's stop of this plane is doubtful: " + "; ".join(doubts)) if doubts else None
+
     def _update_plot(self, event: Any = None) -> None:
-        """Plot SURE (as PSNR) and the reference PSNR of the shown plane, marking the shown t."""
+        """Label, SURE (as PSNR) and reference PSNR of the plane on screen, marking its shown t."""
         if not self._results or self._source is None:
             return
-        plane = self._results.get(self._source.current_index(self._viewer), next(iter(self._results.values())))
-        res = plane.result
+        plane = self._results.get(self._source.current_index(self._viewer))
         self._plot.clear()
-        if not isinstance(res, NTKResult):
-            self._t_label.value = f"tiled plane: t per tile {res.t} (σ = {res.sigma:.4g})"
+        if plane is None:
+            self._set_label("t: the plane on screen is not done yet", [])
             return
-        t = int(res.t_grid[self._t.value]) if self._t.enabled else res.t
-        self._t_label.value = f"t = {t}   (SURE choice: {res.t}, σ = {res.sigma:.4g})"
+        res, doubts = plane.result, plane.stop_warnings
+        if not isinstance(res, NTKResult):
+            self._set_label(f"tiled plane: t per tile {res.t} (σ = {res.sigma:.4g})", doubts)
+            return
+        t = plane.step(self._offset())
+        kept = "" if plane.renderable else "; eigenimages not kept (memory), so the t slider cannot move it"
+        self._set_label(f"t = {t}   (SURE choice: {res.t}, σ = {res.sigma:.4g}{kept})", doubts)
         if res.sure is not None:
             with np.errstate(divide="ignore", invalid="ignore"):
                 sure_db = 10 * np.log10(res.data_range**2 / np.where(res.sure > 0, res.sure, np.nan))
             self._plot.set_curve("SURE estimate", res.t_grid, sure_db)
         if res.psnr is not None:
             self._plot.set_curve("PSNR vs reference", res.t_grid, res.psnr)
-        self._plot.set_marker(t, f"t = {t}")
+        self._plot.set_marker(t, f"t = {t}" + (" (doubtful)" if doubts else ""), DOUBT_COLOUR if doubts else None)

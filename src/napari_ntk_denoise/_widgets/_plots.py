@@ -58,6 +58,8 @@ class CurvePlot(QWidget):
         The plotted ``(x, y)`` of each curve, in insertion order (read by tests and screenshots).
     marker : float or None
         Abscissa of the vertical marker.
+    marker_colour : str
+        Colour of the marker and its label.
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class CurvePlot(QWidget):
         self.curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.marker: float | None = None
         self.marker_label = ""
+        self.marker_colour = MARKER_COLOUR
         self.setMinimumHeight(160)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
 
@@ -87,15 +90,15 @@ class CurvePlot(QWidget):
         self.curves[name] = (x, y)
         self.update()
 
-    def set_marker(self, x: float | None, label: str = "") -> None:
-        """Place (or with ``None`` remove) the vertical marker."""
-        self.marker, self.marker_label = x, label
+    def set_marker(self, x: float | None, label: str = "", colour: str | None = None) -> None:
+        """Place (or with ``None`` remove) the vertical marker, in ``colour`` (the default red unless given)."""
+        self.marker, self.marker_label, self.marker_colour = x, label, colour or MARKER_COLOUR
         self.update()
 
     def clear(self) -> None:
         """Remove every curve and the marker."""
         self.curves.clear()
-        self.marker, self.marker_label = None, ""
+        self.marker, self.marker_label, self.marker_colour = None, "", MARKER_COLOUR
         self.update()
 
     def _transform(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -225,12 +228,12 @@ class CurvePlot(QWidget):
             painter.drawText(QPointF(box.left() + 24, legend_y + fm.ascent()), name)
         if marker is not None:
             mx = px(marker)
-            painter.setPen(QPen(QColor(MARKER_COLOUR), 1.4, Qt.PenStyle.DashLine))
+            painter.setPen(QPen(QColor(self.marker_colour), 1.4, Qt.PenStyle.DashLine))
             painter.drawLine(QPointF(mx, box.top()), QPointF(mx, box.bottom()))
             if self.marker_label:
                 right = mx + fm.horizontalAdvance(self.marker_label) + 6 < box.right()
                 r = QRectF(mx + 3 if right else mx - 203, box.bottom() - fm.height() - 2, 200, fm.height())
                 align = Qt.AlignmentFlag.AlignLeft if right else Qt.AlignmentFlag.AlignRight
-                painter.setPen(QColor(MARKER_COLOUR))
+                painter.setPen(QColor(self.marker_colour))
                 painter.drawText(r, align | Qt.AlignmentFlag.AlignVCenter, self.marker_label)
         painter.end()

@@ -13,9 +13,9 @@ from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from napari.qt.threading import GeneratorWorker, create_worker
-from qtpy.QtCore import QTimer
 from napari.utils import progress
 from napari.utils.notifications import notification_manager, show_info
+from qtpy.QtCore import QTimer
 
 from napari_ntk_denoise import Progress
 
