@@ -75,7 +75,22 @@ def test_report_checks_and_warns(rng):
     wrong = noise_report(z, PoissonGaussian(8.0, 3.0))  # a gain 4x too large
     assert not wrong.estimated and any("differs from the model" in w for w in wrong.warnings)
     correlated = _scene() + ndimage.gaussian_filter(rng.standard_normal((256, 256)), 1.0) * 20
-    assert any("correlated" in w for w in noise_report(correlated, PoissonGaussian(0.5, 10.0)).warnings)
+    assert any("assume white noise" in w for w in noise_report(correlated, PoissonGaussian(0.5, 10.0)).warnings)
+
+
+def test_correlated_noise_is_modelled_as_blurred_white_noise(rng):
+    """Camera noise blurred over neighbouring pixels: the fit sees only part of its variance; the
+    report finds the blur and corrects the parameters so that the transformed noise is known."""
+    clean = _scene()
+    shot = poisson_gaussian(clean, 2.0, 3.0, rng) - clean
+    kernel = ndimage.gaussian_filter(np.pad([[1.0]], 4), 0.7, mode="constant", truncate=3.0)
+    z = clean + ndimage.gaussian_filter(shot, 0.7, mode="wrap", truncate=3.0) / np.sqrt((kernel**2).sum())
+    rep = noise_report(z)
+    assert rep.correlation > 1.5 and rep.blur == pytest.approx(0.7, abs=0.15)
+    assert rep.noise.gain == pytest.approx(2.0, rel=0.25)
+    measured = float(np.std(gat_forward(z, rep.noise).astype(np.float64) - gat_forward(clean, rep.noise)))
+    assert rep.sigma == pytest.approx(measured, rel=0.1)
+    assert any("blurred by" in w for w in rep.warnings)
 
 
 def test_report_on_colour_planes(rng):
@@ -90,14 +105,15 @@ def test_errors():
     with pytest.raises(ValueError, match="NaN"):
         estimate_poisson_gaussian(np.full((32, 32), np.nan))
     with pytest.raises(ValueError, match="signal-independent"):
-        estimate_poisson_gaussian(np.linspace(0, 50, 64)[None, :] + np.random.default_rng(0).standard_normal((64, 64)) * 3)
+        flat_noise = np.random.default_rng(0).standard_normal((64, 64)) * 3
+        estimate_poisson_gaussian(np.linspace(0, 50, 64)[None, :] + flat_noise)
     with pytest.raises(ValueError, match="at least"):
         estimate_poisson_gaussian(np.ones((8, 8)))
 
 
 def _fmd_planes():
-    from skimage import io
     import tifffile
+    from skimage import io
 
     def gray(name):
         a = io.imread(FMD / name).astype(np.float64)

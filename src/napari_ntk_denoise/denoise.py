@@ -224,6 +224,18 @@ def _probe(seed: int, shape: tuple[int, ...], channels: int, device: str) -> tor
     return b.to(device)
 
 
+def _coloured(probe: torch.Tensor, shape: tuple[int, ...], blur: float) -> torch.Tensor:
+    """The probe ``(d, C)`` blurred along Y and X by a Gaussian of std ``blur`` and rescaled to
+    unit variance per value: ``E[b b^T]`` is then the correlation of noise blurred alike."""
+    from scipy import ndimage
+
+    b = probe.cpu().numpy().reshape(*shape, -1)
+    sizes = [0.0] * (len(shape) - 2) + [blur, blur, 0.0]
+    out = ndimage.gaussian_filter(b, sizes, mode="reflect", truncate=3.0)
+    kernel = ndimage.gaussian_filter(np.pad([[1.0]], int(3 * blur) + 1), blur, mode="constant", truncate=3.0)
+    return torch.from_numpy(out.reshape(probe.shape) / np.sqrt((kernel**2).sum())).to(probe)
+
+
 def _pilot_step(t: int, ts: np.ndarray, fraction: float) -> int:
     """The guided filter's pilot step: the grid step nearest to ``fraction * t`` (0 for ``t = 0``),
     so that the first stage's Monte-Carlo divergence is known there."""
@@ -347,6 +359,7 @@ def iter_denoise_ntk(
     stream_steps: int = 12,
     volume: bool = False,
     kernel_size_z: int | None = None,
+    noise_blur: float = 0.0,
 ) -> Generator[Progress | TwicingStep, None, NTKResult]:
     """Denoise with the analytic NTK filter of a CNN, streaming progress and twicing steps.
 
@@ -400,6 +413,10 @@ def iter_denoise_ntk(
         ``r_z x r x r`` convolutions); one filter for the whole volume.
     kernel_size_z : int, optional
         Convolution size ``r_z`` along Z with ``volume`` (default ``kernel_size``).
+    noise_blur : float
+        Spatially correlated noise: white noise blurred by a Gaussian of this standard deviation
+        (pixels, along Y and X; ``sigma`` is then the noise's own standard deviation).  SURE's
+        Monte-Carlo probe is coloured alike, so that it estimates the risk under that noise.
 
     Yields
     ------
@@ -460,6 +477,8 @@ def iter_denoise_ntk(
     yt = torch.from_numpy(y.reshape(d, n_ch)).to(dev, torch.float32)
     eps = SURE_EPS * sigma
     probe = _probe(seed, tuple(y.shape[:-1]), n_ch, str(dev))
+    if noise_blur > 0:
+        probe = _coloured(probe, tuple(y.shape[:-1]), noise_blur)
     bounds = clip_bounds(y) if stop == "sure" else (None, None)
     noise_var = None
     if bounds != (None, None):  # less noise near the bounds: the probe weighted by sigma_i / sigma
@@ -561,6 +580,8 @@ def iter_denoise_ntk(
         params.update(guided_kernel=kern.kind, t_pilot=[p[0] for p in pilots])
     if volume:
         params.update(volume=True, kernel_size_z=st.kernel.sizes[0])
+    if noise_blur > 0:
+        params.update(noise_blur=noise_blur)
     res = NTKResult(image=image_out, t=final.t, sigma=float(sigma), sigma_estimated=sigma_estimated, t_grid=ts,
                     stages=stages, layout=st.layout, data_range=data_range, timings=timings, params=params)
     if ref is not None:

@@ -24,8 +24,8 @@ from scipy import ndimage, special
 
 from .vst import PoissonGaussian, gat_forward, gat_inverse
 
-__all__ = ["NoiseReport", "correlation_ratio", "estimate_poisson_gaussian", "measured_stabilised_sigma", "noise_report",
-           "stabilised_sigma"]
+__all__ = ["NoiseReport", "correlated_noise", "correlation_ratio", "estimate_poisson_gaussian",
+           "measured_stabilised_sigma", "noise_report", "stabilised_sigma"]
 
 #: share of a plane's pixels on its minimum or maximum from which that value counts as clipping
 CLIP_SHARE = 0.005
@@ -223,6 +223,29 @@ def correlation_ratio(planes: np.ndarray, block: int = 8) -> float:
     return float(np.median(ratios))
 
 
+@lru_cache(maxsize=1)
+def _blur_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(blur, ratio, fine)``: for white noise blurred by Gaussians of std ``blur`` and scaled to unit
+    variance, its :func:`correlation_ratio` and the variance the Laplacian residual sees of it."""
+    blurs = np.concatenate([[0.0], np.geomspace(0.3, 4.0, 24)])
+    white = np.random.default_rng(0).standard_normal((512, 512))
+    ratio, fine = [], []
+    for b in blurs:
+        kernel = ndimage.gaussian_filter(np.pad([[1.0]], int(3 * b) + 1), b, mode="constant", truncate=3.0)
+        n = ndimage.gaussian_filter(white, b, mode="wrap", truncate=3.0) / np.sqrt((kernel**2).sum())
+        ratio.append(correlation_ratio(n[None]))
+        fine.append(_median_residual_variance(n, 8))
+    return blurs, np.maximum.accumulate(np.array(ratio)), np.array(fine)
+
+
+def correlated_noise(ratio: float) -> tuple[float, float]:
+    """``(blur, fine)``: the Gaussian blur of white noise with this :func:`correlation_ratio`, and the
+    share of that noise's variance the Laplacian residual sees (1 for white noise)."""
+    blurs, ratios, fine = _blur_table()
+    blur = float(np.interp(ratio, ratios, blurs))
+    return blur, float(np.interp(blur, blurs, fine))
+
+
 @dataclass(frozen=True)
 class NoiseReport:
     """Poisson-Gaussian parameters of an image with the noise level they leave after the transform.
@@ -239,6 +262,10 @@ class NoiseReport:
         The same level measured in the transformed image (:func:`measured_stabilised_sigma`).
     correlation : float
         :func:`correlation_ratio` of the transformed image.
+    blur : float
+        Spatially correlated noise (``correlation`` above :data:`CORRELATION_LIMIT`) is modelled as
+        white noise blurred by a Gaussian of this std (pixels; 0: white), the parameters corrected
+        for the part of it the fit does not see; pass it as ``noise_blur`` to the denoiser.
     warnings : tuple of str
         Where the model and the data disagree.
     """
@@ -248,6 +275,7 @@ class NoiseReport:
     sigma: float
     check: float
     correlation: float
+    blur: float = 0.0
     warnings: tuple[str, ...] = field(default=())
 
     def metadata(self) -> dict[str, Any]:
@@ -264,14 +292,16 @@ class NoiseReport:
                 f"noise after the transform {self.sigma:.3f} (measured {self.check:.3f})")
 
 
-def _report_warnings(sigma: float, check: float, correlation: float) -> tuple[str, ...]:
+def _report_warnings(sigma: float, check: float, correlation: float, blur: float) -> tuple[str, ...]:
     out = []
-    if abs(check / sigma - 1) > CHECK_TOLERANCE:
+    if blur == 0 and abs(check / sigma - 1) > CHECK_TOLERANCE:
         out.append(f"the noise level measured after the transform ({check:.3f}) differs from the model's "
                    f"({sigma:.3f}) by more than {CHECK_TOLERANCE:.0%}: the Poisson-Gaussian parameters may be wrong")
     if correlation > CORRELATION_LIMIT:
+        how = (f"modelled as white noise blurred by {blur:.2f} pixels" if blur else
+               "the given parameters assume white noise, so SURE will leave noise")
         out.append(f"the noise is spatially correlated ({correlation:.1f}x the level white noise would leave after "
-                   "2x2 binning): the estimates assume white noise, the result will keep noise")
+                   f"2x2 binning): {how}")
     return tuple(out)
 
 
@@ -305,6 +335,14 @@ def noise_report(
     if estimated:
         noise = estimate_poisson_gaussian(planes, offset=offset)
     stabilised = gat_forward(planes, noise).astype(np.float64)
+    correlation, blur = correlation_ratio(stabilised), 0.0
+    if correlation > CORRELATION_LIMIT and estimated:  # the fit saw only part of the correlated noise's variance
+        blur, fine = correlated_noise(correlation)
+        c = noise.read_noise**2 - noise.gain * noise.offset
+        noise = PoissonGaussian(noise.gain / fine, float(np.sqrt(max(c / fine + noise.gain / fine * noise.offset, 0))),
+                                noise.offset)
+        stabilised = gat_forward(planes, noise).astype(np.float64)
     sigma = stabilised_sigma(stabilised, noise)
-    check, correlation = measured_stabilised_sigma(stabilised), correlation_ratio(stabilised)
-    return NoiseReport(noise, estimated, sigma, check, correlation, _report_warnings(sigma, check, correlation))
+    check = measured_stabilised_sigma(stabilised) / (np.sqrt(fine) if blur else 1.0)
+    return NoiseReport(noise, estimated, sigma, check, correlation, blur,
+                       _report_warnings(sigma, check, correlation, blur))

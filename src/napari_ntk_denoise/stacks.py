@@ -110,8 +110,8 @@ def estimate_stack_sigma(array: Any, axes: str) -> float:
     return float(np.mean([estimate_noise_sigma(p) for p in _sample_planes(array, ax)]))
 
 
-def _check_options(channels: str, noise_model: str, sigma: float | None, noise: PoissonGaussian | None,
-                   patches: str, axes: str) -> None:
+def _check_options(channels: str, noise_model: str, sigma: float | None,
+                   noise: PoissonGaussian | NoiseReport | None, patches: str, axes: str) -> None:
     if channels not in ("colour", "independent"):
         raise ValueError(f"channels must be 'colour' or 'independent', got {channels!r}")
     if noise_model not in ("gaussian", "poisson-gaussian"):
@@ -161,7 +161,7 @@ class _Plan:
 
 
 def _plan(array: Any, sigma: float | None, axes: str, channels: str, noise_model: str,
-          noise: PoissonGaussian | None, patches: str, tile: int | None, kwargs: dict[str, Any]) -> _Plan:
+          noise: PoissonGaussian | NoiseReport | None, patches: str, tile: int | None, kwargs: dict[str, Any]) -> _Plan:
     """Check everything (memory guard included) and estimate the noise, before any denoising."""
     ax = check_axes(axes, array.ndim)
     _check_options(channels, noise_model, sigma, noise, patches, ax)
@@ -171,8 +171,11 @@ def _plan(array: Any, sigma: float | None, axes: str, channels: str, noise_model
     volume = patches == "3d"
     tiling = dict(kwargs, tile=(128 if volume else 512) if tile is None else tile, volume=volume)
     grid = check_tiled_request(shape if colour else shape + (1,), **tiling)
-    if noise_model == "poisson-gaussian" and noise is None:
-        noise = estimate_stack_noise(array, ax)
+    if noise_model == "poisson-gaussian" and not isinstance(noise, PoissonGaussian):
+        report = stack_noise_report(array, ax) if noise is None else noise
+        noise = report.noise
+        if report.blur > 0:  # spatially correlated noise: SURE's probe coloured alike
+            tiling["noise_blur"] = report.blur
     if noise_model == "gaussian" and sigma is None:
         sigma = estimate_stack_sigma(array, ax)
     return _Plan(ax, order, n_loop, colour, sigma, noise, tiling, grid)
@@ -185,7 +188,7 @@ def iter_denoise_stack(
     axes: str = "YX",
     channels: Literal["colour", "independent"] = "colour",
     noise_model: NoiseModel = "gaussian",
-    noise: PoissonGaussian | None = None,
+    noise: PoissonGaussian | NoiseReport | None = None,
     patches: Patches = "2d",
     tile: int | None = None,
     **kwargs: Any,
@@ -209,9 +212,10 @@ def iter_denoise_stack(
         denoised with the noise level the transform leaves in each tile
         (:func:`~napari_ntk_denoise.noise_estimation.stabilised_sigma`, below 1 at low counts) and
         mapped back with the exact unbiased inverse.
-    noise : PoissonGaussian, optional
-        Gain, read noise and offset; estimated from the stack (:func:`estimate_stack_noise`) when
-        omitted.
+    noise : PoissonGaussian or NoiseReport, optional
+        Gain, read noise and offset; estimated from the stack (:func:`stack_noise_report`) when
+        omitted.  A :class:`~napari_ntk_denoise.noise_estimation.NoiseReport` also carries the
+        blur of spatially correlated noise.
     patches : {"2d", "3d"}
         ``"2d"``: every Y-X plane on its own; ``"3d"``: every Z-Y-X volume with the kernel of 3-D
         patches (``kernel_size_z`` sets their depth; needs a ``Z`` axis).
@@ -297,7 +301,7 @@ def denoise_stack(
     axes: str = "YX",
     channels: Literal["colour", "independent"] = "colour",
     noise_model: NoiseModel = "gaussian",
-    noise: PoissonGaussian | None = None,
+    noise: PoissonGaussian | NoiseReport | None = None,
     patches: Patches = "2d",
     tile: int | None = None,
     **kwargs: Any,
