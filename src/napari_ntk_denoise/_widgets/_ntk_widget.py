@@ -27,7 +27,7 @@ from napari.layers import Image
 from napari.utils.notifications import show_info
 
 from napari_ntk_denoise import NTKResult, TiledResult, TwicingStep, iter_denoise_ntk, iter_denoise_tiled
-from napari_ntk_denoise.noise_estimation import estimate_poisson_gaussian, stabilised_sigma
+from napari_ntk_denoise.noise_estimation import noise_report, stabilised_sigma
 from napari_ntk_denoise.stopping import estimate_noise_sigma
 from napari_ntk_denoise.tiling import TILE_Z
 from napari_ntk_denoise.vst import PoissonGaussian, gat_forward, gat_inverse
@@ -177,7 +177,10 @@ def _denoise_planes(
     Poisson-Gaussian parameters from three planes first (announced as a ``PlaneEvent`` of them)."""
     if noise == "estimate":
         planes = [np.moveaxis(p, -1, 0) if source.rgb else p for p in source.sample_planes()]
-        noise = estimate_poisson_gaussian(np.concatenate([p.reshape(-1, *p.shape[-2:]) for p in planes]))
+        report = noise_report(np.concatenate([p.reshape(-1, *p.shape[-2:]) for p in planes]))
+        noise = report.noise
+        if report.blur > 0:  # spatially correlated noise: SURE's probe coloured alike
+            params = {**params, "noise_blur": report.blur}
         yield PlaneEvent((), 0, noise)
     spatial = source.spatial_shape
     eigen_bytes = 4 * math.prod(spatial) * params["rank"] * (1 + params["guided"]) * len(source.indices)
