@@ -197,23 +197,28 @@ def test_cli_tiff_to_zarr_and_back(zstack, tmp_path):
                           "--sigma", "0.1", *CLI_FAST, *vol]) == 0
     np.testing.assert_allclose(tifffile.imread(tmp_path / "vol.tif"),
                                denoise_stack(noisy, 0.1, axes="ZYX", patches="3d", kernel_size_z=3, **FAST), atol=1e-5)
-    with pytest.raises(ValueError, match="need --patches 3d"):
-        run_stack_cli([str(tmp_path / "in.tif"), "-o", str(tmp_path / "x.tif"), "--axes", "ZYX", *CLI_FAST,
-                       "--kernel-size-z", "3"])
+    for z_option in ("--kernel-size-z", "--tile-z"):
+        with pytest.raises(ValueError, match="need --patches 3d"):
+            run_stack_cli([str(tmp_path / "in.tif"), "-o", str(tmp_path / "x.tif"), "--axes", "ZYX", *CLI_FAST,
+                           z_option, "3"])
 
 
-def test_cli_poisson_gaussian_options(tmp_path):
+def test_cli_poisson_gaussian_options(tmp_path, capsys):
     rng = np.random.default_rng(3)
     clean = 5 + 60 * np.stack([smooth_image((48, 48))] * 2)
     noisy = 2 * rng.poisson(clean / 2) + 3 * rng.standard_normal(clean.shape)
     tifffile.imwrite(tmp_path / "pg.tif", noisy.astype(np.float32))
     base = [str(tmp_path / "pg.tif"), "-o", str(tmp_path / "pg_out.tif"), "--axes", "ZYX", *CLI_FAST]
-    assert run_stack_cli([*base, "--noise-model", "poisson-gaussian"]) == 0  # parameters estimated
+    assert run_stack_cli([*base, "--noise-model", "poisson-gaussian"]) == 0  # parameters estimated, offset too
+    assert "estimated gain = " in capsys.readouterr().out
+    assert run_stack_cli([*base, "--noise-model", "poisson-gaussian", "--offset", "0"]) == 0  # a known offset
+    assert "offset = 0" in capsys.readouterr().out
     out = tifffile.imread(tmp_path / "pg_out.tif")
     assert np.mean((out - clean) ** 2) < 0.3 * np.mean((tifffile.imread(tmp_path / "pg.tif") - clean) ** 2)
     with pytest.raises(ValueError, match="both"):
         run_stack_cli([*base, "--noise-model", "poisson-gaussian", "--gain", "2"])
-    with pytest.raises(ValueError, match="poisson-gaussian"):
-        run_stack_cli([*base, "--gain", "2", "--read-noise", "3"])
+    for gaussian_options in (["--gain", "2", "--read-noise", "3"], ["--offset", "1"]):
+        with pytest.raises(ValueError, match="need --noise-model poisson-gaussian"):
+            run_stack_cli([*base, *gaussian_options])
     with pytest.raises(ValueError, match="Gaussian model"):
         run_stack_cli([*base, "--noise-model", "poisson-gaussian", "--sigma", "1"])

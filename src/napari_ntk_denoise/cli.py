@@ -6,113 +6,207 @@ Every subcommand drives the same streaming generators as the napari widgets.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .denoise import iter_denoise_ntk
 from . import bench_cli, stacks_cli
+from ._cli_options import (
+    add_ntk_options,
+    add_stack_options,
+    describe_noise,
+    noise_from_args,
+    ntk_kwargs,
+    progress_handler,
+    stack_kwargs,
+    tile_side,
+)
+from ._input import resolve_device
+from .denoise import NTKResult, iter_denoise_ntk
 from .dip import cli as dip_cli
-from ._textbar import TextBar
-from .events import Progress, drain
-from .imageio import guess_channel_axis, read_image, write_image
+from .events import drain
+from .imageio import read_image, write_image
+from .noise_estimation import NoiseReport
 from .samples import SAMPLES, SIGMA, noisy_sample
+from .stacks import check_axes, estimate_stack_sigma, iter_denoise_stack
 from .stopping import psnr
+from .vst import PoissonGaussian
 
 __all__ = ["main", "build_parser"]
 
-
-def _stop_value(text: str) -> str | int:
-    if text in ("sure", "oracle"):
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--stop takes 'sure', 'oracle' or an integer, not {text!r}") from None
+#: where the package's own warnings come from
+_PACKAGE_DIR = os.path.join(os.path.dirname(__file__), "")
 
 
-def _add_ntk_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sigma", type=float, default=None, help="noise level in the image's units (estimated if omitted)")
-    p.add_argument("--guided", action="store_true",
-                   help="second stage with the kernel of the first estimate, averaged with it (weight by SURE)")
-    p.add_argument("--guided-kernel", choices=("nngp", "ntk"), default="nngp",
-                   help="kernel type of both guided stages (default nngp: the larger gains)")
-    p.add_argument("--stop", type=_stop_value, default="sure", help="'sure' (default), 'oracle' (needs --reference) or N")
-    p.add_argument("--depth", type=int, default=2, help="weight layers of the CNN (default 2)")
-    p.add_argument("--kernel-size", type=int, default=11, help="convolution size r (odd, default 11)")
-    p.add_argument("--kernel", choices=("ntk", "nngp"), default="ntk")
-    p.add_argument("--input", choices=("image", "noise"), default="image", help="kernel from the image or from noise")
-    p.add_argument("--fraction", type=float, default=0.02, help="fraction of pixels used as anchors (default 0.02)")
-    p.add_argument("--rank", type=int, default=None, help="number of eigenimages")
-    p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _ntk_kwargs(args: argparse.Namespace) -> dict:
-    kw = dict(depth=args.depth, kernel_size=args.kernel_size, kernel=args.kernel, input=args.input,
-              fraction=args.fraction, stop=args.stop, guided=args.guided,
-              guided_kernel=args.guided_kernel, device=args.device, seed=args.seed)
-    if args.rank is not None:
-        kw["rank"] = args.rank
-    return kw
-
-
-def _run_ntk(noisy: np.ndarray, sigma, reference, channel_axis, kwargs: dict, quiet: bool):
+def _run_ntk(noisy: np.ndarray, sigma: float | None, reference: np.ndarray | None, channel_axis: int | None,
+             kwargs: dict[str, Any], quiet: bool) -> NTKResult:
+    """One untiled image through :func:`~napari_ntk_denoise.denoise.iter_denoise_ntk`."""
     gen = iter_denoise_ntk(noisy, sigma, channel_axis=channel_axis, reference=reference, **kwargs)
-    bar = TextBar()
-
-    def show(event) -> None:
-        if isinstance(event, Progress):
-            bar.update(event.stage, event.done, event.total)
-
-    return drain(gen, None if quiet else show)
+    return drain(gen, progress_handler(quiet))
 
 
-def _report(res, elapsed: float, reference_psnr: float | None) -> None:
+def _report(res: NTKResult, elapsed: float, reference_psnr: float | None) -> None:
+    """The figures of one untiled run: steps, noise level, clipping, time and PSNR."""
     stages = " -> ".join(str(s.t) for s in res.stages)
     print(f"t = {res.t}" + (f" (stages: {stages})" if len(res.stages) > 1 else ""))
     print(f"sigma = {res.sigma:.6g}" + (" (estimated)" if res.sigma_estimated else ""))
     bounds = [f"{b:g}" for b in res.params.get("clip_bounds", ()) if b is not None]
     if bounds:
         print(f"SURE for data clipped at {' and '.join(bounds)} (less noise near the bounds)")
-    print(f"time = {elapsed:.2f} s  rank = {res.filter.rank}  device = {res.params['device']}")
+    rank = res.filter.rank if res.filter is not None else 0
+    print(f"time = {elapsed:.2f} s  rank = {rank}  device = {res.params.get('device', 'none')}")
     if reference_psnr is not None:
         print(f"PSNR = {reference_psnr:.2f} dB")
 
 
-def _load(path: str) -> tuple[np.ndarray, int | None]:
+def guess_axes(shape: tuple[int, ...]) -> str:
+    """Axes of an image file's array: ``YX``, ``YXC`` for a last axis of 3 or 4, else ``ZYX``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The array's shape.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    ValueError
+        Arrays that are not 2-D or 3-D.
+    """
+    if len(shape) == 2:
+        return "YX"
+    if len(shape) == 3:
+        return "YXC" if shape[-1] in (3, 4) else "ZYX"
+    raise ValueError(f"cannot guess the axes of an image of shape {shape}; give --axes, e.g. --axes TZYX")
+
+
+def _load(path: str, axes: str | None) -> tuple[np.ndarray, str]:
+    """An image or stack file and its axes (given, or guessed with RGBA dropped to RGB)."""
     img = read_image(path)
-    axis = guess_channel_axis(img)
-    if axis is not None and img.shape[-1] == 4:
-        img = img[..., :3]
-    return img, axis
+    if axes is not None:
+        return img, check_axes(axes, img.ndim)
+    guessed = guess_axes(img.shape)
+    return (img[..., :3] if guessed == "YXC" else img), guessed
+
+
+def _load_reference(path: str, axes: str | None, shape: tuple[int, ...]) -> np.ndarray:
+    reference, _ = _load(path, axes)
+    if reference.shape != shape:
+        raise ValueError(f"the reference's shape {reference.shape} differs from the input's {shape}")
+    return reference
+
+
+def _check_output(path: str, dtype: np.dtype) -> None:
+    """Refuse before any work what :func:`~napari_ntk_denoise.imageio.write_image` would refuse after it."""
+    if not np.issubdtype(dtype, np.integer) and Path(path).suffix.lower() not in (".tif", ".tiff"):
+        raise ValueError(f"the input holds {dtype} values, which only TIFF files store; write the output as .tif")
 
 
 def _dtype_range(dtype: np.dtype) -> float:
     return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
 
 
-def cmd_denoise(args: argparse.Namespace) -> int:
-    noisy, axis = _load(args.input_path)
-    reference = None
-    if args.reference:
-        reference, _ = _load(args.reference)
+def _psnr(image: np.ndarray, reference: np.ndarray) -> float:
+    """PSNR of the output against the reference over the reference's dtype range (1 for floats)."""
+    rng = _dtype_range(reference.dtype)
+    return psnr(np.clip(image, 0, rng), reference, rng)
+
+
+def _steps(events: list[str]) -> str:
+    """The ``t`` line from the ``planes`` messages (``"plane k/n: t = 3, 4"``: one step per tile)."""
+    ts = [int(t) for m in events for t in m.rpartition("t = ")[2].split(", ")]
+    if len(set(ts)) == 1:
+        return f"t = {ts[0]}"
+    return f"t = {min(ts)}-{max(ts)} over {len(ts)} tiles (median {np.median(ts):g})"
+
+
+def _denoise_oracle(args: argparse.Namespace, data: np.ndarray, axes: str, reference: np.ndarray | None) -> int:
+    """``--stop oracle``: one untiled image through the engine, which picks the PSNR-best step."""
+    if reference is None:
+        raise ValueError("--stop oracle needs --reference")
+    single = axes == "YX" or (axes == "YXC" and args.channels == "colour")
+    if args.noise_model != "gaussian" or args.patches != "2d" or not single or max(data.shape[:2]) > tile_side(args):
+        raise ValueError("--stop oracle works on one untiled image (YX or YXC, at most --tile pixels a side) with "
+                         "the Gaussian noise model; use --stop sure or a number of steps")
     t0 = time.perf_counter()
-    res = _run_ntk(noisy, args.sigma, reference, axis, _ntk_kwargs(args), args.quiet)
-    elapsed = time.perf_counter() - t0
-    value = None
-    if reference is not None:
-        rng = _dtype_range(reference.dtype)
-        value = psnr(np.clip(res.image, 0, rng), reference, rng)
-    write_image(args.output, res.image, noisy.dtype)
-    _report(res, elapsed, value)
+    res = _run_ntk(data, args.sigma, reference, -1 if axes == "YXC" else None, ntk_kwargs(args), args.quiet)
+    write_image(args.output, res.image, data.dtype)
+    _report(res, time.perf_counter() - t0, _psnr(res.image, reference))
     return 0
 
 
+def _noise_line(sigma: float | None, estimated: bool, noise: PoissonGaussian | NoiseReport | None) -> str:
+    if isinstance(noise, NoiseReport):
+        noise = noise.noise
+    if noise is not None:
+        return f"noise = poisson-gaussian ({describe_noise(noise)})"
+    return f"sigma = {sigma:.6g}" + (" (estimated)" if estimated else "")
+
+
+def cmd_denoise(args: argparse.Namespace) -> int:
+    """Execute the ``denoise`` subcommand: one image or stack file, tiled above the tile size.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed arguments of the ``denoise`` parser.
+
+    Returns
+    -------
+    int
+        The exit status, 0.
+    """
+    data, axes = _load(args.input_path, args.axes)
+    _check_output(args.output, data.dtype)
+    reference = None if args.reference is None else _load_reference(args.reference, args.axes, data.shape)
+    if args.stop == "oracle":
+        return _denoise_oracle(args, data, axes, reference)
+    kw = stack_kwargs(args, axes)
+    t0 = time.perf_counter()
+    if np.ptp(data) == 0:  # nothing to denoise, and no noise to estimate
+        image, lines = data, ["t = 0 (constant image)"]
+    else:
+        kw["noise"] = noise_from_args(args, data, axes)
+        sigma = args.sigma
+        if args.noise_model == "gaussian" and sigma is None:
+            sigma = estimate_stack_sigma(data, axes)
+        image, lines = _denoise_stack(data, sigma, kw, args)
+        lines.append(_noise_line(sigma, args.sigma is None, kw["noise"]))
+    write_image(args.output, image, data.dtype)
+    for line in lines:
+        print(line)
+    print(f"time = {time.perf_counter() - t0:.2f} s  device = {resolve_device(args.device)}")
+    if reference is not None:
+        print(f"PSNR = {_psnr(image, reference):.2f} dB")
+    return 0
+
+
+def _denoise_stack(data: np.ndarray, sigma: float | None, kw: dict[str, Any],
+                   args: argparse.Namespace) -> tuple[np.ndarray, list[str]]:
+    """:func:`~napari_ntk_denoise.stacks.iter_denoise_stack` with a progress bar; the image and its ``t`` line."""
+    show = progress_handler(args.quiet)
+    messages: list[str] = []
+
+    def on_event(event: Any) -> None:
+        if getattr(event, "stage", None) == "planes":
+            messages.append(event.message)
+        if show is not None:
+            show(event)
+
+    image = drain(iter_denoise_stack(data, sigma, **kw), on_event)
+    return image, [_steps(messages)]
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
+    """Execute the ``sample`` subcommand: a built-in sample with Gaussian noise as an 8-bit PNG."""
     noisy, clean = noisy_sample(args.name, args.sigma / 255, args.seed)
     write_image(args.output, noisy * 255, np.uint8)
     if args.clean:
@@ -122,13 +216,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Execute the ``demo`` subcommand: denoise a built-in noisy sample and write PNGs."""
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     noisy, clean = noisy_sample(args.sample, SIGMA, args.seed)
     noisy8 = np.round(noisy * 255).astype(np.uint8)
     axis = -1 if noisy.ndim == 3 else None
     t0 = time.perf_counter()
-    res = _run_ntk(noisy8.astype(np.float32), 25.0, None, axis, _ntk_kwargs(args), args.quiet)
+    res = _run_ntk(noisy8.astype(np.float32), 25.0, None, axis, ntk_kwargs(args), args.quiet)
     elapsed = time.perf_counter() - t0
     den8 = np.clip(np.round(res.image), 0, 255).astype(np.uint8)
     write_image(out / "clean.png", clean * 255, np.uint8)
@@ -147,16 +242,17 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``ntk-denoise`` argument parser."""
     parser = argparse.ArgumentParser(prog="ntk-denoise", description="Closed-form NTK denoising (Tachella et al. 2021)")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("denoise", help="denoise an image file with the analytic NTK filter")
-    p.add_argument("input_path", metavar="INPUT", help="noisy image (PNG, JPEG, TIFF)")
+    p = sub.add_parser("denoise", help="denoise an image or stack file with the analytic NTK filter, tiled")
+    p.add_argument("input_path", metavar="INPUT", help="noisy image or stack (PNG, JPEG, TIFF)")
     p.add_argument("-o", "--output", required=True, help="output image (same dtype as the input)")
     p.add_argument("--reference", default=None, help="clean image: print PSNR (and allow --stop oracle)")
-    _add_ntk_options(p)
+    add_stack_options(p, axes_required=False)
+    add_ntk_options(p)
     p.set_defaults(func=cmd_denoise)
     p = sub.add_parser("demo", help="denoise a built-in noisy sample and write PNGs")
     p.add_argument("-o", "--output", default="demo_output", help="output folder")
     p.add_argument("--sample", choices=sorted(SAMPLES), default="astronaut")
-    _add_ntk_options(p)
+    add_ntk_options(p)
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("sample", help="write a built-in sample with Gaussian noise as an 8-bit PNG")
     p.add_argument("name", choices=sorted(SAMPLES))
@@ -171,14 +267,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """The package's own warnings (doubtful stops, fallbacks), one line each and once; those of
+    the libraries it calls are dropped."""
+    shown: set[str] = set()
+    for w in caught:
+        text = _one_line(str(w.message))
+        ours = issubclass(w.category, (UserWarning, RuntimeWarning)) and w.filename.startswith(_PACKAGE_DIR)
+        if ours and text not in shown:
+            shown.add(text)
+            print(f"ntk-denoise: warning: {text}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``ntk-denoise``."""
+    """Entry point of ``ntk-denoise``.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 on success, 1 for an error in the input or the run (one line on standard error), 2 for
+        a usage error (from ``argparse``, which exits).
+    """
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, MemoryError, FileNotFoundError) as exc:
-        print(f"ntk-denoise: error: {exc}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings(record=True) as caught, np.errstate(all="ignore"):  # no NumPy arithmetic warnings
+        warnings.simplefilter("always")
+        try:
+            status = args.func(args)
+        except (ValueError, MemoryError, OSError) as exc:
+            print(f"ntk-denoise: error: {_one_line(str(exc)) or type(exc).__name__}", file=sys.stderr)
+            return 1
+    _print_warnings(caught)
+    return status
 
 
 if __name__ == "__main__":

@@ -17,17 +17,49 @@ _TIFF = {".tif", ".tiff"}
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as an array of its stored dtype."""
+    """Read an image file as an array of its stored dtype.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        PNG, JPEG or TIFF file.
+
+    Returns
+    -------
+    numpy.ndarray
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        A folder, or a file that cannot be decoded as an image (not an image, truncated,
+        unsupported format), or one that holds no numeric pixels.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such image: {path}")
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file")
+    try:
+        image = _decode(path)
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL reports broken PNG chunks as SyntaxError
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        what = "not an image file, damaged or of an unsupported format"
+        raise ValueError(f"cannot read {path}: {what} ({reason})") from None
+    if image.dtype.kind not in "biuf" or image.size == 0:
+        raise ValueError(f"{path} holds no numeric pixels (dtype {image.dtype}, shape {image.shape})")
+    return image
+
+
+def _decode(path: Path) -> np.ndarray:
     if path.suffix.lower() in _TIFF:
         import tifffile
 
         return tifffile.imread(path)
     from skimage import io
 
-    return io.imread(path)
+    return np.asarray(io.imread(path))
 
 
 def guess_channel_axis(image: np.ndarray) -> int | None:

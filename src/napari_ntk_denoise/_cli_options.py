@@ -1,0 +1,260 @@
+"""Command-line options shared by ``ntk-denoise denoise``, ``stack`` and ``demo``, defined once.
+
+:func:`add_ntk_options` adds the options of the NTK filter, :func:`add_stack_options` those of the
+noise model, the tiling, 3-D patches and channels; :func:`ntk_kwargs` and :func:`stack_kwargs`
+turn parsed arguments into the keyword arguments of
+:func:`~napari_ntk_denoise.stacks.iter_denoise_stack`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from ._progress import ProgressBar
+from .events import Progress
+from .noise_estimation import NoiseReport
+from .stacks import stack_noise_report
+from .vst import PoissonGaussian
+
+__all__ = ["DEFAULT_TILE", "add_ntk_options", "add_stack_options", "describe_noise", "noise_from_args", "ntk_kwargs",
+           "progress_handler", "stack_kwargs", "stop_value", "tile_side"]
+
+#: tile side along Y and X by kind of patches (as in the napari widget)
+DEFAULT_TILE = {"2d": 512, "3d": 128}
+
+#: prefixes of progress stages that name the only plane, volume or tile (they tell nothing)
+_ONLY_UNIT = re.compile(r"^(?:(?:plane|volume|tile) 1/1: )+")
+
+
+def stop_value(text: str) -> str | int:
+    """``argparse`` type of ``--stop``: ``"sure"``, ``"oracle"`` or a number of twicing steps.
+
+    Parameters
+    ----------
+    text : str
+        The option's value.
+
+    Returns
+    -------
+    str or int
+    """
+    if text in ("sure", "oracle"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--stop takes 'sure', 'oracle' or an integer, not {text!r}") from None
+
+
+def add_ntk_options(p: argparse.ArgumentParser) -> None:
+    """Add the NTK filter's options (``--sigma``, ``--stop``, ``--kernel-size``, ...) to a parser.
+
+    Parameters
+    ----------
+    p : argparse.ArgumentParser
+        A subcommand's parser.
+    """
+    p.add_argument("--sigma", type=float, default=None, help="noise level in the image's units (estimated if omitted)")
+    p.add_argument("--guided", action="store_true",
+                   help="second stage with the kernel of the first estimate, averaged with it (weight by SURE)")
+    p.add_argument("--guided-kernel", choices=("nngp", "ntk"), default="nngp",
+                   help="kernel type of both guided stages (default nngp: the larger gains)")
+    p.add_argument("--stop", type=stop_value, default="sure",
+                   help="'sure' (default), 'oracle' (needs --reference) or N")
+    p.add_argument("--depth", type=int, default=2, help="weight layers of the CNN (default 2)")
+    p.add_argument("--kernel-size", type=int, default=11, help="convolution size r (odd, default 11)")
+    p.add_argument("--kernel", choices=("ntk", "nngp"), default="ntk")
+    p.add_argument("--input", choices=("image", "noise"), default="image", help="kernel from the image or from noise")
+    p.add_argument("--fraction", type=float, default=0.02, help="fraction of pixels used as anchors (default 0.02)")
+    p.add_argument("--rank", type=int, default=None, help="number of eigenimages")
+    p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_stack_options(p: argparse.ArgumentParser, *, axes_required: bool) -> None:
+    """Add the axes, channel, noise-model, tiling and 3-D patch options to a parser.
+
+    Parameters
+    ----------
+    p : argparse.ArgumentParser
+        A subcommand's parser.
+    axes_required : bool
+        Whether ``--axes`` must be given (otherwise the command guesses the axes).
+    """
+    p.add_argument("--axes", required=axes_required, default=None,
+                   help="one letter per dimension from TZCYX, e.g. TZYX, CYX, ZYXC"
+                   + ("" if axes_required else " (default: YX, YXC for a last axis of 3 or 4, ZYX for other 3-D)"))
+    p.add_argument("--channels", choices=("colour", "independent"), default="colour",
+                   help="C axis as colour (one filter) or as independent planes")
+    p.add_argument("--noise-model", choices=("gaussian", "poisson-gaussian"), default="gaussian")
+    p.add_argument("--gain", type=float, default=None, help="Poisson-Gaussian gain (estimated if omitted)")
+    p.add_argument("--read-noise", type=float, default=None, help="Gaussian read noise (estimated if omitted)")
+    p.add_argument("--offset", type=float, default=None,
+                   help="camera offset (estimated with gain and read noise if omitted; 0 when both are given)")
+    p.add_argument("--patches", choices=("2d", "3d"), default="2d",
+                   help="2d: every Y-X plane on its own; 3d: Z-Y-X volumes with 3-D patches (needs Z)")
+    p.add_argument("--kernel-size-z", type=int, default=None, help="patch depth along Z with --patches 3d")
+    p.add_argument("--tile", type=int, default=None,
+                   help=f"tile side along Y, X (default {DEFAULT_TILE['2d']}, {DEFAULT_TILE['3d']} with 3d)")
+    p.add_argument("--overlap", type=int, default=None, help="tile overlap (default twice the receptive field)")
+    p.add_argument("--tile-z", type=int, default=None, help="tile side along Z with --patches 3d (default 16)")
+    p.add_argument("--overlap-z", type=int, default=None,
+                   help="tile overlap along Z with --patches 3d (default twice the receptive field)")
+
+
+def ntk_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of :func:`~napari_ntk_denoise.denoise.iter_denoise_ntk` from the NTK options.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed arguments of a parser with :func:`add_ntk_options`.
+
+    Returns
+    -------
+    dict
+    """
+    kw = dict(depth=args.depth, kernel_size=args.kernel_size, kernel=args.kernel, input=args.input,
+              fraction=args.fraction, stop=args.stop, guided=args.guided,
+              guided_kernel=args.guided_kernel, device=args.device, seed=args.seed)
+    if args.rank is not None:
+        kw["rank"] = args.rank
+    return kw
+
+
+def tile_side(args: argparse.Namespace) -> int:
+    """``--tile``, or its default for the kind of patches.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed arguments of a parser with :func:`add_stack_options`.
+
+    Returns
+    -------
+    int
+    """
+    return DEFAULT_TILE[args.patches] if args.tile is None else args.tile
+
+
+def _tiling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Tile geometry and 3-D patch depth; the Z options are refused without ``--patches 3d``."""
+    z = {k: v for k, v in dict(kernel_size_z=args.kernel_size_z, tile_z=args.tile_z, overlap_z=args.overlap_z).items()
+         if v is not None}
+    if z and args.patches != "3d":
+        raise ValueError("--kernel-size-z, --tile-z and --overlap-z need --patches 3d")
+    return dict(tile=tile_side(args), overlap=args.overlap, **z)
+
+
+def noise_from_args(args: argparse.Namespace, data: Any, axes: str) -> PoissonGaussian | NoiseReport | None:
+    """Poisson-Gaussian parameters from the options, estimated (and printed) when not given.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed arguments of a parser with :func:`add_ntk_options` and :func:`add_stack_options`.
+    data : numpy.ndarray or dask.array.Array
+        The stack, for the estimate.
+    axes : str
+        Its checked axes.
+
+    Returns
+    -------
+    PoissonGaussian or NoiseReport or None
+        The given parameters, the estimate's report (which also carries the blur of spatially
+        correlated noise; its doubts are issued as warnings), or ``None`` with the Gaussian model.
+
+    Raises
+    ------
+    ValueError
+        Poisson-Gaussian options with the Gaussian model, ``--sigma`` with the Poisson-Gaussian
+        one, or only one of ``--gain`` and ``--read-noise``.
+    """
+    given = (args.gain is not None, args.read_noise is not None)
+    if args.noise_model == "gaussian":
+        if any(given) or args.offset is not None:
+            raise ValueError("--gain, --read-noise and --offset need --noise-model poisson-gaussian")
+        return None
+    if args.sigma is not None:
+        raise ValueError("--sigma applies to the Gaussian model; give --gain and --read-noise instead")
+    if all(given):
+        return PoissonGaussian(args.gain, args.read_noise, 0.0 if args.offset is None else args.offset)
+    if any(given):
+        raise ValueError("give both --gain and --read-noise, or neither to estimate them")
+    report = stack_noise_report(data, axes, offset=args.offset)
+    blur = f", correlated noise (blur {report.blur:.2f} pixels)" if report.blur else ""
+    print(f"estimated {describe_noise(report.noise)}{blur}")
+    for doubt in report.warnings:
+        warnings.warn(doubt, UserWarning, stacklevel=1)
+    return report
+
+
+def describe_noise(noise: PoissonGaussian) -> str:
+    """``gain = ..., read noise = ..., offset = ...`` for a user.
+
+    Parameters
+    ----------
+    noise : PoissonGaussian
+
+    Returns
+    -------
+    str
+    """
+    return f"gain = {noise.gain:.4g}, read noise = {noise.read_noise:.4g}, offset = {noise.offset:.4g}"
+
+
+def stack_kwargs(args: argparse.Namespace, axes: str) -> dict[str, Any]:
+    """Keyword arguments of :func:`~napari_ntk_denoise.stacks.iter_denoise_stack` but ``sigma`` and ``noise``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed arguments of a parser with :func:`add_ntk_options` and :func:`add_stack_options`.
+    axes : str
+        The stack's checked axes.
+
+    Returns
+    -------
+    dict
+
+    Raises
+    ------
+    ValueError
+        Z options without ``--patches 3d``.
+    """
+    return dict(axes=axes, channels=args.channels, noise_model=args.noise_model, patches=args.patches,
+                **_tiling_kwargs(args), **ntk_kwargs(args))
+
+
+def progress_handler(quiet: bool) -> Callable[[Any], None] | None:
+    """Event handler drawing a progress bar of the outermost stage that has several steps.
+
+    The planes of a stack, else the tiles of its only plane, else the kernel stages of its only
+    tile; ``None`` when ``quiet``.
+
+    Parameters
+    ----------
+    quiet : bool
+        No progress bar.
+
+    Returns
+    -------
+    callable or None
+        For :func:`~napari_ntk_denoise.events.drain`.
+    """
+    if quiet:
+        return None
+    bar = ProgressBar()
+
+    def show(event: Any) -> None:
+        if isinstance(event, Progress) and event.total > 1:
+            label = _ONLY_UNIT.sub("", event.stage)
+            if ": " not in label:
+                bar.update(label, event.done, event.total)
+
+    return show
