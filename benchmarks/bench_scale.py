@@ -8,10 +8,10 @@ Sections (all by default; pick with ``--only``):
 ``stack``  a synthetic ``Z x N x N`` stack (default 32 x 512 x 512), same noise, plane by plane.
 ``volume`` the same stack with 3-D patches (r = 5, r_z = 3, volume tiles of 16 x 128 x 128) next to
            planes with the same in-plane kernel (r = 5).
-``fmd``    the FMD samples in ``../shared/data/fmd_samples`` (a single raw frame against the
-           50-frame average): NTK with the Gaussian model (sigma estimated) and with the
-           Poisson-Gaussian model (gain and read noise estimated), next to scikit-image's
-           non-local means and BM3D (the ``bm3d`` package, when installed).
+``fmd``    every plane of the FMD samples in ``../shared/data/fmd_samples`` (a single raw frame
+           against the 50-frame average) through the same generalized Anscombe transform: NTK
+           plain and guided, scikit-image's non-local means and BM3D (the ``bm3d`` package),
+           all with the estimated parameters and noise level after the transform.
 
 PSNR uses the phantom's peak (synthetic data) or 255 (FMD), on outputs clipped to that range.
 Peak RSS is that of the whole process so far (sections run in order).
@@ -19,7 +19,7 @@ Peak RSS is that of the whole process so far (sections run in order).
 Usage::
 
     python benchmarks/bench_scale.py [--only plane,stack,volume,fmd] [--size 2048] [--stack-shape 32,512,512]
-                                     [--crop 512] [--device cpu|cuda]
+                                     [--crop 512] [--device cpu|cuda] [--curves sure.png]
 """
 
 from __future__ import annotations
@@ -28,26 +28,25 @@ import argparse
 import platform
 import resource
 import time
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from napari_ntk_denoise.denoise import denoise_ntk
 from napari_ntk_denoise.imageio import read_image
+from napari_ntk_denoise.noise_estimation import noise_report
 from napari_ntk_denoise.stacks import denoise_stack, estimate_stack_noise
-from napari_ntk_denoise.stopping import estimate_noise_sigma, psnr
-from napari_ntk_denoise.vst import PoissonGaussian
+from napari_ntk_denoise.stopping import DoubtfulStopWarning, psnr
+from napari_ntk_denoise.vst import PoissonGaussian, gat_forward, gat_inverse
 
 FMD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fmd_samples"
 GAIN, READ_NOISE, PEAK = 2.0, 3.0, 200.0
 
-#: FMD sample name -> (axes, channels); BPAE_R_Channel stores one channel replicated into RGB
-FMD_SAMPLES = {
-    "Confocal_FISH_3": ("YX", "colour"),
-    "BPAE_R_Channel": ("YX", "colour"),
-    "WideField_BPAE_rgb_new1": ("YXC", "colour"),
-    "3D_volume_stack1_32bit": ("CYX", "independent"),
-}
+#: the FMD samples (BPAE_R_Channel stores one channel replicated into RGB)
+FMD_SAMPLES = ("Confocal_FISH_3", "BPAE_R_Channel", "WideField_BPAE_rgb_new1", "3D_volume_stack1_32bit")
 
 
 def peak_rss_gb() -> float:
@@ -110,66 +109,99 @@ def synthetic(shape: tuple[int, ...], axes: str, device: str | None, runs: list[
     print()
 
 
-def nlm(noisy: np.ndarray, axes: str, channels: str) -> np.ndarray:
-    from skimage.restoration import denoise_nl_means
-
-    planes = np.moveaxis(noisy, axes.index("C"), 0) if channels == "independent" else noisy[None]
-    axis = -1 if axes == "YXC" else None
-    out = []
-    for p in planes:
-        s = estimate_noise_sigma(p, axis)
-        out.append(denoise_nl_means(p, h=0.8 * s, sigma=s, patch_size=5, patch_distance=6, fast_mode=True,
-                                    channel_axis=axis))
-    return np.moveaxis(np.stack(out), 0, axes.index("C")) if channels == "independent" else out[0]
-
-
-def bm3d_denoise(noisy: np.ndarray, axes: str, channels: str) -> np.ndarray:
-    import bm3d
-
-    planes = np.moveaxis(noisy, axes.index("C"), 0) if channels == "independent" else noisy[None]
-    out = []
-    for p in planes:
-        if axes == "YXC":
-            out.append(bm3d.bm3d_rgb(p / 255.0, estimate_noise_sigma(p, -1) / 255.0) * 255.0)
-        else:
-            out.append(bm3d.bm3d(p, estimate_noise_sigma(p)))
-    return np.moveaxis(np.stack(out), 0, axes.index("C")) if channels == "independent" else out[0]
-
-
-def fmd(crop: int, device: str | None) -> None:
-    print(f"## FMD samples (single raw frame vs 50-frame average, PSNR in dB at peak 255, crop {crop})\n")
-    try:
-        import bm3d  # noqa: F401
-
-        has_bm3d = True
-    except ImportError:
-        has_bm3d = False
-    print("| sample | noisy | NTK Gaussian | NTK Poisson-Gaussian (estimated) | NLM | BM3D | NTK G / PG time (s) |")
-    print("|---|---|---|---|---|---|---|")
-    for name, (axes, channels) in FMD_SAMPLES.items():
+def fmd_planes() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Every FMD plane as ``(name, noisy, 50-frame average)``: the widefield colour channels apart
+    (each has its own gain), BPAE_R's replicated channel once, the 3-D stack's planes."""
+    planes = []
+    for name in FMD_SAMPLES:
         suffix = ".tif" if name.startswith("3D") else ".png"
-        noisy = read_image(FMD / f"noisy_{name}{suffix}").astype(np.float32)
-        gt = read_image(FMD / f"gt_{name}{suffix}").astype(np.float32)
+        noisy, gt = (read_image(FMD / f"{kind}_{name}{suffix}").astype(np.float64) for kind in ("noisy", "gt"))
         if name == "BPAE_R_Channel":
             noisy, gt = noisy[..., 0], gt[..., 0]
-        yx = [axes.index("Y"), axes.index("X")]
-        crop_sl = tuple(slice(0, crop) if i in yx else slice(None) for i in range(noisy.ndim))
-        noisy, gt = noisy[crop_sl], gt[crop_sl]
+        if noisy.ndim == 2:
+            planes.append((name, noisy, gt))
+        elif name.startswith("3D"):
+            planes += [(f"{name}[{i}]", n, g) for i, (n, g) in enumerate(zip(noisy, gt))]
+        else:
+            planes += [(f"{name}[{'RGB'[c]}]", noisy[..., c], gt[..., c]) for c in range(noisy.shape[-1])]
+    return planes
 
-        def score(out: np.ndarray) -> str:
-            return f"{psnr(np.clip(out, 0, 255), gt, 255.0):.2f}"
 
-        gauss, t_g = timed(denoise_stack, noisy, axes=axes, channels=channels, device=device)
-        try:
-            pg, t_pg = timed(denoise_stack, noisy, axes=axes, channels=channels, noise_model="poisson-gaussian",
-                             device=device)
-            pg_cell, t_cell = score(pg), f"{t_g:.1f} / {t_pg:.1f}"
-        except ValueError as exc:  # e.g. no signal-dependent noise found in the image
-            pg_cell, t_cell = f"estimation failed: {exc}", f"{t_g:.1f} / -"
-        bm3d_cell = score(bm3d_denoise(noisy, axes, channels)) if has_bm3d else "not installed"
-        print(f"| {name} | {score(noisy)} | {score(gauss)} | {pg_cell} | {score(nlm(noisy, axes, channels))} | "
-              f"{bm3d_cell} | {t_cell} |")
-    print()
+def stabilised_baselines(g: np.ndarray, sigma: float) -> dict[str, np.ndarray]:
+    """scikit-image NLM and BM3D on a transformed plane, with the NTK filter's noise level."""
+    import bm3d
+    from skimage.restoration import denoise_nl_means
+
+    return {"nlm": denoise_nl_means(g, h=0.8 * sigma, sigma=sigma, patch_size=5, patch_distance=6, fast_mode=True),
+            "bm3d": bm3d.bm3d(g, sigma)}
+
+
+def fmd(crop: int, device: str | None, curves: Path | None) -> None:
+    """The FMD planes through the generalized Anscombe transform (parameters estimated once per
+    plane, :func:`noise_report`), then NTK plain and guided, NLM and BM3D with the same parameters
+    and noise level, back by the exact unbiased inverse; PSNR against the 50-frame average."""
+    print(f"## FMD samples: one raw frame against its 50-frame average, every method after the same GAT "
+          f"(PSNR in dB at peak 255, crop {crop})\n")
+    print("| plane | noise after GAT: model / measured | noisy | NTK (t; oracle t) | NTK guided (t) | NLM | BM3D | "
+          "NTK / guided / BM3D time (s) | stop warnings |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    scores: dict[str, list[float]] = {k: [] for k in ("noisy", "ntk", "guided", "nlm", "bm3d")}
+    plotted = []
+    for name, noisy, gt in fmd_planes():
+        noisy, gt = noisy[:crop, :crop], gt[:crop, :crop]
+        rep = noise_report(noisy)
+        g, g_gt = gat_forward(noisy, rep.noise), gat_forward(gt, rep.noise)
+        measured = float(np.std(g.astype(np.float64) - g_gt))
+        runs = {}
+        for key, guided in (("ntk", False), ("guided", True)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DoubtfulStopWarning)  # reported in the table
+                (out, res), sec = timed(denoise_ntk, g, rep.sigma, reference=g_gt, guided=guided, device=device,
+                                        noise_blur=rep.blur)
+            runs[key] = (gat_inverse(out, rep.noise), res, sec)
+        t0 = time.perf_counter()
+        base = {k: gat_inverse(v, rep.noise) for k, v in stabilised_baselines(g.astype(np.float64), rep.sigma).items()}
+        t_bm3d = time.perf_counter() - t0
+        outs = {"noisy": noisy, **{k: v[0] for k, v in runs.items()}, **base}
+        cell = {k: psnr(np.clip(v, 0, 255), gt, 255.0) for k, v in outs.items()}
+        for k, v in cell.items():
+            scores[k].append(v)
+        plain, guided = runs["ntk"][1], runs["guided"][1]
+        oracle_t = int(plain.t_grid[int(np.argmin(plain.stages[0].mse))])
+        doubts = "; ".join(plain.params["stop_warnings"] + guided.params["stop_warnings"]) or "-"
+        print(f"| {name} | {rep.sigma:.3f} / {measured:.3f} | {cell['noisy']:.2f} | {cell['ntk']:.2f} ({plain.t}; "
+              f"{oracle_t}) | {cell['guided']:.2f} ({guided.t}) | {cell['nlm']:.2f} | {cell['bm3d']:.2f} | "
+              f"{runs['ntk'][2]:.1f} / {runs['guided'][2]:.1f} / {t_bm3d:.1f} | {doubts} |")
+        plotted.append((name, plain))
+    means = {k: float(np.mean(v)) for k, v in scores.items()}
+    print(f"| **mean** | | {means['noisy']:.2f} | {means['ntk']:.2f} | {means['guided']:.2f} | {means['nlm']:.2f} | "
+          f"{means['bm3d']:.2f} | | |\n")
+    if curves is not None:
+        plot_sure_curves(plotted, curves)
+
+
+def plot_sure_curves(results: list[tuple[str, Any]], path: Path) -> None:
+    """SURE and the true MSE (both in the transformed domain) of every plane, the chosen t marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = 4
+    fig, axes = plt.subplots((len(results) + cols - 1) // cols, cols, figsize=(4 * cols, 3 * len(results) / cols + 1),
+                             squeeze=False)
+    for ax, (name, res) in zip(axes.flat, results):
+        st = res.stages[0]
+        ax.semilogx(res.t_grid, st.sure.sure, label="SURE")
+        ax.semilogx(res.t_grid, st.mse, "--", label="true MSE")
+        ax.axvline(res.t, color="k", lw=0.8)
+        ax.set_title(f"{name} (t = {res.t})", fontsize=8)
+    for ax in axes.flat[len(results):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    print(f"SURE curves: {path}\n")
 
 
 def main() -> None:
@@ -179,6 +211,7 @@ def main() -> None:
     parser.add_argument("--stack-shape", default="32,512,512", help="Z,Y,X of the synthetic stack")
     parser.add_argument("--crop", type=int, default=512, help="crop FMD samples to this many rows and columns")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--curves", type=Path, default=None, help="save the FMD planes' SURE curves to this PNG")
     args = parser.parse_args()
     print(f"# bench_scale on {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, device {args.device or 'auto'}\n")
@@ -191,7 +224,7 @@ def main() -> None:
     if "volume" in sections:
         synthetic(stack_shape, "ZYX", args.device, VOLUME_RUNS)
     if "fmd" in sections:
-        fmd(args.crop, args.device)
+        fmd(args.crop, args.device, args.curves)
 
 
 if __name__ == "__main__":
