@@ -188,7 +188,8 @@ def noise_from_args(args: argparse.Namespace, data: Any, axes: str) -> PoissonGa
         raise ValueError("give both --gain and --read-noise, or neither to estimate them")
     report = stack_noise_report(data, axes, offset=args.offset)
     blur = f", correlated noise (blur {report.blur:.2f} pixels)" if report.blur else ""
-    print(f"estimated {describe_noise(report.noise)}{blur}")
+    print(f"estimated {describe_noise(report.noise)}{blur}; noise after the transform {report.sigma:.3f} "
+          f"(measured in it: {report.check:.3f})")
     for doubt in report.warnings:
         warnings.warn(doubt, UserWarning, stacklevel=1)
     return report
