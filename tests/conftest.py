@@ -13,8 +13,8 @@ import pytest
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NO_DISPLAY = (
     "GUI tests (marker gui) skipped: no display (DISPLAY/WAYLAND_DISPLAY unset) and no Xvfb; install it "
-    "(`apt-get install xvfb` plus the X/GL libraries that .ci/run lists, or run `bash .ci/run` as root) "
-    "and rerun `make test`, which then runs them under xvfb-run"
+    "(as root: `bash tools/install_xvfb.sh`, which `make test` runs; otherwise `apt-get install xvfb` and the "
+    "X/GL libraries that script lists) and rerun `make test`, which then runs them under xvfb-run"
 )
 #: number of GUI tests skipped for want of a display
 _SKIPPED = pytest.StashKey[int]()
