@@ -208,7 +208,7 @@ def test_engine_warnings_are_single_lines_and_library_ones_dropped(tmp_path, cap
                           stacklevel=2)  # attributed to the package's caller, like the engine's
         warnings.warn("a library's warning", UserWarning)  # from outside the package: dropped
         np.log(np.zeros(2))  # NumPy arithmetic: silent
-        yield Progress("planes", 1, 1, "plane 1/1: t = 3")
+        yield Progress("planes", 1, 1, "plane 1/1: t = 3", steps=(3,))
         return data.astype(np.float32)
 
     monkeypatch.setattr(cli, "iter_denoise_stack", fake_stack)

@@ -120,9 +120,8 @@ def _psnr(image: np.ndarray, reference: np.ndarray) -> float:
     return psnr(np.clip(image, 0, rng), reference, rng)
 
 
-def _steps(events: list[str]) -> str:
-    """The ``t`` line from the ``planes`` messages (``"plane k/n: t = 3, 4"``: one step per tile)."""
-    ts = [int(t) for m in events for t in m.rpartition("t = ")[2].split(", ")]
+def _steps(ts: list[int]) -> str:
+    """The ``t`` line from the steps of every tile of every plane."""
     if len(set(ts)) == 1:
         return f"t = {ts[0]}"
     return f"t = {min(ts)}-{max(ts)} over {len(ts)} tiles (median {np.median(ts):g})"
@@ -193,16 +192,16 @@ def _denoise_stack(data: np.ndarray, sigma: float | None, kw: dict[str, Any],
                    args: argparse.Namespace) -> tuple[np.ndarray, list[str]]:
     """:func:`~napari_ntk_denoise.stacks.iter_denoise_stack` with a progress bar; the image and its ``t`` line."""
     show = progress_handler(args.quiet)
-    messages: list[str] = []
+    steps: list[int] = []
 
     def on_event(event: Any) -> None:
         if getattr(event, "stage", None) == "planes":
-            messages.append(event.message)
+            steps.extend(event.steps)
         if show is not None:
             show(event)
 
     image = drain(iter_denoise_stack(data, sigma, **kw), on_event)
-    return image, [_steps(messages)]
+    return image, [_steps(steps)]
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

@@ -44,12 +44,15 @@ class Progress:
         Units of work finished and in all.
     message : str
         Human-readable description.
+    steps : tuple of int
+        Twicing steps chosen by the unit just finished (a plane's tiles, for ``stage="planes"``).
     """
 
     stage: str
     done: int
     total: int
     message: str = ""
+    steps: tuple[int, ...] = ()
 
     @property
     def fraction(self) -> float:

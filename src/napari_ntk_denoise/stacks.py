@@ -252,7 +252,7 @@ def iter_denoise_stack(
         result = yield from forward_progress(gen, f"{unit} {k + 1}/{n_units}: ", part=(k, n_units))
         out[idx] = plan.restore(result.image)
         steps = ", ".join(map(str, result.t))
-        yield Progress("planes", k + 1, n_units, f"{unit} {k + 1}/{n_units}: t = {steps}")
+        yield Progress("planes", k + 1, n_units, f"{unit} {k + 1}/{n_units}: t = {steps}", steps=tuple(result.t))
     return np.ascontiguousarray(np.transpose(out, np.argsort(plan.order)))
 
 
