@@ -11,6 +11,7 @@ from napari.layers import Image
 from napari.utils.notifications import show_error
 
 from ._layers import ImageSource, InputError, PlaneEvent, put_layer, reference_from_layer, source_from_layer
+from ._picker import SelectionFollower
 from ._runner import StreamRunner
 
 if TYPE_CHECKING:
@@ -51,6 +52,12 @@ class ImageRunWidget(Container):
         self._out: np.ndarray | None = None
         self._output: Image | None = None
         self._run.changed.connect(self.run)
+        self._follower = SelectionFollower(self._image, viewer)
+
+    def reset_choices(self, *args: Any) -> None:
+        """Refresh the layer lists (napari calls this), then show the selected image layer."""
+        super().reset_choices(*args)
+        self._follower.follow()
 
     @property
     def worker(self) -> GeneratorWorker | None:

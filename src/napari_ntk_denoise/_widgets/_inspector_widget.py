@@ -20,6 +20,7 @@ from napari_ntk_denoise import LowRankFilter, iter_filter
 
 from ._filters import filters
 from ._layers import ImageSource, InputError, iter_planes, put_layer, source_from_layer
+from ._picker import SelectionFollower
 from ._plots import CurvePlot
 from ._runner import StreamRunner, device_choices
 
@@ -80,6 +81,12 @@ class EigenimageInspectorWidget(Container):
         self._run.changed.connect(self.run)
         viewer.mouse_drag_callbacks.append(self._on_click)
         self.native.destroyed.connect(self._disconnect_clicks)
+        self._follower = SelectionFollower(self._image, viewer)
+
+    def reset_choices(self, *args: Any) -> None:
+        """Refresh the layer lists (napari calls this), then show the selected image layer."""
+        super().reset_choices(*args)
+        self._follower.follow()
 
     @property
     def worker(self) -> GeneratorWorker | None:
