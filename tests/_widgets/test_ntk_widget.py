@@ -137,6 +137,39 @@ def test_removing_the_source_stops_the_run(qtbot, viewer, ntk) -> None:
     assert [layer.name for layer in viewer.layers] == ["clean"]
 
 
+def test_output_layer_owns_its_data(qtbot, viewer, ntk) -> None:
+    """The output layer draws from its own contiguous buffer, shared with neither the source nor the run."""
+    worker = ntk.run()
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
+        pass
+    data = viewer.layers["noisy [NTK]"].data
+    assert data.flags.owndata and data.flags.c_contiguous
+    assert not np.shares_memory(data, ntk._out) and not np.shares_memory(data, viewer.layers["noisy"].data)
+
+
+def test_removing_the_source_after_a_run_and_during_a_second_run(qtbot, viewer, ntk) -> None:
+    """Removing the source right after a finished run, and during a run after it, raises nothing."""
+    worker = ntk.run()
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
+        pass
+    viewer.layers.remove("noisy")
+    qtbot.wait(200)  # let the canvas redraw the output after the removal
+    viewer.add_image(viewer.layers["clean"].data.copy(), name="noisy")
+    ntk._image.value = viewer.layers["noisy"]
+    worker = ntk.run()
+
+    def remove(item):
+        if "noisy" in viewer.layers:
+            viewer.layers.remove("noisy")
+
+    worker.yielded.connect(remove)
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
+        pass
+    qtbot.wait(200)
+    assert worker.abort_requested and ntk.worker is None and ntk._run.enabled
+    assert "noisy [NTK]" in viewer.layers
+
+
 def test_closing_the_viewer_stops_the_run(qtbot, viewer, ntk) -> None:
     """Closing the viewer mid-run stops the worker without an error."""
     worker = ntk.run()

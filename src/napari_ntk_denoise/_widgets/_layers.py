@@ -290,7 +290,8 @@ def put_layer(
     layer : napari.layers.Image or None
         The layer from an earlier call; a new one is added if it is ``None`` or was removed.
     data : numpy.ndarray
-        The layer's data.
+        The layer's data; the layer gets its own C-contiguous copy, so that the buffer it draws from
+        is never written to or shared with the running computation or another layer.
     kwargs : dict
         ``add_image`` keyword arguments; of these only ``metadata`` is updated later, so that the
         user's display settings (contrast, colormap) survive updates.
@@ -302,6 +303,7 @@ def put_layer(
     napari.layers.Image
         The layer shown.
     """
+    data = np.array(data, copy=True, order="C")  # owned by the layer: later writes and runs never touch it
     if layer is None or layer not in viewer.layers:
         return viewer.add_image(data, **{**kwargs, **style})
     layer.data = data
