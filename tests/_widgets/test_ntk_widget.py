@@ -122,8 +122,8 @@ def test_second_run_is_refused_while_running(qtbot, viewer, ntk) -> None:
     assert "noisy [NTK]" in viewer.layers and ntk._run.enabled
 
 
-def test_removing_the_source_stops_the_run(qtbot, viewer, ntk) -> None:
-    """Removing the source layer mid-run stops the worker; nothing is added afterwards."""
+def _run_removing_the_source(qtbot, viewer, ntk):
+    """Start a run that removes the ``noisy`` source layer at its first yield; wait for its end."""
     worker = ntk.run()
 
     def remove(item):
@@ -133,6 +133,12 @@ def test_removing_the_source_stops_the_run(qtbot, viewer, ntk) -> None:
     worker.yielded.connect(remove)
     with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
         pass
+    return worker
+
+
+def test_removing_the_source_stops_the_run(qtbot, viewer, ntk) -> None:
+    """Removing the source layer mid-run stops the worker; nothing is added afterwards."""
+    worker = _run_removing_the_source(qtbot, viewer, ntk)
     assert worker.abort_requested
     assert [layer.name for layer in viewer.layers] == ["clean"]
 
@@ -156,15 +162,7 @@ def test_removing_the_source_after_a_run_and_during_a_second_run(qtbot, viewer, 
     qtbot.wait(200)  # let the canvas redraw the output after the removal
     viewer.add_image(viewer.layers["clean"].data.copy(), name="noisy")
     ntk._image.value = viewer.layers["noisy"]
-    worker = ntk.run()
-
-    def remove(item):
-        if "noisy" in viewer.layers:
-            viewer.layers.remove("noisy")
-
-    worker.yielded.connect(remove)
-    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
-        pass
+    worker = _run_removing_the_source(qtbot, viewer, ntk)
     qtbot.wait(200)
     assert worker.abort_requested and ntk.worker is None and ntk._run.enabled
     assert "noisy [NTK]" in viewer.layers
