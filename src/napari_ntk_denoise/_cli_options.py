@@ -20,7 +20,7 @@ from .noise_estimation import NoiseReport
 from .stacks import stack_noise_report
 from .vst import PoissonGaussian
 
-__all__ = ["DEFAULT_TILE", "add_ntk_options", "add_stack_options", "describe_noise", "noise_from_args", "ntk_kwargs",
+__all__ = ["DEFAULT_TILE", "add_ntk_options", "add_stack_options", "noise_from_args", "ntk_kwargs",
            "progress_handler", "stack_kwargs", "stop_value", "tile_side"]
 
 #: tile side along Y and X by kind of patches (as in the napari widget)
@@ -187,26 +187,10 @@ def noise_from_args(args: argparse.Namespace, data: Any, axes: str) -> PoissonGa
     if any(given):
         raise ValueError("give both --gain and --read-noise, or neither to estimate them")
     report = stack_noise_report(data, axes, offset=args.offset)
-    blur = f", correlated noise (blur {report.blur:.2f} pixels)" if report.blur else ""
-    print(f"estimated {describe_noise(report.noise)}{blur}; noise after the transform {report.sigma:.3f} "
-          f"(measured in it: {report.check:.3f})")
+    print(f"estimated {report.summary()}")
     for doubt in report.warnings:
         warnings.warn(doubt, UserWarning, stacklevel=1)
     return report
-
-
-def describe_noise(noise: PoissonGaussian) -> str:
-    """``gain = ..., read noise = ..., offset = ...`` for a user.
-
-    Parameters
-    ----------
-    noise : PoissonGaussian
-
-    Returns
-    -------
-    str
-    """
-    return f"gain = {noise.gain:.4g}, read noise = {noise.read_noise:.4g}, offset = {noise.offset:.4g}"
 
 
 def stack_kwargs(args: argparse.Namespace, axes: str) -> dict[str, Any]:

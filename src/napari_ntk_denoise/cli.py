@@ -19,7 +19,6 @@ from . import bench_cli, stacks_cli
 from ._cli_options import (
     add_ntk_options,
     add_stack_options,
-    describe_noise,
     noise_from_args,
     ntk_kwargs,
     progress_handler,
@@ -146,7 +145,7 @@ def _noise_line(sigma: float | None, estimated: bool, noise: PoissonGaussian | N
     if isinstance(noise, NoiseReport):
         noise = noise.noise
     if noise is not None:
-        return f"noise = poisson-gaussian ({describe_noise(noise)})"
+        return f"noise = poisson-gaussian ({noise.describe()})"
     return f"sigma = {sigma:.6g}" + (" (estimated)" if estimated else "")
 
 

@@ -21,6 +21,7 @@ import torch
 from ._input import ImageLayout, check_memory, prepare_image, resolve_device
 from .events import Progress, TwicingStep, drain
 from .kernels import CNNKernel
+from .noise_estimation import blurred_noise
 from .nystrom import LowRankFilter, estimate_bytes, iter_nystrom, sample_anchors
 from .stopping import (
     DoubtfulStopWarning, PilotTerms, SureCurve, clip_bounds, clipped_noise_scale, estimate_noise_sigma, mc_sure_curve, mse_curve,
@@ -227,13 +228,9 @@ def _probe(seed: int, shape: tuple[int, ...], channels: int, device: str) -> tor
 def _coloured(probe: torch.Tensor, shape: tuple[int, ...], blur: float) -> torch.Tensor:
     """The probe ``(d, C)`` blurred along Y and X by a Gaussian of std ``blur`` and rescaled to
     unit variance per value: ``E[b b^T]`` is then the correlation of noise blurred alike."""
-    from scipy import ndimage
-
     b = probe.cpu().numpy().reshape(*shape, -1)
-    sizes = [0.0] * (len(shape) - 2) + [blur, blur, 0.0]
-    out = ndimage.gaussian_filter(b, sizes, mode="reflect", truncate=3.0)
-    kernel = ndimage.gaussian_filter(np.pad([[1.0]], int(3 * blur) + 1), blur, mode="constant", truncate=3.0)
-    return torch.from_numpy(out.reshape(probe.shape) / np.sqrt((kernel**2).sum())).to(probe)
+    out = blurred_noise(b, blur, sizes=[0.0] * (len(shape) - 2) + [blur, blur, 0.0])
+    return torch.from_numpy(out.reshape(probe.shape)).to(probe)
 
 
 def _pilot_step(t: int, ts: np.ndarray, fraction: float) -> int:

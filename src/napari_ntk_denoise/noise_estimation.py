@@ -24,7 +24,7 @@ from scipy import ndimage, special
 
 from .vst import PoissonGaussian, gat_forward, gat_inverse
 
-__all__ = ["NoiseReport", "correlated_noise", "correlation_ratio", "estimate_poisson_gaussian",
+__all__ = ["NoiseReport", "blurred_noise", "correlated_noise", "correlation_ratio", "estimate_poisson_gaussian",
            "measured_stabilised_sigma", "noise_report", "stabilised_sigma"]
 
 #: share of a plane's pixels on its minimum or maximum from which that value counts as clipping
@@ -223,6 +223,14 @@ def correlation_ratio(planes: np.ndarray, block: int = 8) -> float:
     return float(np.median(ratios))
 
 
+def blurred_noise(white: np.ndarray, blur: float, sizes: Any = None, mode: str = "reflect") -> np.ndarray:
+    """White noise blurred by a Gaussian of std ``blur`` (along ``sizes``' non-zero axes, all by
+    default) and rescaled to the white noise's variance per value."""
+    kernel = ndimage.gaussian_filter(np.pad([[1.0]], int(3 * blur) + 1), blur, mode="constant", truncate=3.0)
+    sizes = blur if sizes is None else sizes
+    return ndimage.gaussian_filter(white, sizes, mode=mode, truncate=3.0) / np.sqrt((kernel**2).sum())
+
+
 @lru_cache(maxsize=1)
 def _blur_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(blur, ratio, fine)``: for white noise blurred by Gaussians of std ``blur`` and scaled to unit
@@ -231,8 +239,7 @@ def _blur_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     white = np.random.default_rng(0).standard_normal((512, 512))
     ratio, fine = [], []
     for b in blurs:
-        kernel = ndimage.gaussian_filter(np.pad([[1.0]], int(3 * b) + 1), b, mode="constant", truncate=3.0)
-        n = ndimage.gaussian_filter(white, b, mode="wrap", truncate=3.0) / np.sqrt((kernel**2).sum())
+        n = blurred_noise(white, b, mode="wrap")
         ratio.append(correlation_ratio(n[None]))
         fine.append(_median_residual_variance(n, 8))
     return blurs, np.maximum.accumulate(np.array(ratio)), np.array(fine)
@@ -286,10 +293,9 @@ class NoiseReport:
 
     def summary(self) -> str:
         """One line for a user: the parameters, the transformed noise level and its check."""
-        n = self.noise
-        how = "estimated" if self.estimated else "given"
-        return (f"gain = {n.gain:.4g}, read noise = {n.read_noise:.4g}, offset = {n.offset:.4g} ({how}); "
-                f"noise after the transform {self.sigma:.3f} (measured {self.check:.3f})")
+        blur = f", correlated noise (blur {self.blur:.2f} pixels)" if self.blur else ""
+        return (f"{self.noise.describe()}{blur}; noise after the transform {self.sigma:.3f} "
+                f"(measured in it: {self.check:.3f})")
 
 
 def _report_warnings(sigma: float, check: float, correlation: float, blur: float) -> tuple[str, ...]:
@@ -335,14 +341,12 @@ def noise_report(
     if estimated:
         noise = estimate_poisson_gaussian(planes, offset=offset)
     stabilised = gat_forward(planes, noise).astype(np.float64)
-    correlation, blur = correlation_ratio(stabilised), 0.0
+    correlation, blur, fine = correlation_ratio(stabilised), 0.0, 1.0
     if correlation > CORRELATION_LIMIT and estimated:  # the fit saw only part of the correlated noise's variance
         blur, fine = correlated_noise(correlation)
-        c = noise.read_noise**2 - noise.gain * noise.offset
-        noise = PoissonGaussian(noise.gain / fine, float(np.sqrt(max(c / fine + noise.gain / fine * noise.offset, 0))),
-                                noise.offset)
+        noise = PoissonGaussian(noise.gain / fine, noise.read_noise / np.sqrt(fine), noise.offset)
         stabilised = gat_forward(planes, noise).astype(np.float64)
     sigma = stabilised_sigma(stabilised, noise)
-    check = measured_stabilised_sigma(stabilised) / (np.sqrt(fine) if blur else 1.0)
+    check = measured_stabilised_sigma(stabilised) / np.sqrt(fine)
     return NoiseReport(noise, estimated, sigma, check, correlation, blur,
                        _report_warnings(sigma, check, correlation, blur))

@@ -44,6 +44,10 @@ class PoissonGaussian:
         if not np.isfinite(self.offset):
             raise ValueError(f"offset must be finite, got {self.offset}")
 
+    def describe(self) -> str:
+        """``gain = ..., read noise = ..., offset = ...`` for a user."""
+        return f"gain = {self.gain:.4g}, read noise = {self.read_noise:.4g}, offset = {self.offset:.4g}"
+
     def variance(self, mean: np.ndarray | float) -> np.ndarray | float:
         """Noise variance at a given mean value: ``gain * (mean - offset) + read_noise^2``."""
         return self.gain * (np.asarray(mean) - self.offset) + self.read_noise**2
