@@ -237,3 +237,27 @@ def test_sample_and_demo(tmp_path, capsys, monkeypatch):
     assert read_image(tmp_path / "demo" / "side_by_side.png").shape == (32, 64, 3)
     text = capsys.readouterr().out
     assert "PSNR = " in text and "t = " in text
+
+
+def test_grey_stored_as_rgb_is_denoised_as_one_plane(tmp_path, capsys):
+    """A grey plane written into every channel of an RGB file comes back as that plane denoised
+    once, in every channel; PSNR is on the reference's scale."""
+    grey, clean = _noisy(255, np.uint8)
+    io.imsave(tmp_path / "rgb.png", np.repeat(grey[..., None], 3, axis=-1), check_contrast=False)
+    io.imsave(tmp_path / "ref.png", np.repeat(clean[..., None], 3, axis=-1),
+              check_contrast=False)
+    tifffile.imwrite(tmp_path / "grey.tif", grey)
+    assert cli.main(["denoise", str(tmp_path / "rgb.png"), "-o", str(tmp_path / "o.png"), "--sigma", "25",
+                     "--reference", str(tmp_path / "ref.png"), *FAST]) == 0
+    assert cli.main(["denoise", str(tmp_path / "grey.tif"), "-o", str(tmp_path / "g.tif"), "--sigma", "25", *FAST]) == 0
+    out, single = read_image(tmp_path / "o.png"), read_image(tmp_path / "g.tif")
+    assert out.shape == (*grey.shape, 3) and all(np.array_equal(out[..., c], single) for c in range(3))
+    psnr_line = [line for line in capsys.readouterr().out.splitlines() if line.startswith("PSNR")][0]
+    assert float(psnr_line.split()[2]) > 25
+
+
+def test_psnr_of_float_references_on_their_scale():
+    ref = np.linspace(0, 200, 64, dtype=np.float32)
+    assert cli._data_range(ref) == 255.0 and cli._data_range(ref / 255) == 1.0
+    assert cli._data_range(ref.astype(np.uint16)) == 65535.0
+    assert cli._psnr(ref + 1, ref) == pytest.approx(20 * np.log10(255), abs=1e-3)

@@ -109,13 +109,23 @@ def _check_output(path: str, dtype: np.dtype) -> None:
         raise ValueError(f"the input holds {dtype} values, which only TIFF files store; write the output as .tif")
 
 
-def _dtype_range(dtype: np.dtype) -> float:
-    return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
+def _grey_as_colour(data: np.ndarray) -> bool:
+    """Whether every channel of a ``YXC`` image holds the same plane."""
+    return all(np.array_equal(data[..., 0], data[..., c]) for c in range(1, data.shape[-1]))
+
+
+def _data_range(reference: np.ndarray) -> float:
+    """The peak of the reference's scale: its integer dtype's maximum; for floats 1, or 255 for
+    values on the 8-bit scale, or else its maximum."""
+    if np.issubdtype(reference.dtype, np.integer):
+        return float(np.iinfo(reference.dtype).max)
+    top = float(reference.max())
+    return 1.0 if top <= 1 else 255.0 if top <= 255 else top
 
 
 def _psnr(image: np.ndarray, reference: np.ndarray) -> float:
-    """PSNR of the output against the reference over the reference's dtype range (1 for floats)."""
-    rng = _dtype_range(reference.dtype)
+    """PSNR of the output against the reference over the reference's scale (:func:`_data_range`)."""
+    rng = _data_range(reference)
     return psnr(np.clip(image, 0, rng), reference, rng)
 
 
@@ -165,6 +175,10 @@ def cmd_denoise(args: argparse.Namespace) -> int:
     data, axes = _load(args.input_path, args.axes)
     _check_output(args.output, data.dtype)
     reference = None if args.reference is None else _load_reference(args.reference, args.axes, data.shape)
+    channels = data.shape[-1] if axes == "YXC" and args.axes is None and _grey_as_colour(data) else 0
+    if channels:  # one grey plane stored in every channel: its noise too, which a colour filter's SURE cannot see
+        data, axes = data[..., 0], "YX"
+        reference = None if reference is None else reference[..., 0]
     if args.stop == "oracle":
         return _denoise_oracle(args, data, axes, reference)
     kw = stack_kwargs(args, axes)
@@ -178,7 +192,7 @@ def cmd_denoise(args: argparse.Namespace) -> int:
             sigma = estimate_stack_sigma(data, axes)
         image, lines = _denoise_stack(data, sigma, kw, args)
         lines.append(_noise_line(sigma, args.sigma is None, kw["noise"]))
-    write_image(args.output, image, data.dtype)
+    write_image(args.output, np.repeat(image[..., None], channels, axis=-1) if channels else image, data.dtype)
     for line in lines:
         print(line)
     print(f"time = {time.perf_counter() - t0:.2f} s  device = {resolve_device(args.device)}")
