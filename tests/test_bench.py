@@ -106,14 +106,15 @@ def test_crop_limit_unknown_method_and_missing_bm3d(folder, monkeypatch):
 
 
 def test_method_names_follow_table_1():
-    dip = {f"{o}-{a}-{i}" for o in ("adam", "gd") for a in ("vanilla", "unet", "ae") for i in ("image", "noise")}
+    archs = ("vanilla", "unet", "ae", "skip")
+    dip = {f"{o}-{a}-{i}" for o in ("adam", "gd") for a in archs for i in ("image", "noise")}
     assert set(bench.METHODS) == dip | {"nystrom-image", "nystrom-noise", "nystrom-guided", "nlm", "bm3d"}
 
 
 @pytest.mark.parametrize("stop, expected", [("oracle", {"nystrom-image": "oracle", "gd-vanilla-image": "oracle",
                                                         "adam-vanilla-noise": "oracle"}),
                                             ("sure", {"nystrom-image": "sure", "gd-vanilla-image": "sure",
-                                                      "adam-vanilla-noise": "last"})])
+                                                      "adam-vanilla-noise": "holdout"})])
 def test_stopping_rule_per_method(folder, stop, expected):
     settings = bench.BenchSettings(stop=stop, max_iters=6, every=2, width=8, seed=1,
                                    ntk={"kernel_size": 5, "fraction": 0.1, "rank": 16})
@@ -125,3 +126,8 @@ def test_stopping_rule_per_method(folder, stop, expected):
             assert 0 <= r.t <= 6
     steps, values = run.curves["a"]["gd-vanilla-image"]
     assert list(steps) == [0, 2, 4, 6] and np.isfinite(values).all()
+    dip = [r for r in run.records if r.method != "nystrom-image"]
+    for r in dip:
+        steps, values = run.curves["a"][r.method]
+        assert r.oracle_psnr == np.nanmax(values) >= values[list(steps).index(r.t)]
+    assert ("best iteration" in bench.markdown_table(run.records)) == (stop == "sure")

@@ -6,12 +6,13 @@ scaled to ``[0, 1]`` (integer images by their dtype's maximum), optionally centr
 seed for every image; PSNR (data range 1) and SSIM are computed on the output clipped to ``[0, 1]``.
 
 Methods are named as in Table 1: ``nystrom-{image,noise,guided}`` (the analytic filter,
-:func:`~napari_ntk_denoise.denoise.denoise_ntk`), ``{adam,gd}-{vanilla,unet,ae}-{image,noise}``
+:func:`~napari_ntk_denoise.denoise.denoise_ntk`), ``{adam,gd}-{vanilla,unet,ae,skip}-{image,noise}``
 (deep image prior, :func:`~napari_ntk_denoise.dip.trainer.train_dip`) and the baselines ``nlm``
 (scikit-image) and ``bm3d`` (the ``bm3d`` package, CBM3D for colour).  With ``stop="oracle"`` each
-method keeps its best-PSNR step or iteration (the paper's protocol); with ``stop="sure"`` the
-Nyström rows and image-input DIP rows stop by Monte-Carlo SURE and noise-input DIP rows keep their
-last iteration.
+method keeps its best-PSNR step or iteration (the paper's protocol); with ``stop="sure"`` no
+clean image is used to stop: the Nyström rows and image-input DIP rows stop by Monte-Carlo SURE and
+noise-input DIP rows by the residual on held-out pixels, and the DIP rows also record the
+best PSNR over their iterations (``oracle_psnr``) from the same run.
 
 :func:`iter_bench` and :func:`iter_figure6` yield :class:`Record` and :class:`Skip` events and
 return a :class:`BenchRun`; :func:`markdown_table`, :func:`write_json`, :func:`plot_curves` and
@@ -113,11 +114,13 @@ class Outcome:
     t : int or None
         Chosen twicing step or training iteration (None for the baselines).
     stop : str
-        How it was chosen: ``"oracle"``, ``"sure"``, ``"last"`` or ``"none"``.
+        How it was chosen: ``"oracle"``, ``"sure"``, ``"holdout"`` or ``"none"``.
     device : str
         Where it ran.
     curve : tuple of numpy.ndarray, optional
         ``(steps, psnr)``: PSNR over twicing steps or training iterations.
+    extra : dict
+        More fields of the :class:`Record` (a DIP run's ``oracle_psnr``, ``oracle_t``).
     """
 
     image: np.ndarray
@@ -125,6 +128,7 @@ class Outcome:
     stop: str
     device: str
     curve: tuple[np.ndarray, np.ndarray] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 Method = Callable[[np.ndarray, np.ndarray, int | None, BenchSettings], Outcome]
@@ -141,12 +145,15 @@ def _nystrom(input: str, guided: bool) -> Method:
 
 def _dip(optimizer: str, arch: str, input: str, **net: int) -> Method:
     def run(noisy: np.ndarray, clean: np.ndarray, axis: int | None, s: BenchSettings) -> Outcome:
-        criterion = "psnr" if s.stop == "oracle" else "sure" if input == "image" else "last"
+        criterion = "psnr" if s.stop == "oracle" else "sure" if input == "image" else "holdout"
         res = train_dip(noisy, channel_axis=axis, arch=arch, optimizer=optimizer, input=input, width=s.width,
                         iterations=s.max_iters, every=min(s.every, s.max_iters), reference=clean,
                         sigma=s.sigma_unit, criterion=criterion, device=s.device or "auto", seed=s.seed, **net)
         stop = "oracle" if criterion == "psnr" else criterion
-        return Outcome(res.image, res.best_iteration, stop, str(res.params["device"]), (res.iterations, res.psnr))
+        best = int(np.nanargmax(res.psnr))
+        extra = {"oracle_psnr": float(res.psnr[best]), "oracle_t": int(res.iterations[best])}
+        return Outcome(res.image, res.best_iteration, stop, str(res.params["device"]), (res.iterations, res.psnr),
+                       extra)
 
     return run
 
@@ -173,7 +180,7 @@ METHODS: dict[str, Method] = {
     "nystrom-noise": _nystrom("noise", False),
     "nystrom-guided": _nystrom("image", True),
     **{f"{o}-{a}-{i}": _dip(o, a, i)
-       for o in ("adam", "gd") for a in ("vanilla", "unet", "ae") for i in ("image", "noise")},
+       for o in ("adam", "gd") for a in ("vanilla", "unet", "ae", "skip") for i in ("image", "noise")},
     "nlm": _nlm,
     "bm3d": _bm3d,
 }
@@ -196,6 +203,8 @@ class Record:
     noisy_psnr: float
     depth: int | None = None
     kernel_size: int | None = None
+    oracle_psnr: float | None = None
+    oracle_t: int | None = None
 
 
 @dataclass(frozen=True)
@@ -264,7 +273,7 @@ def _score(method: str, fn: Method, name: str, noisy: np.ndarray, clean: np.ndar
     rec = Record(image=name, method=method, psnr=psnr(est, clean, 1.0),
                  ssim=float(structural_similarity(clean, est, data_range=1.0, channel_axis=axis)),
                  stop=out.stop, t=out.t, seconds=seconds, device=out.device, noisy_psnr=psnr(noisy, clean, 1.0),
-                 **extra)
+                 **out.extra, **extra)
     return rec, out
 
 
@@ -418,6 +427,7 @@ def markdown_table(records: Sequence[Record]) -> str:
     columns = list(dict.fromkeys(col(r) for r in records))
     images = list(dict.fromkeys(r.image for r in records))
     by = {(r.image, col(r)): r for r in records}
+    by_column = {c: [r for r in records if col(r) == c] for c in columns}
     noisy = {r.image: r.noisy_psnr for r in records}
 
     def mean(c: str, key: str) -> str:
@@ -429,6 +439,9 @@ def markdown_table(records: Sequence[Record]) -> str:
                    (f"{by[i, c].psnr:.2f}" if (i, c) in by else ""), "image")
     lines.append("| **mean PSNR** | " + f"{np.mean(list(noisy.values())):.2f} | " +
                  " | ".join(f"**{mean(c, 'psnr')}**" for c in columns) + " |")
+    if any(r.oracle_psnr is not None and r.stop != "oracle" for r in records):
+        lines.append("| mean PSNR, best iteration | | " + " | ".join(
+            mean(c, "oracle_psnr") if by_column[c][0].oracle_psnr is not None else "" for c in columns) + " |")
     lines.append("| mean SSIM | | " + " | ".join(mean(c, "ssim") for c in columns) + " |")
     lines.append("| seconds / image | | " + " | ".join(mean(c, "seconds") for c in columns) + " |")
     return "\n".join(lines) + "\n"

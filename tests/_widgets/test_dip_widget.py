@@ -57,7 +57,7 @@ def test_live_output_curves_and_best_result(qtbot, viewer, dip, camera_pair) -> 
     meta = out.metadata
     assert meta["status"] == "finished" and meta["best_iteration"] == result.best_iteration
     assert meta["criterion"] == "psnr" and meta["params"]["arch"] == "unet" and meta["timings"]["train_s"] > 0
-    assert set(dip._fit_plot.curves) == {"loss", "SURE"}
+    assert set(dip._fit_plot.curves) == {"loss"}  # noise input, stopped by the reference
     np.testing.assert_allclose(dip._fit_plot.curves["loss"][1], result.loss)
     np.testing.assert_allclose(dip._psnr_plot.curves["PSNR"][1], result.psnr)
     assert len(dip._weights_plot.curves) == 2
@@ -96,3 +96,18 @@ def test_run_again_without_restarting(qtbot, viewer, dip) -> None:
     outputs = [layer for layer in viewer.layers if layer.name.startswith("noisy [DIP]")]
     assert [o.metadata["params"]["optimizer"] for o in outputs] == ["adam", "gd"]
     assert not np.array_equal(outputs[0].data, outputs[1].data)
+
+
+def test_defaults_stop_without_a_reference(qtbot, viewer, dip) -> None:
+    """Without a clean image the run keeps its output by the held-out pixels and stops on patience."""
+    dip._reference.value = None
+    dip._iterations.value, dip._patience.value = 2000, 30
+    worker = dip.run()
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
+        pass
+    result = dip._results[()]
+    assert result.criterion == "holdout" and result.params["iterations_run"] < 2000
+    assert result.best_iteration == result.iterations[np.argmin(result.validation)]
+    assert set(dip._fit_plot.curves) == {"loss", "held-out residual"}
+    assert dip._fit_plot.marker == result.best_iteration
+    assert viewer.layers["noisy [DIP]"].metadata["params"]["patience"] == 30

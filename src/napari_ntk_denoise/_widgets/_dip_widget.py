@@ -1,9 +1,10 @@
 """DIP Training widget: train a deep image prior on an image layer, watching it learn.
 
 Runs :func:`napari_ntk_denoise.dip.iter_dip` on each plane in a worker thread.  The output layer
-shows the network's current output as training goes; the docked plots follow the loss, MC-SURE,
-PSNR (with a reference layer) and the weight change ``||w^t - w^0||``.  At the end, or when the
-user presses Stop, the output layer keeps the best output (by the trainer's criterion).
+shows the network's current output as training goes; the docked plots follow the loss, MC-SURE
+or the held-out residual, PSNR (with a reference layer) and the weight change ``||w^t - w^0||``.
+At the end, or when the user presses Stop, the output layer keeps the best output (by the
+trainer's criterion, which needs no clean image), and the plots mark where it is.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from magicgui.widgets import ComboBox, FloatSpinBox, Label, SpinBox
 from napari.utils.notifications import show_info
 
 from napari_ntk_denoise.dip import ARCHITECTURES, DIPProgress, DIPResult, DIPStep, iter_dip, min_image_size
+from napari_ntk_denoise.dip.trainer import PATIENCE, resolve_criterion
 
 from ._base import ImageRunWidget
 from ._layers import ImageSource, InputError, PlaneEvent, iter_planes
@@ -63,12 +65,17 @@ class DIPTrainingWidget(ImageRunWidget):
                               tooltip="vanilla CNN (11 x 11), U-Net, autoencoder (U-Net without skips), skip net.")
         self._optimizer = ComboBox(label="optimiser", choices=("adam", "gd"), value="adam",
                                    tooltip="Adam, or plain gradient descent (the NTK regime).")
-        self._input = ComboBox(label="input", choices=("image", "noise"), value="image",
-                               tooltip="The noisy image or i.i.d. noise (the original DIP) as network input.")
+        self._input = ComboBox(label="input", choices=("image", "noise"), value="noise",
+                               tooltip="Noise (the original DIP; stops on 5 % of the pixels held out of the loss) "
+                                       "or the noisy image (stops by MC-SURE) as network input.")
         self._width = SpinBox(label="width", value=64, min=1, max=4096, tooltip="Hidden channels.")
         self._lr = FloatSpinBox(label="learning rate", value=0.0, min=0.0, max=100.0, step=1e-4,
-                                tooltip="0: default (Adam 0.01; GD 1 / largest NTK eigenvalue).")
-        self._iterations = SpinBox(label="iterations", value=3000, min=1, max=1_000_000)
+                                tooltip="0: default (Adam 0.01 for U-Net, autoencoder and skip net, 0.001 for "
+                                        "vanilla; GD 1 / largest NTK eigenvalue).")
+        self._iterations = SpinBox(label="iterations", value=3000, min=1, max=1_000_000,
+                                   tooltip="Most iterations; training stops earlier once patience runs out.")
+        self._patience = SpinBox(label="patience", value=PATIENCE, min=1, max=1_000_000,
+                                 tooltip="Stop after this many iterations without a better output.")
         self._every = SpinBox(label="update interval", value=50, min=1, max=100_000,
                               tooltip="Iterations between output and curve updates.")
         self._device = ComboBox(label="device", choices=device_choices())
@@ -78,7 +85,7 @@ class DIPTrainingWidget(ImageRunWidget):
         self._weights_plot = CurvePlot("Weight change", xlabel="iteration", ylabel="|w - w0|", log_y=True)
         self.extend([
             self._image, self._reference, self._arch, self._optimizer, self._input, self._width, self._lr,
-            self._iterations, self._every, self._device, self._buttons, self._status,
+            self._iterations, self._patience, self._every, self._device, self._buttons, self._status,
         ])
         for plot in (self._fit_plot, self._psnr_plot, self._weights_plot):
             self.native.layout().addWidget(plot)
@@ -86,13 +93,14 @@ class DIPTrainingWidget(ImageRunWidget):
         self._curves: dict[Index, list[DIPStep]] = {}
         self._results: dict[Index, DIPResult] = {}
         self._params: dict[str, Any] = {}
+        self._criterion = ""
 
     def _read_params(self) -> dict[str, Any]:
         """:func:`iter_dip` keyword arguments from the controls."""
         return {
             "arch": self._arch.value, "optimizer": self._optimizer.value, "input": self._input.value,
             "width": self._width.value, "lr": self._lr.value or None, "iterations": self._iterations.value,
-            "every": self._every.value, "device": self._device.value, "seed": 0,
+            "every": self._every.value, "patience": self._patience.value, "device": self._device.value, "seed": 0,
         }
 
     def run(self) -> GeneratorWorker | None:
@@ -115,6 +123,7 @@ class DIPTrainingWidget(ImageRunWidget):
                              on_return=self._on_result, on_finished=self._on_finished, progress_of=dip_progress)
         if worker is not None:
             self._params, self._best, self._curves, self._results = params, {}, {}, {}
+            self._criterion = resolve_criterion("auto", self._reference.value is not None, params["input"])
             for plot in (self._fit_plot, self._psnr_plot, self._weights_plot):
                 plot.clear()
             self._psnr_plot.setVisible(self._reference.value is not None)
@@ -132,7 +141,7 @@ class DIPTrainingWidget(ImageRunWidget):
                     "params": dict(self._params)})
         self._status.value = (f"iteration {step.iteration}: loss {step.loss:.3g}"
                               + ("" if step.psnr is None else f", PSNR {step.psnr:.2f} dB")
-                              + f"; best so far at {step.best_iteration}")
+                              + f"; best so far at {step.best_iteration} (by {self._criterion})")
         self._plot_curves(item.index)
 
     def _plot_curves(self, index: Index) -> None:
@@ -144,6 +153,8 @@ class DIPTrainingWidget(ImageRunWidget):
         self._fit_plot.set_curve("loss", it, [s.loss for s in steps])
         if steps[-1].sure is not None:
             self._fit_plot.set_curve("SURE", it, [s.sure for s in steps])
+        if steps[-1].validation is not None:
+            self._fit_plot.set_curve("held-out residual", it, [s.validation for s in steps])
         if steps[-1].psnr is not None:
             self._psnr_plot.set_curve("PSNR", it, [s.psnr for s in steps])
         self._weights_plot.set_curve("‖w − w0‖₂", it, [s.weight_change_l2 for s in steps])

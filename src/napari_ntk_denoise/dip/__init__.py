@@ -7,11 +7,13 @@ from .architectures import ARCHITECTURES, Autoencoder, EncoderDecoder, SkipNet, 
 from .device import resolve_device
 from .diagnostics import effective_weights, ntk_top_eigenvalue, preactivation_eigenimages, weight_change
 from .events import DIPProgress, DIPResult, DIPStep
-from .trainer import iter_dip, train_dip
+from .stopping import DIPCollapseWarning, OutputAverage
+from .trainer import default_style, iter_dip, train_dip
 
 __all__ = [
     "ARCHITECTURES",
     "Autoencoder",
+    "DIPCollapseWarning",
     "DIPProgress",
     "DIPResult",
     "DIPStep",
@@ -19,10 +21,12 @@ __all__ = [
     "SkipNet",
     "UNet",
     "build_network",
+    "default_style",
     "effective_weights",
     "iter_dip",
     "min_image_size",
     "ntk_top_eigenvalue",
+    "OutputAverage",
     "preactivation_eigenimages",
     "resolve_device",
     "train_dip",

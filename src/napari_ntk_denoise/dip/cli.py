@@ -19,7 +19,7 @@ from ..events import drain
 from ..imageio import guess_channel_axis, read_image, write_image
 from .architectures import ARCHITECTURES
 from .events import DIPProgress, DIPResult, DIPStep
-from .trainer import MAX_ITERATIONS, MAX_WIDTH, iter_dip
+from .trainer import MAX_ITERATIONS, MAX_WIDTH, PATIENCE, iter_dip
 
 __all__ = ["add_parser", "run"]
 
@@ -56,19 +56,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "dip",
         help="denoise by training a deep image prior (vanilla CNN, U-Net or autoencoder)",
         description="Train a network on one noisy image (Tachella et al. 2021, sections 5-6) and write the "
-        "best output: by PSNR against --reference, else by MC-SURE (image input), else the last.",
+        "best output: by PSNR against --reference, else by MC-SURE (image input), else by the residual on "
+        "5%% of the pixels held out of the loss (noise input).",
     )
     p.add_argument("input_path", metavar="INPUT", help="noisy image (PNG, JPEG, TIFF)")
     p.add_argument("-o", "--output", required=True, help="output image (same dtype as the input)")
     p.add_argument("--arch", choices=ARCHITECTURES, default="ae", help="architecture (default: ae)")
     p.add_argument("--optim", choices=("adam", "gd"), default="adam", help="optimiser (default: adam)")
-    p.add_argument("--input", choices=("image", "noise"), default="image",
-                   help="network input: the noisy image or i.i.d. noise (default: image)")
+    p.add_argument("--input", choices=("noise", "image"), default="noise",
+                   help="network input: noise (the DIP; default) or the noisy image")
     p.add_argument("--iters", type=_bounded_int(MAX_ITERATIONS), default=3000, help="iterations (default: 3000)")
     p.add_argument("--reference", default=None, help="clean image: print PSNR and keep the best output by it")
     p.add_argument("--width", type=_bounded_int(MAX_WIDTH), default=64, help="hidden channels (default: 64)")
     p.add_argument("--lr", type=_positive_float, default=None,
-                   help="learning rate (default: Adam 0.001, GD 1/lambda_max of the NTK at initialisation)")
+                   help="learning rate (default: Adam 0.01 for unet/ae/skip, 0.001 for vanilla; GD 1/lambda_max "
+                        "of the NTK at initialisation)")
+    p.add_argument("--patience", type=_bounded_int(MAX_ITERATIONS), default=PATIENCE,
+                   help=f"stop after this many iterations without a better output (default: {PATIENCE})")
     p.add_argument("--every", type=_bounded_int(MAX_ITERATIONS), default=100,
                    help="iterations between evaluations (default: 100)")
     p.add_argument("--sigma", type=_positive_float, default=None,
@@ -117,7 +121,7 @@ def run(args: argparse.Namespace, stream: TextIO | None = None) -> int:
     gen = iter_dip(
         noisy, channel_axis=axis, arch=args.arch, optimizer=args.optim, input=args.input, width=args.width,
         lr=args.lr, iterations=args.iters, every=args.every, reference=reference, sigma=args.sigma,
-        data_range=data_range, device=args.device, seed=args.seed,
+        data_range=data_range, patience=args.patience, device=args.device, seed=args.seed,
     )
     bar, figures, tick = ProgressBar(stream), "", max(1, args.iters // 200)
 
@@ -136,6 +140,8 @@ def run(args: argparse.Namespace, stream: TextIO | None = None) -> int:
     print(f"best iteration {result.best_iteration} of {args.iters} (by {result.criterion}): "
           + _figures(float(result.loss[best]), None if result.psnr is None else float(result.psnr[best]),
                      None if result.sure is None else float(result.sure[best])))
+    if p["stopped"]:
+        print(f"stopped at iteration {p['iterations_run']}: {p['stopped']}")
     if "sigma" in p:
         print(f"sigma = {p['sigma']:.6g}" + (" (estimated)" if p["sigma_estimated"] else ""))
     print(f"{p['arch']} / {p['optimizer']} / {p['input']} input, width {p['width']}, lr {p['lr']:.3g}, "

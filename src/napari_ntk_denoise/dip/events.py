@@ -33,6 +33,12 @@ class DIPStep:
         PSNR [dB] against the reference, when one was given.
     sure : float or None
         MC-SURE estimate of the mean squared error ``||x - z||^2 / n``, for image input.
+    validation : float or None
+        Mean squared residual on the pixels held out of the loss (``criterion="holdout"``): the
+        mean squared error there plus the noise variance, as their noise was never fitted.
+    variance : float
+        Moving variance of the outputs (:class:`~napari_ntk_denoise.dip.stopping.OutputAverage`),
+        data units squared; infinite at iteration 0.
     weight_change_l2, weight_change_max : float
         ``||w^t - w^0||_2`` and the mean over intermediate layers of ``max |w^t - w^0|``
         (see :func:`~napari_ntk_denoise.dip.diagnostics.weight_change`).
@@ -49,6 +55,8 @@ class DIPStep:
     loss: float
     psnr: float | None
     sure: float | None
+    validation: float | None
+    variance: float
     weight_change_l2: float
     weight_change_max: float
     best_iteration: int
@@ -67,11 +75,11 @@ class DIPResult:
     best_iteration : int
         Its iteration.
     criterion : str
-        How it was chosen: ``"psnr"`` (oracle), ``"sure"`` or ``"last"``.
-    iterations, loss, weight_change_l2, weight_change_max : numpy.ndarray
+        How it was chosen: ``"psnr"`` (oracle), ``"sure"``, ``"holdout"``, ``"variance"`` or ``"last"``.
+    iterations, loss, variance, weight_change_l2, weight_change_max : numpy.ndarray
         Curves at the recorded iterations (those of the :class:`DIPStep` events).
-    psnr, sure : numpy.ndarray or None
-        Curves of PSNR and MC-SURE, where available.
+    psnr, sure, validation : numpy.ndarray or None
+        Curves of PSNR, MC-SURE and the held-out residual, where available.
     timings : dict
         ``setup_s`` (validation, network, default step), ``train_s`` and ``iterations_per_s``.
     params : dict
@@ -85,6 +93,8 @@ class DIPResult:
     loss: np.ndarray
     psnr: np.ndarray | None
     sure: np.ndarray | None
+    validation: np.ndarray | None
+    variance: np.ndarray
     weight_change_l2: np.ndarray
     weight_change_max: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
