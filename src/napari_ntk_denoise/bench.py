@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .denoise import denoise_ntk
-from .dip.trainer import train_dip
+from .dip.trainer import resolve_criterion, train_dip
 from .imageio import guess_channel_axis, read_image, to_unit
 from .samples import add_noise
 from .stopping import psnr
@@ -145,7 +145,7 @@ def _nystrom(input: str, guided: bool) -> Method:
 
 def _dip(optimizer: str, arch: str, input: str, **net: int) -> Method:
     def run(noisy: np.ndarray, clean: np.ndarray, axis: int | None, s: BenchSettings) -> Outcome:
-        criterion = "psnr" if s.stop == "oracle" else "sure" if input == "image" else "holdout"
+        criterion = resolve_criterion("auto", s.stop == "oracle", input)
         res = train_dip(noisy, channel_axis=axis, arch=arch, optimizer=optimizer, input=input, width=s.width,
                         iterations=s.max_iters, every=min(s.every, s.max_iters), reference=clean,
                         sigma=s.sigma_unit, criterion=criterion, device=s.device or "auto", seed=s.seed, **net)
@@ -427,11 +427,10 @@ def markdown_table(records: Sequence[Record]) -> str:
     columns = list(dict.fromkeys(col(r) for r in records))
     images = list(dict.fromkeys(r.image for r in records))
     by = {(r.image, col(r)): r for r in records}
-    by_column = {c: [r for r in records if col(r) == c] for c in columns}
     noisy = {r.image: r.noisy_psnr for r in records}
 
     def mean(c: str, key: str) -> str:
-        vals = [getattr(r, key) for r in records if col(r) == c]
+        vals = [v for r in records if col(r) == c and (v := getattr(r, key)) is not None]
         return f"{np.mean(vals):.2f}" if vals else ""
 
     lines = _table(images, ["noisy", *columns],
@@ -440,8 +439,7 @@ def markdown_table(records: Sequence[Record]) -> str:
     lines.append("| **mean PSNR** | " + f"{np.mean(list(noisy.values())):.2f} | " +
                  " | ".join(f"**{mean(c, 'psnr')}**" for c in columns) + " |")
     if any(r.oracle_psnr is not None and r.stop != "oracle" for r in records):
-        lines.append("| mean PSNR, best iteration | | " + " | ".join(
-            mean(c, "oracle_psnr") if by_column[c][0].oracle_psnr is not None else "" for c in columns) + " |")
+        lines.append("| mean PSNR, best iteration | | " + " | ".join(mean(c, "oracle_psnr") for c in columns) + " |")
     lines.append("| mean SSIM | | " + " | ".join(mean(c, "ssim") for c in columns) + " |")
     lines.append("| seconds / image | | " + " | ".join(mean(c, "seconds") for c in columns) + " |")
     return "\n".join(lines) + "\n"

@@ -13,11 +13,10 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 
-__all__ = ["AVERAGE_DECAY", "DIPCollapseWarning", "OutputAverage", "collapse_reason", "warn_collapse"]
+__all__ = ["AVERAGE_DECAY", "DIPCollapseWarning", "OutputAverage", "collapse_reason"]
 
 #: decay of the output average and of the moving variance (the DIP's 0.99: a window of ~100 steps)
 AVERAGE_DECAY = 0.99
@@ -50,7 +49,7 @@ class OutputAverage:
             return
         b = self.decay
         # a tensor, so that an accelerator is not synchronised at every step
-        self._variance = b * self._variance + (1 - b) * (z - self.mean).double().square().mean()
+        self._variance = b * self._variance + (1 - b) * (z - self.mean).square().mean()
         self.mean.mul_(b).add_(z, alpha=1 - b)
         self.count += 1
 
@@ -89,7 +88,3 @@ def collapse_reason(spread: float, image_spread: float, iteration: int) -> str |
                 f"{image_spread:.3g}): the network died; lower the learning rate or change the seed")
     return None
 
-
-def warn_collapse(reason: str) -> None:
-    """Warn with :class:`DIPCollapseWarning`."""
-    warnings.warn(reason, DIPCollapseWarning, stacklevel=3)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Generator
 from typing import Any, Literal, NamedTuple
 
@@ -25,12 +26,12 @@ import numpy as np
 import torch
 from skimage.restoration import estimate_sigma
 
-from .architectures import ARCHITECTURES, KERNEL_SIZE, Architecture, Style, build_network, min_image_size
+from .architectures import ARCHITECTURES, KERNEL_SIZE, STYLES, Architecture, Style, build_network, min_image_size
 from ..events import drain
 from .device import empty_cache, resolve_device, retry_on_cpu
 from .diagnostics import effective_weights, ntk_top_eigenvalue, preactivation_eigenimages, weight_change
 from .events import DIPProgress, DIPResult, DIPStep
-from .stopping import OutputAverage, collapse_reason, warn_collapse
+from .stopping import DIPCollapseWarning, OutputAverage, collapse_reason
 
 __all__ = [
     "ADAM_BETAS", "ADAM_LR", "DIP_LR", "MAX_ITERATIONS", "MAX_WIDTH", "PATIENCE", "SURE_EPSILON", "default_style",
@@ -364,7 +365,7 @@ def iter_dip(
     _check_choice("optimizer", optimizer, ("adam", "gd"))
     _check_choice("input", input, ("image", "noise"))
     _check_choice("criterion", criterion, CRITERIA)
-    _check_choice("style", style, ("auto", "ntk", "dip"))
+    _check_choice("style", style, ("auto", *STYLES))
     _check_range("width", width, 1, MAX_WIDTH)
     _check_range("iterations", iterations, 1, MAX_ITERATIONS)
     _check_range("every", every, 1, MAX_ITERATIONS)
@@ -597,7 +598,7 @@ def _train(
                         stopped=stopped and stopped[1])
         if stopped and stopped[0] == "collapsed":
             settings["collapsed"] = stopped[1]
-            warn_collapse(stopped[1])
+            warnings.warn(stopped[1], DIPCollapseWarning, stacklevel=2)
         arrays = {k: np.asarray(v, dtype=np.float64) for k, v in curves.items()}
         return DIPResult(
             image=_to_image(run.best, units, layout),
