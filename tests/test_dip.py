@@ -541,7 +541,7 @@ def _max_relative_error(twicing, width: int) -> float:
             y, arch="vanilla", optimizer="gd", input="image", width=width, lr=eta, iterations=STEPS,
             every=EVERY, sigma=0.1, criterion="last", seed=0,
         )
-        if isinstance(event, DIPStep) and event.iteration > 0
+        if isinstance(event, DIPStep) and event.iteration % EVERY == 0 and event.iteration > 0
     ]
     assert len(errors) == STEPS // EVERY
     return max(errors)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ._input import ImageLayout, check_memory, prepare_image, resolve_device
-from .events import Progress, TwicingStep, drain
+from .events import Progress, TwicingStep, drain, forward_progress
 from .kernels import CNNKernel
 from .noise_estimation import blurred_noise
 from .nystrom import LowRankFilter, estimate_bytes, iter_nystrom, sample_anchors
@@ -509,10 +509,10 @@ def iter_denoise_ntk(
         project = [yt, probe] + ([reft] if reft is not None else []) + ([guide] if stage == 2 else [])
         paired = stop == "sure" and not (st.input == "noise" and stage == 1)
         x_eps = kernel_image(y_eps if guide_eps is None else guide_eps) if paired else None
-        main, pert = yield from iter_nystrom(
+        main, pert = yield from forward_progress(iter_nystrom(  # fractions of the whole run, not of this stage
             kern, x, anchors, st.rank, project=project, stage=f"{label}kernel ({run}/{len(runs)})",
             seed=seed, x_eps=x_eps, project_eps=[y_eps, probe], keep_basis_eps=guided and stage == 1,
-        )
+        ), "", part=(run - 1, len(runs)))
         timings[f"{phase}_kernel"] = time.perf_counter() - tk
         filt = main.filter
         coeffs, probe_c = main.projections[0], main.projections[1]

@@ -77,9 +77,9 @@ def small() -> Callable[[Any], Any]:
     """Set kernel settings that keep a run of a 32 x 32 image to about a second; returns the widget."""
 
     def _small(widget: Any) -> Any:
-        widget._kernel_size.value = 3
-        widget._fraction.value = 0.1
-        widget._rank.value = 32
+        widget._filter_controls.kernel_size.value = 3
+        widget._filter_controls.fraction.value = 0.1
+        widget._filter_controls.rank.value = 32
         return widget
 
     return _small

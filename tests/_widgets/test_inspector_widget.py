@@ -68,7 +68,7 @@ def test_reuses_the_filter_of_an_ntk_run(qtbot, viewer, open_widget, small, insp
     assert inspector.run() is None  # no worker: reused
     assert inspector.filter is ntk._results[()].result.filter
     assert viewer.layers["noisy [eigenimages]"].metadata["reused"]
-    inspector._kernel.value = "nngp"  # another kernel: computed anew
+    inspector._filter_controls.kernel.value = "nngp"  # another kernel: computed anew
     worker = inspector.run()
     assert worker is not None
     with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):

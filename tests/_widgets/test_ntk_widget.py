@@ -343,7 +343,8 @@ def stack_run(qtbot, viewer, open_widget):
     """NTK Filter run over a two-plane stack whose planes have different noise levels (kernel size 5)."""
     viewer.add_image(_two_noise_levels(), name="zstack")
     widget = open_widget("NTK Filter")
-    widget._kernel_size.value, widget._fraction.value, widget._rank.value = 5, 0.1, 32
+    controls = widget._filter_controls
+    controls.kernel_size.value, controls.fraction.value, controls.rank.value = 5, 0.1, 32
     widget._image.value = viewer.layers["zstack"]
     worker = widget.run()
     with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
@@ -359,7 +360,7 @@ def test_each_plane_keeps_its_own_stop_shown_for_the_plane_on_screen(viewer, sta
     assert [p["t"] for p in meta["planes"]] == [p["t_shown"] for p in meta["planes"]] == [t0, t1]
     for z, (t, plane) in enumerate([(t0, plane0), (t1, plane1)]):
         viewer.dims.set_current_step(0, z)
-        assert stack_run._t_label.value.startswith(f"t = {t}   (SURE choice: {t},")
+        assert stack_run._t_label.value.startswith(f"smoothing step t = {t}   (chosen by SURE: {t};")
         assert stack_run._plot.marker == t
         np.testing.assert_array_equal(stack_run._plot.curves["SURE estimate"][0], plane.result.t_grid)
 
@@ -377,7 +378,7 @@ def test_t_slider_moves_every_plane_from_its_own_stop(viewer, stack_run) -> None
         np.testing.assert_allclose(out.data[z], plane.render(t), rtol=1e-6)
     assert [p["t_shown"] for p in out.metadata["planes"]] == shown and out.metadata["t_offset"] == 3
     viewer.dims.set_current_step(0, 1)
-    assert stack_run._t_label.value.startswith(f"t = {shown[1]}   (SURE choice: {planes[1].result.t},")
+    assert stack_run._t_label.value.startswith(f"smoothing step t = {shown[1]}   (chosen by SURE: {planes[1].result.t};")
     assert stack_run._plot.marker == shown[1]
     stack_run._t.value = stack_run._t.min  # every plane at the grid's first step (the earlier stop held there)
     assert [p["t_shown"] for p in out.metadata["planes"]] == [1, 1]
@@ -394,7 +395,7 @@ def test_planes_without_eigenimages_stay_at_their_stop(qtbot, viewer, ntk, monke
         pass
     res = ntk._results[()].result
     assert not ntk._t.enabled and not ntk._results[()].renderable
-    assert ntk._t_label.value.startswith(f"t = {res.t} ") and "not kept" in ntk._t_label.value
+    assert ntk._t_label.value.startswith(f"smoothing step t = {res.t} ") and "not kept" in ntk._t_label.value
 
 
 def test_doubtful_stop_is_marked_per_plane(qtbot, viewer, open_widget, small, camera_pair, monkeypatch) -> None:
@@ -425,7 +426,7 @@ def test_doubtful_stop_is_marked_per_plane(qtbot, viewer, open_widget, small, ca
     assert "doubtful on 1 of 2 planes" in _messages()[-1]
     viewer.dims.set_current_step(0, 1)
     t1 = widget._results[(1,)].result.t
-    assert widget._t_label.value.startswith(f"t = {t1} ") and widget._t_label.value.endswith(f"(doubtful: {reason})")
+    assert widget._t_label.value.startswith(f"smoothing step t = {t1} ") and widget._t_label.value.endswith(f"(doubtful: {reason})")
     assert _ntk_widget.DOUBT_COLOUR in widget._t_label.native.styleSheet()
     assert widget._plot.marker_colour == _ntk_widget.DOUBT_COLOUR and "doubtful" in widget._plot.marker_label
     viewer.dims.set_current_step(0, 0)

@@ -13,16 +13,17 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, FloatSpinBox, Label, SpinBox
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, SpinBox
 from napari.utils.notifications import show_info
 
 from napari_ntk_denoise.dip import ARCHITECTURES, DIPProgress, DIPResult, DIPStep, iter_dip, min_image_size
 from napari_ntk_denoise.dip.trainer import PATIENCE, resolve_criterion
 
 from ._base import ImageRunWidget
+from ._controls import device_control
+from ._dock import Section
 from ._layers import ImageSource, InputError, PlaneEvent, iter_planes
 from ._plots import CurvePlot
-from ._runner import device_choices
 
 if TYPE_CHECKING:
     import napari
@@ -31,6 +32,17 @@ if TYPE_CHECKING:
 __all__ = ["DIPTrainingWidget"]
 
 Index = tuple[int, ...]
+
+#: The architectures in words, and the engine's names for them.
+ARCHITECTURE_NAMES = {"ae": "autoencoder", "unet": "U-Net", "skip": "skip net (DIP)",
+                      "vanilla": "vanilla CNN (11 x 11)"}
+
+#: How each stopping criterion is named to the user.
+CRITERION_WORDS = {"holdout": "the held-out pixels", "sure": "SURE", "psnr": "PSNR vs the reference",
+                   "variance": "the output's variance", "last": "the last iteration"}
+
+#: Default time limit of a run, in minutes: a CPU finishes in minutes whatever the image size.
+TIME_LIMIT_MINUTES = 10.0
 
 
 def _train_planes(params: dict[str, Any], source: ImageSource, reference: ImageSource | None) -> Any:
@@ -46,7 +58,8 @@ def _train_planes(params: dict[str, Any], source: ImageSource, reference: ImageS
 def dip_progress(event: object) -> tuple[float, str] | None:
     """Fraction and message of a :class:`DIPProgress`; ``None`` for a :class:`DIPStep`."""
     if isinstance(event, DIPProgress):
-        return event.iteration / event.iterations, f"iteration {event.iteration}/{event.iterations}"
+        rate = event.iteration / event.seconds if event.seconds > 0 else 0.0
+        return event.fraction, f"iteration {event.iteration}/{event.iterations} ({rate:.3g} it/s)"
     return None
 
 
@@ -60,35 +73,61 @@ class DIPTrainingWidget(ImageRunWidget):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(viewer, "DIP", "Clean image of the same shape: PSNR curve, and the best output by PSNR.")
-        self._arch = ComboBox(label="architecture", choices=ARCHITECTURES, value="ae",
-                              tooltip="vanilla CNN (11 x 11), U-Net, autoencoder (U-Net without skips), skip net.")
-        self._optimizer = ComboBox(label="optimiser", choices=("adam", "gd"), value="adam",
-                                   tooltip="Adam, or plain gradient descent (the NTK regime).")
-        self._input = ComboBox(label="input", choices=("image", "noise"), value="noise",
-                               tooltip="Noise (the original DIP; stops on 5 % of the pixels held out of the loss) "
-                                       "or the noisy image (stops by MC-SURE) as network input.")
-        self._width = SpinBox(label="width", value=64, min=1, max=4096, tooltip="Hidden channels.")
+        super().__init__(viewer, "DIP", "A noise-free version of the same image, if you have one: the PSNR "
+                         "curve, and the best output chosen by PSNR. Optional.",
+                         "Train the network on the image; the output layer follows the training live.")
+        self._arch = ComboBox(
+            label="network", choices=[(ARCHITECTURE_NAMES[a], a) for a in ARCHITECTURES], value="ae",
+            tooltip="The network trained on the image. Autoencoder (default) and skip net denoise best; the "
+            "vanilla CNN is the one whose wide limit is the NTK filter.")
+        self._optimizer = ComboBox(
+            label="optimiser", choices=(("Adam", "adam"), ("gradient descent", "gd")), value="adam",
+            tooltip="Adam leaves the NTK regime and beats the NTK filter; plain gradient descent follows it "
+            "(and needs thousands of iterations).")
+        self._input = ComboBox(
+            label="network input", choices=(("random noise (DIP)", "noise"), ("the noisy image", "image")),
+            value="noise",
+            tooltip="Random noise: the original deep image prior; the best output is chosen on 5 % of the pixels "
+            "held out of training. The noisy image: the best output is chosen by SURE.")
+        self._iterations = SpinBox(label="iterations (at most)", value=3000, min=1, max=1_000_000,
+                                   tooltip="Most training iterations; training stops earlier once the output "
+                                   "has not improved for 'patience' iterations, or at the time limit.")
+        self._time_limit = FloatSpinBox(
+            label="time limit (min)", value=TIME_LIMIT_MINUTES, min=0.0, max=10_000.0, step=1.0,
+            tooltip="Stop training after this many minutes and keep the best output so far; 0: no limit. "
+            "Large images train slowly on a CPU: crop them or use a GPU for a better result in the same time.")
+        self._time_limit.native.setSpecialValueText("none")
+        self._width = SpinBox(label="width (channels)", value=64, min=1, max=4096,
+                              tooltip="Channels of the hidden layers. Wider: slower, and (with gradient descent) "
+                              "closer to the NTK filter.")
         self._lr = FloatSpinBox(label="learning rate", value=0.0, min=0.0, max=100.0, step=1e-4,
-                                tooltip="0: default (Adam 0.01 for U-Net, autoencoder and skip net, 0.001 for "
-                                        "vanilla; GD 1 / largest NTK eigenvalue).")
-        self._iterations = SpinBox(label="iterations", value=3000, min=1, max=1_000_000,
-                                   tooltip="Most iterations; training stops earlier once patience runs out.")
+                                tooltip="Step size of the optimiser; 0 (auto): Adam 0.01 for the U-Net, "
+                                "autoencoder and skip net, 0.001 for the vanilla CNN; gradient descent "
+                                "1 / largest NTK eigenvalue. Too large: the output collapses (the run says so).")
+        self._lr.native.setSpecialValueText("auto")
         self._patience = SpinBox(label="patience", value=PATIENCE, min=1, max=1_000_000,
                                  tooltip="Stop after this many iterations without a better output.")
-        self._every = SpinBox(label="update interval", value=50, min=1, max=100_000,
-                              tooltip="Iterations between output and curve updates.")
-        self._device = ComboBox(label="device", choices=device_choices())
-        self._status = Label(value="")
-        self._fit_plot = CurvePlot("Loss and SURE", xlabel="iteration", ylabel="mean squared", log_y=True)
+        self._every = SpinBox(label="show every (iterations)", value=50, min=1, max=100_000,
+                              tooltip="Iterations between updates of the output layer and the curves (each "
+                              "update costs about one iteration).")
+        self._device = device_control()
+        self._best_label = Label(value="", tooltip="The iteration whose output is kept, and why.")
+        self._best_label.native.setWordWrap(True)
+        self._fit_plot = CurvePlot("Loss and stopping criterion", xlabel="iteration", ylabel="mean squared",
+                                   log_y=True)
         self._psnr_plot = CurvePlot("PSNR vs reference", xlabel="iteration", ylabel="dB")
         self._weights_plot = CurvePlot("Weight change", xlabel="iteration", ylabel="|w - w0|", log_y=True)
-        self.extend([
-            self._image, self._reference, self._arch, self._optimizer, self._input, self._width, self._lr,
-            self._iterations, self._patience, self._every, self._device, self._buttons, self._status,
-        ])
-        for plot in (self._fit_plot, self._psnr_plot, self._weights_plot):
-            self.native.layout().addWidget(plot)
+        self._fit_plot.setToolTip("Training loss, and the criterion that picks the best output (held-out "
+                                  "residual or SURE); the marker is the best iteration.")
+        self._weights_plot.setToolTip("How far the weights moved from their start: small for a network in "
+                                      "the NTK regime.")
+        self._lay_out([
+            Container(widgets=[self._image, self._reference, self._arch, self._optimizer, self._input,
+                               self._iterations, self._time_limit]),
+            Section("Training settings", [self._width, self._lr, self._patience, self._every, self._device],
+                    "Network width, learning rate, stopping patience, update interval, device."),
+            Container(widgets=[self._buttons, self._progress, self._best_label], labels=False),
+        ], [self._fit_plot, self._psnr_plot, self._weights_plot])
         self._best: dict[Index, DIPStep] = {}
         self._curves: dict[Index, list[DIPStep]] = {}
         self._results: dict[Index, DIPResult] = {}
@@ -101,6 +140,7 @@ class DIPTrainingWidget(ImageRunWidget):
             "arch": self._arch.value, "optimizer": self._optimizer.value, "input": self._input.value,
             "width": self._width.value, "lr": self._lr.value or None, "iterations": self._iterations.value,
             "every": self._every.value, "patience": self._patience.value, "device": self._device.value, "seed": 0,
+            "time_limit": 60 * self._time_limit.value or None,
         }
 
     def run(self) -> GeneratorWorker | None:
@@ -116,11 +156,13 @@ class DIPTrainingWidget(ImageRunWidget):
         def check(source: ImageSource) -> None:
             smallest = min_image_size(params["arch"])
             if min(source.plane_shape) < smallest:
-                raise InputError(f"The {params['arch']} network needs planes of at least {smallest} x {smallest} "
-                                 f"pixels; '{source.name}' has {source.plane_shape}.")
+                name = ARCHITECTURE_NAMES[params["arch"]]
+                raise InputError(f"The {name} needs planes of at least {smallest} x {smallest} pixels; "
+                                 f"'{source.name}' has {source.plane_shape}.")
 
         worker = self._start(partial(_train_planes, params), "DIP training", check, on_event=self._on_step,
-                             on_return=self._on_result, on_finished=self._on_finished, progress_of=dip_progress)
+                             on_return=self._on_result, on_finished=self._on_finished, progress_of=dip_progress,
+                             upper_bound=True)
         if worker is not None:
             self._params, self._best, self._curves, self._results = params, {}, {}, {}
             self._criterion = resolve_criterion("auto", self._reference.value is not None, params["input"])
@@ -136,13 +178,15 @@ class DIPTrainingWidget(ImageRunWidget):
         if step.iteration == step.best_iteration:
             self._best[item.index] = step
         self._curves.setdefault(item.index, []).append(step)
+        self._plot_curves(item.index)
+        self._best_label.value = (f"iteration {step.iteration}: loss {step.loss:.3g}"
+                                  + ("" if step.psnr is None else f", PSNR {step.psnr:.2f} dB")
+                                  + f"; best so far at {step.best_iteration} (by {CRITERION_WORDS[self._criterion]})")
+        if self._output is None and np.ptp(step.image) == 0:  # e.g. a network that starts at zero
+            return
         self._source.store(self._out, item.index, step.image)
         self._show({"status": "training", "plane": list(item.index), "iteration": step.iteration,
                     "params": dict(self._params)})
-        self._status.value = (f"iteration {step.iteration}: loss {step.loss:.3g}"
-                              + ("" if step.psnr is None else f", PSNR {step.psnr:.2f} dB")
-                              + f"; best so far at {step.best_iteration} (by {self._criterion})")
-        self._plot_curves(item.index)
 
     def _plot_curves(self, index: Index) -> None:
         """Plot the curves of one plane, marking its best iteration."""

@@ -12,17 +12,17 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox, create_widget
-from napari.layers import Image
-from napari.utils.notifications import show_error
+from magicgui.widgets import ComboBox, Container, Label, SpinBox
+from napari.layers import Image, Points
 
 from napari_ntk_denoise import LowRankFilter, iter_filter
 
+from ._base import DockWidget
+from ._controls import FilterControls
+from ._dock import Section
 from ._filters import filters
 from ._layers import ImageSource, InputError, iter_planes, put_layer, source_from_layer
-from ._picker import SelectionFollower
 from ._plots import CurvePlot
-from ._runner import StreamRunner, device_choices
 
 if TYPE_CHECKING:
     import napari
@@ -38,7 +38,7 @@ def _filter_plane(source: ImageSource, index: tuple[int, ...], params: dict[str,
     )
 
 
-class EigenimageInspectorWidget(Container):
+class EigenimageInspectorWidget(DockWidget):
     """Inspect the NTK filter of an image: eigenimages, eigenvalue decay, per-pixel weights.
 
     Parameters
@@ -48,50 +48,36 @@ class EigenimageInspectorWidget(Container):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__()
-        self._viewer = viewer
-        self._image = create_widget(annotation=Image, label="image")
-        self._depth = SpinBox(label="depth", value=2, min=2, max=8)
-        self._kernel_size = SpinBox(label="kernel size", value=11, min=1, max=31, step=2)
-        self._kernel = ComboBox(label="kernel type", choices=("ntk", "nngp"), value="ntk")
-        self._input = ComboBox(label="input", choices=("image", "noise"), value="image",
-                               tooltip="Kernel of the noisy image, or of i.i.d. noise (the DIP's input).")
-        self._fraction = FloatSpinBox(label="anchor fraction", value=0.02, min=0.001, max=1.0, step=0.005)
-        self._rank = SpinBox(label="rank", value=256, min=1, max=8192)
-        self._n_show = SpinBox(label="eigenimages shown", value=16, min=1, max=1024)
-        self._device = ComboBox(label="device", choices=device_choices())
-        self._run = PushButton(text="Compute filter")
-        self._stop = PushButton(text="Stop")
-        self._info = Label(value="Compute the filter, then click a pixel to see its weights.")
+        super().__init__(viewer, "Compute filter", "Compute the NTK filter of the plane on screen (reused when "
+                         "already computed with the same settings, e.g. by the NTK Filter widget).")
+        self._filter_controls = FilterControls()
+        self._input = ComboBox(
+            label="kernel of", choices=(("the noisy image", "image"), ("random noise (DIP input)", "noise")),
+            value="image", tooltip="The filter of a network fed the noisy image, or random noise (the deep "
+            "image prior's input, whose filter does not depend on the image).")
+        self._n_show = SpinBox(label="eigenimages shown", value=16, min=1, max=1024,
+                               tooltip="Leading eigenimages shown as a stack, from the largest eigenvalue.")
+        self._info = Label(value="Compute the filter, then click a pixel to see its weights.",
+                           tooltip="The filter shown, and how to see a pixel's weights.")
+        self._info.native.setWordWrap(True)
         self._plot = CurvePlot("Eigenvalue decay", xlabel="index i", ylabel="λᵢ / λ₁", log_y=True)
-        self.extend([
-            self._image, self._depth, self._kernel_size, self._kernel, self._input, self._fraction,
-            self._rank, self._n_show, self._device,
-            Container(widgets=[self._run, self._stop], layout="horizontal", labels=False), self._info,
-        ])
-        self.native.layout().addWidget(self._plot)
-        self._runner = StreamRunner(viewer, self.native, self._run, self._stop)
+        self._plot.setToolTip("Eigenvalues of the filter relative to the largest: fast decay, strong smoothing.")
+        self._lay_out([
+            Container(widgets=[self._image, self._input, self._n_show]),
+            Section("Filter settings", self._filter_controls.widgets,
+                    "The network whose filter is computed and how it is approximated."),
+            Container(widgets=[self._buttons, self._progress, self._info], labels=False),
+        ], [self._plot])
         self._filter: LowRankFilter | None = None
         self._source: ImageSource | None = None
         self._eigen_layer: Image | None = None
         self._weights_layer: Image | None = None
+        self._pixel_layer: Points | None = None
         self._pixel: tuple[int, int] | None = None
         self._meta: dict[str, Any] = {}
         self._started = 0.0
-        self._run.changed.connect(self.run)
         viewer.mouse_drag_callbacks.append(self._on_click)
         self.native.destroyed.connect(self._disconnect_clicks)
-        self._follower = SelectionFollower(self._image, viewer)
-
-    def reset_choices(self, *args: Any) -> None:
-        """Refresh the layer lists (napari calls this), then show the selected image layer."""
-        super().reset_choices(*args)
-        self._follower.follow()
-
-    @property
-    def worker(self) -> GeneratorWorker | None:
-        """The running worker, if any."""
-        return self._runner.worker
 
     def _disconnect_clicks(self, *_: object) -> None:
         """Stop listening to clicks once the widget is gone."""
@@ -105,12 +91,7 @@ class EigenimageInspectorWidget(Container):
 
     def _read_params(self) -> dict[str, Any]:
         """:func:`iter_filter` keyword arguments from the controls."""
-        device = self._device.value
-        return {
-            "depth": self._depth.value, "kernel_size": self._kernel_size.value, "kernel": self._kernel.value,
-            "input": self._input.value, "fraction": self._fraction.value, "rank": self._rank.value,
-            "device": None if device == "auto" else device, "seed": 0,
-        }
+        return {**self._filter_controls.params(), "input": self._input.value}
 
     def run(self) -> GeneratorWorker | None:
         """Compute the filter of the shown plane, or reuse one computed with the same parameters.
@@ -125,7 +106,7 @@ class EigenimageInspectorWidget(Container):
         try:
             source = source_from_layer(self._image.value, self._viewer)
         except InputError as exc:
-            show_error(str(exc))
+            self._refuse(str(exc))
             return None
         index, params = source.current_index(self._viewer), self._read_params()
         cached = filters.get(source.layer, index, params)
@@ -162,9 +143,11 @@ class EigenimageInspectorWidget(Container):
         lam = filt.eigenvalues / filt.eigenvalues[0]
         self._plot.clear()
         self._plot.set_curve("eigenvalues", np.arange(1, len(lam) + 1), lam)
-        how = "reused" if seconds is None else f"computed in {seconds:.1f} s"
-        self._info.value = (f"'{source.name}': rank {filt.rank}, {len(filt.anchors)} anchors ({how}).\n"
-                            "Click a pixel to see its filter weights.")
+        how = "reused from an earlier run" if seconds is None else f"computed in {seconds:.1f} s"
+        self._info.value = (f"'{source.name}': {filt.rank} eigenimages from {len(filt.anchors)} sampled pixels "
+                            f"({how}). Click a pixel to see its filter weights.")
+        if seconds is None:
+            self._progress.say("Reused the filter computed before with the same settings.")
         if self._pixel is not None:
             self.show_weights(self._pixel)
 
@@ -184,6 +167,18 @@ class EigenimageInspectorWidget(Container):
             self._viewer, self._weights_layer, weights, self._source.plane_kwargs("filter weights", meta),
             colormap="magma", contrast_limits=(0.0, float(weights.max()) or 1.0),
         )
+        self._mark(pixel, self._source.plane_kwargs("clicked pixel", meta))
+
+    def _mark(self, pixel: tuple[int, int], kwargs: dict[str, Any]) -> None:
+        """A cross on the clicked pixel, in a points layer added once and moved afterwards."""
+        point = np.array([pixel], dtype=float)
+        layer = self._pixel_layer
+        if layer is not None and layer in self._viewer.layers:
+            layer.data, layer.metadata = point, kwargs["metadata"]
+            return
+        size = max(3.0, max(self._filter.shape) / 40) if self._filter is not None else 3.0
+        self._pixel_layer = self._viewer.add_points(point, symbol="cross", size=size, face_color="#00e5ff",
+                                                    border_width=0, **kwargs)
 
     def _on_click(self, viewer: napari.viewer.Viewer, event: Any) -> None:
         """Show the weights of the clicked pixel (clicks outside the plane are ignored)."""

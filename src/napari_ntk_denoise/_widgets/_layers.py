@@ -202,6 +202,17 @@ class ImageSource:
         }
 
 
+def _finite(source: ImageSource, viewer: napari.viewer.Viewer) -> bool:
+    """Whether the image holds no NaN or infinity: every value of an in-memory array; the plane on
+    screen of a lazy (dask) one, whose other planes the engine checks as it reads them."""
+    data = source.layer.data
+    if not np.issubdtype(data.dtype, np.floating):
+        return True
+    if isinstance(data, np.ndarray):  # min and max carry NaN and infinities, without a d-sized mask
+        return bool(np.isfinite(data.min()) and np.isfinite(data.max()))
+    return bool(np.isfinite(source.plane(source.current_index(viewer))).all())
+
+
 def source_from_layer(layer: object, viewer: napari.viewer.Viewer, volume: bool = False) -> ImageSource:
     """Check a layer chosen in a widget and view it as an :class:`ImageSource`.
 
@@ -217,7 +228,8 @@ def source_from_layer(layer: object, viewer: napari.viewer.Viewer, volume: bool 
     Raises
     ------
     InputError
-        With a message for the user: no layer, not an image, multiscale, too small.
+        With a message for the user: no layer, not an image, multiscale, no Z axis for 3-D patches; or
+        one message naming every problem of the image (too small, NaN or infinite values).
     """
     from napari.layers import Image
 
@@ -240,8 +252,13 @@ def source_from_layer(layer: object, viewer: napari.viewer.Viewer, volume: bool 
     if volume and data.ndim < 3 + rgb:
         raise InputError(f"'{layer.name}' has no Z axis: 3-D patches need a stack of planes.")
     src = ImageSource(layer=layer, rgb=rgb, volume=volume)
+    problems = []
     if min(src.plane_shape) < 8:
-        raise InputError(f"'{layer.name}' planes are {src.plane_shape}; at least 8 x 8 pixels are needed.")
+        problems.append(f"its planes are {src.plane_shape[0]} x {src.plane_shape[1]} pixels, under the 8 x 8 needed")
+    if not _finite(src, viewer):
+        problems.append("it contains NaN or infinite values (replace them, e.g. by the image's median)")
+    if problems:
+        raise InputError(f"Cannot process '{layer.name}': " + "; ".join(problems) + ".")
     return src
 
 

@@ -22,7 +22,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, Label, Slider, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, Slider, SpinBox
 from napari.layers import Image
 from napari.utils.notifications import show_info
 
@@ -33,10 +33,11 @@ from napari_ntk_denoise.tiling import TILE_Z
 from napari_ntk_denoise.vst import PoissonGaussian, gat_forward, gat_inverse
 
 from ._base import ImageRunWidget
+from ._controls import KERNEL_CHOICES, FilterControls, engine_default
+from ._dock import Section
 from ._filters import filters
 from ._layers import ImageSource, InputError, PlaneDone, PlaneEvent, iter_planes, source_from_layer
 from ._plots import CurvePlot
-from ._runner import device_choices
 
 if TYPE_CHECKING:
     import napari
@@ -204,64 +205,71 @@ class NTKFilterWidget(ImageRunWidget):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(viewer, "NTK", "Clean image of the same shape, for PSNR curves (optional).")
+        super().__init__(viewer, "NTK", "A noise-free version of the same image, if you have one (e.g. of a "
+                         "simulation): the plot then shows the true PSNR of every smoothing step. Optional.",
+                         "Denoise the image with the NTK filter; every plane gets its own smoothing step.")
         self._sigma = FloatSpinBox(
-            label="σ (noise)", min=0.0, max=1e9, step=1e-4,
-            tooltip="Noise standard deviation in the image's units, estimated when the image is chosen. "
-            "Left at the estimate, or at 0 (auto), it is estimated for each plane.",
+            label="noise level σ", min=0.0, max=1e9, step=1e-4,
+            tooltip="Standard deviation of the noise, in the image's own units (e.g. grey levels for 8-bit "
+            "data), estimated when the image is chosen. Raise it for a smoother result, lower it to keep more "
+            "detail. Left at the estimate, or at 0 (auto), it is estimated for each plane.",
         )
         self._sigma.native.setSpecialValueText("auto")
-        self._depth = SpinBox(label="depth", value=2, min=2, max=8, tooltip="Weight layers of the CNN.")
-        self._kernel_size = SpinBox(label="kernel size", value=11, min=1, max=31, step=2,
-                                    tooltip="Convolution size r (the patch is r x r for depth 2).")
-        self._kernel = ComboBox(label="kernel type", choices=("ntk", "nngp"), value="ntk",
-                                tooltip="ntk: every layer trained; nngp: output layer only (paper eq. 12).")
-        self._fraction = FloatSpinBox(label="anchor fraction", value=0.02, min=0.001, max=1.0, step=0.005,
-                                      tooltip="Fraction of pixels used as Nyström anchors.")
-        self._rank = SpinBox(label="rank", value=256, min=1, max=8192, tooltip="Eigenimages kept.")
-        self._guided = CheckBox(value=False, text="guided second stage",
-                                tooltip="Recompute the filter from the first estimate, filter again, and average "
-                                        "the two (weight chosen by SURE).")
+        self._filter_controls = FilterControls()
+        self._guided = CheckBox(value=False, text="two-stage (guided) filter",
+                                tooltip="Filter once, build a second filter from that first estimate, filter "
+                                "again and average the two (weight chosen by SURE). Sharper, about 3x slower.")
         self._guided_kernel = ComboBox(
-            label="guided kernel", choices=("nngp", "ntk"), value="nngp", visible=False,
-            tooltip="Kernel type of both guided stages (nngp gains more).")
+            label="second-stage kernel", choices=KERNEL_CHOICES, value=engine_default("guided_kernel"), visible=False,
+            tooltip="Kernel of the two-stage filter's runs; the last-layer (NNGP) kernel gains more.")
         self._noise_model = ComboBox(
-            label="noise model", choices=("gaussian", "poisson-gaussian"), value="gaussian",
-            tooltip="poisson-gaussian (photon counts, cameras): the generalized Anscombe transform before the "
-            "filter and its exact unbiased inverse after; gain and read noise given or estimated.")
+            label="noise model", choices=(("Gaussian", "gaussian"), ("photon counts (Poisson-Gaussian)",
+                                                                     "poisson-gaussian")),
+            value="gaussian",
+            tooltip="Gaussian: the same noise everywhere. Photon counts (fluorescence, cameras): noise grows with "
+            "brightness; the image is variance-stabilised (generalized Anscombe transform) before the filter "
+            "and transformed back after. Gain and read noise given or estimated.")
         self._gain = FloatSpinBox(label="gain", min=0.0, max=1e9, step=0.01, visible=False,
-                                  tooltip="Data units per photon; 'auto' estimates it (with the read noise).")
+                                  tooltip="Data units per photon (the camera's conversion factor); 'auto' "
+                                  "estimates it from the image, with the read noise.")
         self._read_noise = FloatSpinBox(label="read noise", min=0.0, max=1e9, step=0.01, visible=False,
-                                        tooltip="Standard deviation of the Gaussian part in data units.")
+                                        tooltip="Standard deviation of the camera's read noise, in data units; "
+                                        "'auto' estimates it.")
         for box in (self._gain, self._read_noise):
             box.native.setSpecialValueText("auto")
         self._volume = CheckBox(value=False, text="3-D patches (Z stack)",
-                                tooltip="Filter each Z-Y-X volume (the axis before Y is Z) with the kernel of 3-D "
-                                "patches instead of each plane on its own.")
-        self._kernel_size_z = SpinBox(label="kernel size z", value=3, min=1, max=31, step=2, visible=False,
-                                      tooltip="Patch depth along Z (odd).")
-        self._tile = SpinBox(label="tile", value=512, min=64, max=16384, step=64,
+                                tooltip="Filter each Z-Y-X volume (the axis before Y is Z) with 3-D patches "
+                                "instead of each plane on its own: better when neighbouring planes are alike.")
+        self._kernel_size_z = SpinBox(label="patch depth (planes)", value=engine_default("kernel_size"), min=1,
+                                      max=31, step=2, visible=False, tooltip="Patch size along Z, in planes (odd).")
+        self._tile = SpinBox(label="tile size (px)", value=512, min=64, max=16384, step=64,
                              tooltip="Planes larger than this are denoised in overlapping tiles, each with its own "
-                             "filter and SURE step (the t slider then does not apply).")
-        self._device = ComboBox(label="device", choices=device_choices())
+                             "filter and smoothing step (the step slider then does not apply). Larger tiles "
+                             "need more memory.")
         self._t = Slider(
-            label="t steps", min=0, max=0, value=0, enabled=False,
-            tooltip="Twicing steps from each plane's own SURE step, on the t grid: 0 shows every plane at its "
-            "SURE step, +k less smoothed, -k more (a plane stops at the grid's ends); every plane is re-rendered "
-            "from its stored eigen-coefficients. Planes whose eigenimages were not kept (memory budget) or that "
-            "were tiled stay at their SURE step.")
-        self._t_label = Label(value="t: run the filter first")
+            label="smoothing step", min=0, max=0, value=0, enabled=False,
+            tooltip="Moves the result away from the automatic choice: 0 shows every plane at the step SURE "
+            "chose (twicing step t), +k is k steps sharper (less smoothed), -k smoother. Each plane moves from "
+            "its own choice and stops at the ends of its range. Planes that were tiled, or whose eigenimages "
+            "were not kept (memory), stay at their choice.")
+        self._t_label = Label(value="smoothing step: run the filter first",
+                              tooltip="The step shown on the plane on screen and the one SURE chose.")
         self._t_label.native.setWordWrap(True)
-        self._plot = CurvePlot("SURE and PSNR over twicing steps", xlabel="twicing step t", ylabel="dB", log_x=True)
-        self.extend([
-            self._image, self._reference, self._noise_model, self._sigma, self._gain, self._read_noise,
-            self._depth, self._kernel_size, self._volume, self._kernel_size_z, self._kernel, self._fraction,
-            self._rank, self._guided, self._guided_kernel, self._tile, self._device, self._buttons, self._t,
-            self._t_label,
-        ])
-        self.native.layout().addWidget(self._plot)
+        self._plot = CurvePlot("Quality over smoothing steps", xlabel="twicing step t", ylabel="dB", log_x=True)
+        self._plot.setToolTip("SURE's estimate of the PSNR (no clean image needed) and, with a reference, the "
+                              "true PSNR, over the twicing step; the marker is the step shown.")
+        self._lay_out([
+            Container(widgets=[self._image, self._reference, self._noise_model, self._sigma, self._gain,
+                               self._read_noise, self._guided]),
+            Section("Filter settings", [*self._filter_controls.widgets, self._guided_kernel],
+                    "The network whose filter is used and how it is approximated."),
+            Section("Stacks and large images", [self._volume, self._kernel_size_z, self._tile],
+                    "3-D patches for Z stacks; tiles for large planes."),
+            Container(widgets=[self._buttons, self._progress, self._t, self._t_label], labels=True),
+        ], [self._plot])
         self._results: dict[tuple[int, ...], PlaneResult] = {}
         self._run_params: dict[str, Any] = {}
+        self._noise_estimate: dict[str, Any] = {}
         self._sigma_estimate: float | None = None
         self._sigma_layer: Image | None = None
         self._image.changed.connect(self._estimate_sigma)
@@ -274,12 +282,9 @@ class NTKFilterWidget(ImageRunWidget):
 
     def _params(self) -> dict[str, Any]:
         """Engine keyword arguments from the controls."""
-        device = self._device.value
         return {
-            "depth": self._depth.value, "kernel_size": self._kernel_size.value, "kernel": self._kernel.value,
-            "input": "image", "fraction": self._fraction.value, "rank": self._rank.value,
+            **self._filter_controls.params(), "input": "image",
             "guided": self._guided.value, "guided_kernel": self._guided_kernel.value,
-            "device": None if device == "auto" else device, "seed": 0,
             "volume": self._volume.value, "kernel_size_z": self._kernel_size_z.value if self._volume.value else None,
         }
 
@@ -311,7 +316,8 @@ class NTKFilterWidget(ImageRunWidget):
         self._sigma_layer = self._image.value
         try:
             source = source_from_layer(self._image.value, self._viewer)
-        except InputError:
+        except InputError:  # an unusable image gets no estimate, and no other layer's either
+            self._sigma.value, self._sigma_estimate = 0.0, None
             return
         sigma = estimate_noise_sigma(source.plane(source.current_index(self._viewer)), source.channel_axis)
         if sigma > 0:
@@ -332,7 +338,7 @@ class NTKFilterWidget(ImageRunWidget):
         try:
             noise = self._noise_spec()
         except InputError as exc:
-            show_info(str(exc))
+            self._refuse(str(exc))
             return None
         worker = self._start(partial(_denoise_planes, sigma, noise, self._tile.value, params), "NTK filter",
                              volume=params["volume"], on_event=self._on_step, on_return=self._on_result,
@@ -341,25 +347,29 @@ class NTKFilterWidget(ImageRunWidget):
             if noise is not None and self._reference.value is not None:
                 show_info("PSNR curves against the reference need the Gaussian noise model; the reference is "
                           "not used with the Poisson-Gaussian one.")
-            self._results, self._run_params = {}, params
+            self._results, self._run_params, self._noise_estimate = {}, params, {}
             self._t.enabled = False
             self._plot.clear()
-            self._set_label("t: shown when the plane on screen is done", [])
+            self._set_label("smoothing step: shown when the plane on screen is done", [])
         return worker
 
     def _on_step(self, item: PlaneEvent) -> None:
         """Stream a twicing step, or a finished plane, into the output layer."""
         assert self._source is not None and self._out is not None
         event = item.event
-        if isinstance(event, PoissonGaussian):
-            self._show({"status": "running", "poisson_gaussian": dataclasses.asdict(event)})
+        if isinstance(event, PoissonGaussian):  # no layer yet: nothing to show but the estimate
+            self._noise_estimate = {"poisson_gaussian": dataclasses.asdict(event)}
+            self._set_label(f"estimated gain {event.gain:.4g}, read noise {event.read_noise:.4g}; smoothing step "
+                            "shown when the plane on screen is done", [])
         elif isinstance(event, TwicingStep):
             self._source.store(self._out, item.index, event.image)
-            self._show({"status": "running", "plane": list(item.index), "stage": event.stage, "t": event.t})
+            self._show({"status": "running", "plane": list(item.index), "stage": event.stage, "t": event.t,
+                        **self._noise_estimate})
         elif isinstance(event, PlaneDone):
             self._results[item.index] = event.value
             self._source.store(self._out, item.index, event.value.image)
-            self._show({"status": "running", "planes_done": len(self._results), "planes": len(self._source.indices)})
+            self._show({"status": "running", "planes_done": len(self._results), "planes": len(self._source.indices),
+                        **self._noise_estimate})
             self._update_plot()
 
     def _on_result(self, results: dict[tuple[int, ...], PlaneResult]) -> None:
@@ -395,10 +405,13 @@ class NTKFilterWidget(ImageRunWidget):
 
     def _on_finished(self, stopped: bool) -> None:
         """Tell the user about a stop; the output keeps the last streamed step."""
-        if stopped:
-            show_info("NTK filter stopped: the output shows the last step that arrived.")
-            if self._output is not None:
-                self._output.metadata = {**self._output.metadata, "status": "stopped"}
+        if not stopped:
+            return
+        if self._output is None:
+            show_info("NTK filter stopped before its first result: no output layer was made.")
+            return
+        show_info("NTK filter stopped: the output shows the last step that arrived.")
+        self._output.metadata = {**self._output.metadata, "status": "stopped"}
 
     def _offset(self) -> int:
         """Grid steps from each plane's SURE step that the output shows (0 while the slider is off)."""
@@ -441,15 +454,15 @@ class NTKFilterWidget(ImageRunWidget):
         plane = self._results.get(self._source.current_index(self._viewer))
         self._plot.clear()
         if plane is None:
-            self._set_label("t: the plane on screen is not done yet", [])
+            self._set_label("smoothing step: the plane on screen is not done yet", [])
             return
         res, doubts = plane.result, plane.stop_warnings
         if not isinstance(res, NTKResult):
-            self._set_label(f"tiled plane: t per tile {res.t} (σ = {res.sigma:.4g})", doubts)
+            self._set_label(f"tiled plane: smoothing step per tile {res.t} (σ = {res.sigma:.4g})", doubts)
             return
         t = plane.step(self._offset())
-        kept = "" if plane.renderable else "; eigenimages not kept (memory), so the t slider cannot move it"
-        self._set_label(f"t = {t}   (SURE choice: {res.t}, σ = {res.sigma:.4g}{kept})", doubts)
+        kept = "" if plane.renderable else "; eigenimages not kept (memory), so the slider cannot move it"
+        self._set_label(f"smoothing step t = {t}   (chosen by SURE: {res.t}; σ = {res.sigma:.4g}{kept})", doubts)
         if res.sure is not None:
             with np.errstate(divide="ignore", invalid="ignore"):
                 sure_db = 10 * np.log10(res.data_range**2 / np.where(res.sure > 0, res.sure, np.nan))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from qtpy.QtCore import QPointF, QRectF, Qt
+from qtpy.QtCore import QPointF, QRectF, QSize, Qt
 from qtpy.QtGui import QColor, QFont, QPainter, QPainterPath, QPalette, QPen
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
@@ -79,8 +79,11 @@ class CurvePlot(QWidget):
         self.marker: float | None = None
         self.marker_label = ""
         self.marker_colour = MARKER_COLOUR
-        self.setMinimumHeight(160)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+        """A plot wide as a dock and a third as high."""
+        return QSize(320, 180)
 
     def set_curve(self, name: str, x: np.ndarray, y: np.ndarray) -> None:
         """Add or replace the curve ``name``."""
@@ -130,68 +133,78 @@ class CurvePlot(QWidget):
         pos = _nice_ticks(lo, hi)
         return pos, [_format(p) for p in pos]
 
+    def shown_curves(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Axis coordinates of the curves that have a point to draw (only these get a legend entry)."""
+        data = {n: self._transform(x, y) for n, (x, y) in self.curves.items()}
+        return {n: (tx, ty) for n, (tx, ty) in data.items() if np.isfinite(ty).any()}
+
     def paintEvent(self, event: object) -> None:  # noqa: N802 (Qt override)
-        """Draw frame, ticks, curves, legend and marker."""
+        """Draw title, axes, curves, legend and marker."""
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        text = self.palette().color(QPalette.ColorRole.WindowText)
         font = QFont(self.font())
         font.setPointSizeF(max(7.0, font.pointSizeF() * 0.85))
         painter.setFont(font)
         fm = painter.fontMetrics()
-        w, h = self.width(), self.height()
-        top, height = fm.height() + 8, max(h - 2.5 * fm.height() - 18, 10)
-        painter.setPen(text)
-        painter.drawText(QRectF(0, 2, w, fm.height() + 4), Qt.AlignmentFlag.AlignCenter, self.title)
+        top, height = fm.height() + 8, max(self.height() - 2.5 * fm.height() - 18, 10)
+        painter.setPen(self._text_colour())
+        painter.drawText(QRectF(0, 2, self.width(), fm.height() + 4), Qt.AlignmentFlag.AlignCenter, self.title)
+        data, marker = self.shown_curves(), self._marker_position()
+        if not data:
+            painter.drawText(QRectF(0, top, self.width(), height), Qt.AlignmentFlag.AlignCenter, "no data yet")
+        else:
+            x_range, y_range = self._ranges(data, marker)
+            x_ticks, y_ticks = self._ticks(*x_range, self.log_x), self._ticks(*y_range, self.log_y)
+            left = fm.height() + 10 + max((fm.horizontalAdvance(t) for t in y_ticks[1]), default=0)
+            axes = _Axes(QRectF(left, top, max(self.width() - left - 24, 10), height), x_range, y_range)
+            self._draw_axes(painter, axes, x_ticks, y_ticks)
+            painter.setClipRect(axes.box)
+            self._draw_curves(painter, axes, data)
+            if marker is not None:
+                self._draw_marker(painter, axes, marker)
+        painter.end()
 
-        data = {n: self._transform(x, y) for n, (x, y) in self.curves.items()}
-        xs = np.concatenate([tx for tx, _ in data.values()] or [np.empty(0)])
-        ys = np.concatenate([ty for _, ty in data.values()] or [np.empty(0)])
-        marker = self._marker_position()
-        if marker is not None:
-            xs = np.append(xs, marker)
-        if not np.isfinite(ys).any():
-            painter.drawText(QRectF(0, top, w, height), Qt.AlignmentFlag.AlignCenter, "no data yet")
-            painter.end()
-            return
+    def _text_colour(self) -> QColor:
+        """The theme's text colour."""
+        return self.palette().color(QPalette.ColorRole.WindowText)
+
+    @staticmethod
+    def _ranges(
+        data: dict[str, tuple[np.ndarray, np.ndarray]], marker: float | None
+    ) -> tuple[tuple[float, float], tuple[float, float]]:
+        """Axis ranges holding every point and the marker, the ordinate padded by 6 %."""
+        xs = np.concatenate([tx for tx, _ in data.values()] + ([np.array([marker])] if marker is not None else []))
+        ys = np.concatenate([ty for _, ty in data.values()])
         x0, x1 = float(np.nanmin(xs)), float(np.nanmax(xs))
         y0, y1 = float(np.nanmin(ys)), float(np.nanmax(ys))
         if x1 - x0 < 1e-12:
             x0, x1 = x0 - 0.5, x1 + 0.5
         pad = 0.06 * (y1 - y0) if y1 > y0 else 0.5
-        y0, y1 = y0 - pad, y1 + pad
-        x_ticks, y_ticks = self._ticks(x0, x1, self.log_x), self._ticks(y0, y1, self.log_y)
-        left = fm.height() + 10 + max((fm.horizontalAdvance(t) for t in y_ticks[1]), default=0)
-        box = QRectF(left, top, max(w - left - 24, 10), height)
+        return (x0, x1), (y0 - pad, y1 + pad)
 
-        def px(vx: float) -> float:
-            return box.left() + (vx - x0) / (x1 - x0) * box.width()
-
-        def py(vy: float) -> float:
-            return box.bottom() - (vy - y0) / (y1 - y0) * box.height()
-
+    def _draw_axes(self, painter: QPainter, axes: _Axes, x_ticks: tuple, y_ticks: tuple) -> None:
+        """Grid, tick labels, frame and axis labels."""
+        text = self._text_colour()
+        fm, box = painter.fontMetrics(), axes.box
         grid = QColor(text)
         grid.setAlpha(50)
         for pos, labels, horizontal in ((*x_ticks, False), (*y_ticks, True)):
             for p, label in zip(pos, labels):
                 painter.setPen(QPen(grid, 1))
                 if horizontal:
-                    painter.drawLine(QPointF(box.left(), py(p)), QPointF(box.right(), py(p)))
+                    painter.drawLine(QPointF(box.left(), axes.py(p)), QPointF(box.right(), axes.py(p)))
                     painter.setPen(text)
-                    r = QRectF(0, py(p) - fm.height() / 2, box.left() - 4, fm.height())
+                    r = QRectF(0, axes.py(p) - fm.height() / 2, box.left() - 4, fm.height())
                     painter.drawText(r, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, label)
                 else:
-                    painter.drawLine(QPointF(px(p), box.top()), QPointF(px(p), box.bottom()))
+                    painter.drawLine(QPointF(axes.px(p), box.top()), QPointF(axes.px(p), box.bottom()))
                     painter.setPen(text)
-                    r = QRectF(px(p) - 40, box.bottom() + 2, 80, fm.height())
+                    r = QRectF(axes.px(p) - 40, box.bottom() + 2, 80, fm.height())
                     painter.drawText(r, Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop, label)
         painter.setPen(QPen(text, 1))
         painter.drawRect(box)
-        painter.drawText(
-            QRectF(box.left(), box.bottom() + fm.height() + 2, box.width(), fm.height() + 2),
-            Qt.AlignmentFlag.AlignCenter,
-            self.xlabel,
-        )
+        painter.drawText(QRectF(box.left(), box.bottom() + fm.height() + 2, box.width(), fm.height() + 2),
+                         Qt.AlignmentFlag.AlignCenter, self.xlabel)
         painter.save()
         painter.translate(fm.height() / 2 + 2, box.center().y())
         painter.rotate(-90)
@@ -199,20 +212,22 @@ class CurvePlot(QWidget):
                          Qt.AlignmentFlag.AlignCenter, self.ylabel)
         painter.restore()
 
-        painter.setClipRect(box)
+    def _draw_curves(self, painter: QPainter, axes: _Axes, data: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """Each curve (broken at missing points, a dot when it has one point) and its legend entry."""
+        fm, box = painter.fontMetrics(), axes.box
         legend = QColor(self.palette().color(QPalette.ColorRole.Window))
         legend.setAlpha(170)
-        width = max((fm.horizontalAdvance(n) for n in data), default=0) + 30
+        width = max(fm.horizontalAdvance(n) for n in data) + 30
         painter.fillRect(QRectF(box.left() + 2, box.top() + 2, width, len(data) * (fm.height() + 1) + 4), legend)
         for i, (name, (tx, ty)) in enumerate(data.items()):
-            colour = QColor(COLOURS[i % len(COLOURS)])
+            colour = QColor(COLOURS[list(self.curves).index(name) % len(COLOURS)])
             painter.setPen(QPen(colour, 1.6))
             path, pen_down = QPainterPath(), False
             for vx, vy in zip(tx, ty):
                 if not np.isfinite(vx):
                     pen_down = False
                     continue
-                point = QPointF(px(vx), py(vy))
+                point = QPointF(axes.px(vx), axes.py(vy))
                 if pen_down:
                     path.lineTo(point)
                 else:
@@ -220,20 +235,36 @@ class CurvePlot(QWidget):
                     pen_down = True
             painter.drawPath(path)
             if np.isfinite(tx).sum() == 1:
-                painter.drawEllipse(QPointF(px(np.nanmax(tx)), py(np.nanmax(ty))), 2, 2)
+                painter.drawEllipse(QPointF(axes.px(np.nanmax(tx)), axes.py(np.nanmax(ty))), 2, 2)
             legend_y = box.top() + 4 + i * (fm.height() + 1)
             painter.drawLine(QPointF(box.left() + 6, legend_y + fm.height() / 2),
                              QPointF(box.left() + 20, legend_y + fm.height() / 2))
-            painter.setPen(text)
+            painter.setPen(self._text_colour())
             painter.drawText(QPointF(box.left() + 24, legend_y + fm.ascent()), name)
-        if marker is not None:
-            mx = px(marker)
-            painter.setPen(QPen(QColor(self.marker_colour), 1.4, Qt.PenStyle.DashLine))
-            painter.drawLine(QPointF(mx, box.top()), QPointF(mx, box.bottom()))
-            if self.marker_label:
-                right = mx + fm.horizontalAdvance(self.marker_label) + 6 < box.right()
-                r = QRectF(mx + 3 if right else mx - 203, box.bottom() - fm.height() - 2, 200, fm.height())
-                align = Qt.AlignmentFlag.AlignLeft if right else Qt.AlignmentFlag.AlignRight
-                painter.setPen(QColor(self.marker_colour))
-                painter.drawText(r, align | Qt.AlignmentFlag.AlignVCenter, self.marker_label)
-        painter.end()
+
+    def _draw_marker(self, painter: QPainter, axes: _Axes, marker: float) -> None:
+        """The dashed vertical marker and its label (left of it near the right edge)."""
+        fm, box, mx = painter.fontMetrics(), axes.box, axes.px(marker)
+        painter.setPen(QPen(QColor(self.marker_colour), 1.4, Qt.PenStyle.DashLine))
+        painter.drawLine(QPointF(mx, box.top()), QPointF(mx, box.bottom()))
+        if self.marker_label:
+            right = mx + fm.horizontalAdvance(self.marker_label) + 6 < box.right()
+            r = QRectF(mx + 3 if right else mx - 203, box.bottom() - fm.height() - 2, 200, fm.height())
+            align = Qt.AlignmentFlag.AlignLeft if right else Qt.AlignmentFlag.AlignRight
+            painter.setPen(QColor(self.marker_colour))
+            painter.drawText(r, align | Qt.AlignmentFlag.AlignVCenter, self.marker_label)
+
+
+class _Axes:
+    """The plot box and the map from axis coordinates to pixels."""
+
+    def __init__(self, box: QRectF, x_range: tuple[float, float], y_range: tuple[float, float]) -> None:
+        self.box, (self.x0, self.x1), (self.y0, self.y1) = box, x_range, y_range
+
+    def px(self, vx: float) -> float:
+        """Pixel column of abscissa ``vx``."""
+        return self.box.left() + (vx - self.x0) / (self.x1 - self.x0) * self.box.width()
+
+    def py(self, vy: float) -> float:
+        """Pixel row of ordinate ``vy``."""
+        return self.box.bottom() - (vy - self.y0) / (self.y1 - self.y0) * self.box.height()

@@ -3,7 +3,8 @@
 :class:`StreamRunner` is shared by the three widgets.  It starts a generator of
 :class:`~napari_ntk_denoise._widgets._layers.PlaneEvent` in a napari ``GeneratorWorker``, shows its
 progress in napari's activity dock, refuses a second run while one is going, and stops the worker
-when the user presses Stop, removes a layer the run depends on, or closes the viewer.  Events that
+when the user presses Stop, removes a layer the run depends on, or closes the viewer.  The same
+progress shows inside the widget (:class:`~._status.RunStatus`).  Events that
 arrive after a stop request are dropped, so a closing viewer is never touched.
 """
 
@@ -20,17 +21,14 @@ from qtpy.QtCore import QTimer
 from napari_ntk_denoise import Progress
 
 from ._layers import PlaneEvent
+from ._status import STEPS, RunStatus
 
 if TYPE_CHECKING:
     import napari
     from magicgui.widgets import PushButton
     from qtpy.QtWidgets import QWidget
 
-__all__ = ["EngineError", "StreamRunner", "device_choices", "engine_progress"]
-
-#: Resolution of the activity-dock progress bar.
-STEPS = 1000
-
+__all__ = ["EngineError", "StreamRunner", "engine_progress"]
 
 class EngineError(Exception):
     """A ``RuntimeError`` of the engine (torch raises those), re-raised under another type.
@@ -48,17 +46,10 @@ def _guarded(func: Callable[..., Generator[Any, None, Any]], *args: Any) -> Gene
         raise EngineError(str(exc)) from exc
 
 
-def device_choices() -> list[str]:
-    """Devices offered to the user: ``auto`` (CUDA when available), ``cpu``, and ``cuda`` if present."""
-    import torch
-
-    return ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
 def engine_progress(event: object) -> tuple[float, str] | None:
     """Fraction done and message of an engine :class:`~napari_ntk_denoise.Progress` event."""
     if isinstance(event, Progress):
-        return event.fraction, event.message or event.stage
+        return event.fraction, f"{event.stage}: {event.message}" if event.message else event.stage
     return None
 
 
@@ -73,12 +64,17 @@ class StreamRunner:
         The widget's Qt widget; its destruction (viewer closed) stops the run.
     run_button, stop_button : magicgui.widgets.PushButton
         Disabled/enabled while a run goes; ``stop_button`` stops it.
+    status : RunStatus
+        The widget's progress line.
     """
 
     def __init__(
-        self, viewer: napari.viewer.Viewer, native: QWidget, run_button: PushButton, stop_button: PushButton
+        self, viewer: napari.viewer.Viewer, native: QWidget, run_button: PushButton, stop_button: PushButton,
+        status: RunStatus,
     ) -> None:
         self.worker: GeneratorWorker | None = None
+        self.status = status
+        self._failure: str | None = None
         self._viewer = viewer
         self._run_button, self._stop_button = run_button, stop_button
         self._watched: list[object] = []
@@ -112,6 +108,7 @@ class StreamRunner:
         on_finished: Callable[[bool], None] | None = None,
         watch: Sequence[object] = (),
         progress_of: Callable[[object], tuple[float, str] | None] = engine_progress,
+        upper_bound: bool = False,
     ) -> GeneratorWorker | None:
         """Start ``func(*args)`` in a worker thread, unless a run is going.
 
@@ -135,6 +132,8 @@ class StreamRunner:
             Layers whose removal stops the run.
         progress_of : callable
             ``(fraction, message)`` of a plane's event, or ``None`` for a result event.
+        upper_bound : bool
+            The run may end early (e.g. a trainer's patience), so its time left is an upper bound.
 
         Returns
         -------
@@ -146,6 +145,8 @@ class StreamRunner:
         self._watched = list(watch)
         self._description = description
         self._pbar = progress(total=STEPS, desc=description)
+        self._failure = None
+        self.status.start(description, upper_bound)
         worker = create_worker(_guarded, func, *args, _ignore_errors=True)
 
         def relay(item: PlaneEvent) -> None:
@@ -155,7 +156,8 @@ class StreamRunner:
             if state is None:
                 on_event(item)
             else:
-                self._show_progress((item.position + state[0]) / n_planes, state[1])
+                where = f"plane {item.position + 1} of {n_planes}: " if n_planes > 1 else ""
+                self._show_progress((item.position + state[0]) / n_planes, where + state[1])
 
         def result(value: Any) -> None:
             if not worker.abort_requested:  # a result queued before a stop request is dropped too
@@ -187,13 +189,14 @@ class StreamRunner:
             if self._pbar is not None:
                 self._pbar.set_description(f"{self._description}: stopping")
 
-    @staticmethod
-    def _on_error(exc: BaseException) -> None:
-        """Show the worker's exception as a napari error notification (with its traceback).
+    def _on_error(self, exc: BaseException) -> None:
+        """Show the worker's exception as a napari error notification (with its traceback), and in
+        the progress line.
 
         napari 0.9's workers mean to do this themselves, but their notifying mixin is never
         initialised (``QRunnable.__init__`` does not chain), so nothing would be shown.
         """
+        self._failure = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         notification_manager.receive_error(type(exc), exc, exc.__traceback__)
 
     def _on_destroyed(self, *_: object) -> None:
@@ -203,10 +206,11 @@ class StreamRunner:
         self.stop()
 
     def _show_progress(self, fraction: float, message: str) -> None:
-        """Move the progress bar to ``fraction`` of the whole run."""
+        """Move both progress bars to ``fraction`` of the whole run."""
         pbar = self._pbar  # updating the bar processes events: the run may finish meanwhile
         if pbar is None:
             return
+        self.status.update(fraction, message)
         n = min(STEPS, int(round(fraction * STEPS)))
         if n > pbar.n:
             pbar.update(n - pbar.n)
@@ -221,6 +225,7 @@ class StreamRunner:
             return
         self._run_button.enabled = True
         self._stop_button.enabled = False
+        self.status.finish(f"Failed ({self._failure})" if self._failure else "Stopped" if aborted else "Done")
         if on_finished is not None:
             on_finished(aborted)
 

@@ -73,6 +73,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "of the NTK at initialisation)")
     p.add_argument("--patience", type=_bounded_int(MAX_ITERATIONS), default=PATIENCE,
                    help=f"stop after this many iterations without a better output (default: {PATIENCE})")
+    p.add_argument("--time-limit", type=_positive_float, default=None, metavar="MINUTES",
+                   help="stop after this many minutes of training, keeping the best output (default: no limit)")
     p.add_argument("--every", type=_bounded_int(MAX_ITERATIONS), default=100,
                    help="iterations between evaluations (default: 100)")
     p.add_argument("--sigma", type=_positive_float, default=None,
@@ -122,6 +124,7 @@ def run(args: argparse.Namespace, stream: TextIO | None = None) -> int:
         noisy, channel_axis=axis, arch=args.arch, optimizer=args.optim, input=args.input, width=args.width,
         lr=args.lr, iterations=args.iters, every=args.every, reference=reference, sigma=args.sigma,
         data_range=data_range, patience=args.patience, device=args.device, seed=args.seed,
+        time_limit=None if args.time_limit is None else 60 * args.time_limit,
     )
     bar, figures, tick = ProgressBar(stream), "", max(1, args.iters // 200)
 

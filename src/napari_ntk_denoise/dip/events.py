@@ -11,10 +11,28 @@ __all__ = ["DIPProgress", "DIPResult", "DIPStep"]
 
 @dataclass(frozen=True)
 class DIPProgress:
-    """Iteration ``iteration`` of ``iterations`` is done (yielded when no :class:`DIPStep` is)."""
+    """Iteration ``iteration`` of ``iterations`` is done (yielded when no :class:`DIPStep` is).
+
+    Attributes
+    ----------
+    iteration, iterations : int
+        Iterations done, and at most.
+    seconds : float
+        Training time so far.
+    time_limit : float or None
+        The run's time limit in seconds, if any.
+    """
 
     iteration: int
     iterations: int
+    seconds: float = 0.0
+    time_limit: float | None = None
+
+    @property
+    def fraction(self) -> float:
+        """Fraction of the run done: of its iterations, or of its time limit when that comes first."""
+        by_time = 0.0 if self.time_limit is None else self.seconds / self.time_limit
+        return min(1.0, max(self.iteration / self.iterations, by_time))
 
 
 @dataclass(frozen=True)

@@ -254,6 +254,7 @@ def iter_dip(
     eigenimages: int = 0,
     device: str | torch.device = "auto",
     seed: int = 0,
+    time_limit: float | None = None,
 ) -> Generator[DIPProgress | DIPStep, None, DIPResult]:
     """Train a deep image prior on one image, streaming progress; returns a :class:`DIPResult`.
 
@@ -282,7 +283,8 @@ def iter_dip(
     iterations : int
         Most optimiser steps, 1 to 10^6.
     every : int
-        Iterations between :class:`DIPStep` events (and criterion evaluations).
+        Iterations between :class:`DIPStep` events (and criterion evaluations); iterations 1, 2,
+        4, ... before the first ``every`` are recorded too, so that the first outputs come at once.
     reference : numpy.ndarray, optional
         Clean image (same shape as ``image``): enables PSNR and the oracle criterion.
     sigma : float, optional
@@ -319,6 +321,8 @@ def iter_dip(
     seed : int
         Seeds the weights, the noise input and its jitter, and the probes: runs on the CPU repeat
         exactly.
+    time_limit : float, optional
+        Stop after this many seconds of training (the best output so far is kept); no limit by default.
 
     Returns
     -------
@@ -373,6 +377,8 @@ def iter_dip(
     _check_range("eigenimages", eigenimages, 0, width)
     if patience is not None:
         _check_range("patience", patience, 1, MAX_ITERATIONS)
+    if time_limit is not None and not (math.isfinite(time_limit) and time_limit > 0):
+        raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
     if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
     if sigma is not None and not (math.isfinite(sigma) and sigma >= 0):
@@ -405,7 +411,7 @@ def iter_dip(
         "style": default_style(arch, optimizer) if style == "auto" else style,
         "width": int(width), "kernel_size": int(KERNEL_SIZE[arch] if kernel_size is None else kernel_size),
         "iterations": int(iterations), "every": int(every), "seed": int(seed), "criterion": criterion,
-        "patience": patience,
+        "patience": patience, "time_limit": time_limit,
     }
     if arch == "vanilla":
         settings["depth"] = int(depth)
@@ -546,7 +552,7 @@ def _train(
     t_start: float,
 ) -> Generator[DIPProgress | DIPStep, None, DIPResult]:
     iterations, every, criterion = settings["iterations"], settings["every"], settings["criterion"]
-    patience = settings["patience"]
+    patience, time_limit = settings["patience"], settings["time_limit"]
     image_spread = float(run.y.double().std())
     snap: dict | None = None
     try:
@@ -564,11 +570,12 @@ def _train(
         }
         best_value, best_iteration, stopped = math.inf, 0, None
         for t in range(iterations + 1):
-            last = t == iterations
-            record = t % every == 0 or last
+            out_of_time = time_limit is not None and time.perf_counter() - t_train >= time_limit
+            last = t == iterations or out_of_time
+            record = last or t % every == 0 or (t < every and t & (t - 1) == 0)
             snap = retry_on_cpu(run, lambda: run.advance(update=not last, record=record, eigenimages=eigenimages))
             if not record:
-                yield DIPProgress(t, iterations)
+                yield DIPProgress(t, iterations, time.perf_counter() - t_train, time_limit)
                 continue
             fig = _figures(snap, units, sigma, data_range)
             value = {"psnr": None if fig["psnr"] is None else -fig["psnr"], "sure": fig["sure"],
@@ -591,6 +598,8 @@ def _train(
                 eigenimages=None if eig is None else eig[1].cpu().numpy(),
             )
             stopped = _stop_reason(snap["spread"], image_spread, t, best_iteration, patience)
+            if out_of_time and not stopped:
+                stopped = "time", f"time limit of {time_limit:g} s reached"
             if stopped:
                 break
         t_end = time.perf_counter()
