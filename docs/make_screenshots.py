@@ -87,12 +87,12 @@ def eigenimage_inspector(size: int) -> None:
 
 
 def dip_training(size: int, iterations: int) -> None:
-    """DIP Training (autoencoder, Adam) on the synthetic fluorescence image, with its reference."""
+    """DIP Training with its defaults (autoencoder, Adam, noise input) on the synthetic fluorescence
+    image, with its reference."""
     viewer = _viewer_with(noisy_fluorescence, (0, 0), size)
     _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "DIP Training")
     widget._image.value = viewer.layers["fluorescence (noisy)"]
     widget._reference.value = viewer.layers["fluorescence (clean)"]
-    widget._width.value = 32
     widget._iterations.value = iterations
     widget._every.value = max(1, iterations // 40)
     widget.run()
@@ -105,7 +105,7 @@ def main() -> None:
     qt_main_window.SHOW_QT_WARNING = False  # no PyQt5 deprecation toast over the canvas (as in napari's tests)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=192, help="side of the crop of the samples")
-    parser.add_argument("--iterations", type=int, default=400, help="DIP iterations")
+    parser.add_argument("--iterations", type=int, default=1500, help="most DIP iterations")
     parser.add_argument("widgets", nargs="*", default=["ntk", "inspector", "dip"], help="which screenshots")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)

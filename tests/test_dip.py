@@ -136,7 +136,7 @@ def test_every_architecture_optimiser_and_input(rgb, arch, optimizer, mode):
     )
     assert res.image.shape == noisy.shape and res.image.dtype == np.float32
     assert np.isfinite(res.image).all()
-    assert list(res.iterations) == [0, 10, 20]
+    assert list(res.iterations) == [0, 1, 2, 4, 8, 10, 20]
     assert np.isfinite(res.loss).all() and np.isfinite(res.psnr).all()
     assert res.criterion == "psnr" and res.best_iteration == res.iterations[np.argmax(res.psnr)]
     assert (res.sure is not None) == (mode == "image")
@@ -187,8 +187,8 @@ def test_events_one_per_iteration(gray):
     _, noisy = gray
     events = list(iter_dip(noisy, arch="ae", width=4, iterations=7, every=3, sigma=SIGMA))
     assert [e.iteration for e in events] == list(range(8))
-    assert [type(e) for e in events] == [DIPStep, DIPProgress, DIPProgress, DIPStep, DIPProgress, DIPProgress,
-                                         DIPStep, DIPStep]
+    assert [type(e) for e in events] == [DIPStep, DIPStep, DIPStep, DIPStep, DIPProgress, DIPProgress,
+                                         DIPStep, DIPStep]  # 0, the early 1 and 2, every 3rd, the last
 
 
 def test_layouts_dtypes_and_input_untouched(rgb):
@@ -378,7 +378,7 @@ def test_a_run_that_does_not_move_is_reported_and_ties_keep_the_first(gray):
     clean, noisy = gray
     with pytest.warns(DIPCollapseWarning, match="constant"):
         res = train_dip(noisy, arch="vanilla", width=4, lr=1e-30, iterations=100, every=5, reference=clean)
-    assert res.params["collapsed"] and res.params["iterations_run"] == 5
+    assert res.params["collapsed"] and res.params["iterations_run"] == 1  # the first recorded step
     assert res.best_iteration == 0 and res.psnr[0] == res.psnr[-1]
 
 
@@ -399,6 +399,23 @@ def test_patience_stops_after_the_best(blobs):
     assert res.params["stopped"].startswith("no improvement")
 
 
+def test_time_limit_stops_and_keeps_the_best(blobs):
+    """A run over its time limit stops at the next iteration, records it, and says why."""
+    clean, noisy = blobs
+    res = train_dip(noisy, arch="vanilla", optimizer="gd", width=8, kernel_size=5, iterations=100_000, every=10,
+                    reference=clean, time_limit=0.5)
+    assert res.params["iterations_run"] < 100_000 and res.iterations[-1] == res.params["iterations_run"]
+    assert res.params["stopped"] == "time limit of 0.5 s reached" and res.timings["train_s"] < 30
+    assert res.best_iteration == res.iterations[np.argmax(res.psnr)]
+
+
+def test_first_iterations_are_recorded_before_every(blobs):
+    """Iterations 1, 2, 4, 8 come before the first ``every``, then every ``every``-th and the last."""
+    clean, noisy = blobs
+    res = train_dip(noisy, arch="vanilla", optimizer="gd", width=4, kernel_size=5, iterations=45, every=20)
+    assert res.iterations.tolist() == [0, 1, 2, 4, 8, 16, 20, 40, 45]
+
+
 # ---------------------------------------------------------------- validation
 @pytest.mark.parametrize(
     ("kwargs", "message"),
@@ -408,6 +425,7 @@ def test_patience_stops_after_the_best(blobs):
         (dict(iterations=0), "iterations"),
         (dict(iterations=2_000_000), "iterations"),
         (dict(every=0), "every"),
+        (dict(time_limit=0.0), "time_limit"),
         (dict(arch="resnet"), "arch"),
         (dict(optimizer="sgd"), "optimizer"),
         (dict(input="both"), "input"),

@@ -48,10 +48,14 @@ def test_filter_eigenimages_plot_and_clicks(qtbot, viewer, inspector) -> None:
     weights = viewer.layers["noisy [filter weights]"]
     np.testing.assert_allclose(weights.data, filt.weights((5, 7)))
     assert weights.metadata["pixel"] == [5, 7]
+    marker = viewer.layers["noisy [clicked pixel]"]
+    np.testing.assert_array_equal(marker.data, [[5, 7]])
+    np.testing.assert_array_equal(marker.scale, (2.0, 3.0))  # drawn on the pixel clicked
     n_layers, first = len(viewer.layers), weights.data.copy()
     _click(viewer, (10.0 + 2 * 20, 20.0 + 3 * 25))  # pixel (20, 25)
     assert len(viewer.layers) == n_layers
     assert viewer.layers["noisy [filter weights]"].metadata["pixel"] == [20, 25]
+    np.testing.assert_array_equal(marker.data, [[20, 25]])  # the same marker moved
     np.testing.assert_allclose(viewer.layers["noisy [filter weights]"].data, filt.weights((20, 25)))
     assert not np.allclose(viewer.layers["noisy [filter weights]"].data, first)
     _click(viewer, (-100.0, -100.0))  # outside the image: ignored

@@ -378,7 +378,8 @@ def test_t_slider_moves_every_plane_from_its_own_stop(viewer, stack_run) -> None
         np.testing.assert_allclose(out.data[z], plane.render(t), rtol=1e-6)
     assert [p["t_shown"] for p in out.metadata["planes"]] == shown and out.metadata["t_offset"] == 3
     viewer.dims.set_current_step(0, 1)
-    assert stack_run._t_label.value.startswith(f"smoothing step t = {shown[1]}   (chosen by SURE: {planes[1].result.t};")
+    label = stack_run._t_label.value
+    assert label.startswith(f"smoothing step t = {shown[1]}   (chosen by SURE: {planes[1].result.t};")
     assert stack_run._plot.marker == shown[1]
     stack_run._t.value = stack_run._t.min  # every plane at the grid's first step (the earlier stop held there)
     assert [p["t_shown"] for p in out.metadata["planes"]] == [1, 1]
@@ -426,7 +427,8 @@ def test_doubtful_stop_is_marked_per_plane(qtbot, viewer, open_widget, small, ca
     assert "doubtful on 1 of 2 planes" in _messages()[-1]
     viewer.dims.set_current_step(0, 1)
     t1 = widget._results[(1,)].result.t
-    assert widget._t_label.value.startswith(f"smoothing step t = {t1} ") and widget._t_label.value.endswith(f"(doubtful: {reason})")
+    label = widget._t_label.value
+    assert label.startswith(f"smoothing step t = {t1} ") and label.endswith(f"(doubtful: {reason})")
     assert _ntk_widget.DOUBT_COLOUR in widget._t_label.native.styleSheet()
     assert widget._plot.marker_colour == _ntk_widget.DOUBT_COLOUR and "doubtful" in widget._plot.marker_label
     viewer.dims.set_current_step(0, 0)

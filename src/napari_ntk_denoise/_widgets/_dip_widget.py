@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, SpinBox
 from napari.utils.notifications import show_info
+from qtpy.QtWidgets import QTabWidget
 
 from napari_ntk_denoise.dip import ARCHITECTURES, DIPProgress, DIPResult, DIPStep, iter_dip, min_image_size
 from napari_ntk_denoise.dip.trainer import PATIENCE, resolve_criterion
@@ -121,13 +122,16 @@ class DIPTrainingWidget(ImageRunWidget):
                                   "residual or SURE); the marker is the best iteration.")
         self._weights_plot.setToolTip("How far the weights moved from their start: small for a network in "
                                       "the NTK regime.")
+        self._plots = QTabWidget()  # one pane: three stacked plots made the dock too tall for a screen
+        for plot, tab in ((self._fit_plot, "loss"), (self._psnr_plot, "PSNR"), (self._weights_plot, "weights")):
+            self._plots.addTab(plot, tab)
         self._lay_out([
             Container(widgets=[self._image, self._reference, self._arch, self._optimizer, self._input,
                                self._iterations, self._time_limit]),
             Section("Training settings", [self._width, self._lr, self._patience, self._every, self._device],
                     "Network width, learning rate, stopping patience, update interval, device."),
             Container(widgets=[self._buttons, self._progress, self._best_label], labels=False),
-        ], [self._fit_plot, self._psnr_plot, self._weights_plot])
+        ], [self._plots])
         self._best: dict[Index, DIPStep] = {}
         self._curves: dict[Index, list[DIPStep]] = {}
         self._results: dict[Index, DIPResult] = {}
@@ -168,7 +172,7 @@ class DIPTrainingWidget(ImageRunWidget):
             self._criterion = resolve_criterion("auto", self._reference.value is not None, params["input"])
             for plot in (self._fit_plot, self._psnr_plot, self._weights_plot):
                 plot.clear()
-            self._psnr_plot.setVisible(self._reference.value is not None)
+            self._plots.setTabVisible(1, self._reference.value is not None)
         return worker
 
     def _on_step(self, item: PlaneEvent) -> None:
