@@ -51,9 +51,25 @@ def _viewer_with(sample: Callable[[], list], corner: tuple[int, int], size: int)
     return viewer
 
 
+def _tile(viewer: napari.Viewer, columns: int = 2, gap: int = 8) -> None:
+    """Place the visible layers side by side, bottom layer first, each points layer over the layer
+    below it (napari's grid mode would give the inspector's pixel marker a square of its own)."""
+    cells: list[list[Any]] = []
+    for layer in viewer.layers:
+        if layer.visible and isinstance(layer, napari.layers.Points) and cells:
+            cells[-1].append(layer)
+        elif layer.visible:
+            cells.append([layer])
+    h, w = (max(cell[0].data.shape[-k] for cell in cells) + gap for k in (2, 1))
+    for i, cell in enumerate(cells):
+        offset = ((i // columns) * h, (i % columns) * w)
+        for layer in cell:
+            layer.translate = (0,) * (layer.ndim - 2) + offset
+
+
 def _save(viewer: napari.Viewer, name: str) -> None:
     """Show the visible layers side by side and save the whole window."""
-    viewer.canvas.grid.enabled = True
+    _tile(viewer)
     viewer.reset_view()
     QApplication.instance().processEvents()
     path = OUT / f"{name}.png"
@@ -97,6 +113,7 @@ def dip_training(size: int, iterations: int) -> None:
     widget._every.value = max(1, iterations // 40)
     widget.run()
     _wait(widget)
+    widget._plots.setCurrentIndex(1)  # the PSNR curve against the reference
     _save(viewer, "dip_training")
 
 

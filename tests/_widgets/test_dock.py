@@ -10,8 +10,10 @@ import pytest
 from magicgui.widgets import Container, Label
 from magicgui.widgets.bases import ButtonWidget, ValueWidget
 from napari.utils.notifications import notification_manager
+from qtpy.QtWidgets import QSplitter
 
 from napari_ntk_denoise import Progress, TwicingStep
+from napari_ntk_denoise._widgets._dock import PLOT_MIN_HEIGHT
 from napari_ntk_denoise.dip import DIPStep
 from napari_ntk_denoise.vst import PoissonGaussian
 
@@ -46,6 +48,22 @@ def test_three_docks_fit_a_1080_pixel_screen(viewer: Any, open_widget: Any) -> N
     assert window.minimumSizeHint().height() <= SCREEN_HEIGHT
     for widget in widgets:  # the settings fold away at first
         assert widget.sections() and not any(s.expanded for s in widget.sections())
+
+
+def test_controls_grow_when_a_label_gains_lines(qtbot: Any, viewer: Any, open_widget: Any) -> None:
+    """A result label that wraps onto more lines takes room from the plot instead of being clipped."""
+    widget = open_widget("Eigenimage Inspector")
+    window = viewer.window._qt_window
+    window.resize(1400, 950)
+    window.show()
+    qtbot.waitExposed(window)
+    splitter = widget.native.findChild(QSplitter)
+    before = splitter.sizes()
+    widget._info.value = " ".join(["a long result message that wraps"] * 12)
+    scroll = splitter.widget(0)
+    qtbot.waitUntil(lambda: splitter.sizes()[0] > before[0] and scroll.verticalScrollBar().maximum() == 0,
+                    timeout=2000)  # the whole form shows
+    assert min(splitter.sizes()[1:]) >= PLOT_MIN_HEIGHT
 
 
 def test_progress_line_follows_the_run(qtbot: Any, viewer: Any, open_widget: Any, small: Any, camera_pair: Any) -> None:

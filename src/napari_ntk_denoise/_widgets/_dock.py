@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from magicgui.widgets import Container, Widget
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, QObject, QSize, Qt, QTimer
 from qtpy.QtWidgets import QFrame, QScrollArea, QSplitter, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
@@ -51,6 +51,56 @@ class Section(Container):
         return bool(self.collapsible.isExpanded())
 
 
+class _FormScroll(QScrollArea):
+    """A vertical scroll area as wide as its form and at least :data:`FORM_MIN_HEIGHT` high."""
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+        """The form's smallest width and the scroll bar's, by the smallest height."""
+        form = self.widget()
+        width = form.minimumSizeHint().width() if form is not None else 0
+        return QSize(width + self.verticalScrollBar().sizeHint().width(), FORM_MIN_HEIGHT)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+        """The whole form at the width it has (wrapped labels included), so that a dock with room
+        shows every control without scrolling."""
+        form = self.widget()
+        if form is None:
+            return QSize(self.minimumSizeHint().width(), FORM_MIN_HEIGHT)
+        wrapped = form.heightForWidth(self.viewport().width())
+        height = max(form.sizeHint().height(), form.minimumSizeHint().height(), wrapped)
+        return QSize(self.minimumSizeHint().width(), max(height + self.height() - self.viewport().height(),
+                                                         FORM_MIN_HEIGHT))
+
+
+class _Splitter(QSplitter):
+    """A vertical splitter that lets the controls (first pane) grow when their content does, e.g. a
+    result label gaining lines, as far as the plots' smallest heights allow."""
+
+    def __init__(self) -> None:
+        super().__init__(Qt.Orientation.Vertical)
+        self._wanted = 0
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt override)
+        """Refit once the form has laid itself out again."""
+        if event.type() == QEvent.Type.LayoutRequest:
+            QTimer.singleShot(0, self.fit_form)
+        return False
+
+    def showEvent(self, event: QEvent) -> None:  # noqa: N802 (Qt override)
+        """Fit the controls once their real width (and so their wrapped height) is known."""
+        super().showEvent(event)
+        QTimer.singleShot(0, self.fit_form)
+
+    def fit_form(self) -> None:
+        """Give the controls the height they want if it grew and the plots can spare it."""
+        wanted, sizes = self.widget(0).sizeHint().height(), self.sizes()
+        grew, self._wanted = wanted > self._wanted, wanted
+        total, n_plots = sum(sizes), len(sizes) - 1
+        form = min(wanted, total - n_plots * PLOT_MIN_HEIGHT)
+        if grew and n_plots and form > sizes[0]:
+            self.setSizes([form] + [(total - form) // n_plots] * n_plots)
+
+
 def lay_out(owner: QWidget, parts: Sequence[Container], plots: Sequence[QWidget]) -> QSplitter:
     """Put ``parts`` (top to bottom, in a scroll area) above ``plots`` in a splitter inside ``owner``.
 
@@ -74,19 +124,19 @@ def lay_out(owner: QWidget, parts: Sequence[Container], plots: Sequence[QWidget]
     for part in parts:
         layout.addWidget(part.collapsible if isinstance(part, Section) else part.native)
     layout.addStretch(1)
-    scroll = QScrollArea()
+    scroll = _FormScroll()
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QFrame.Shape.NoFrame)
     scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     scroll.setWidget(form)
-    scroll.setMinimumHeight(FORM_MIN_HEIGHT)
-    scroll.setMinimumWidth(form.minimumSizeHint().width())
-    splitter = QSplitter(Qt.Orientation.Vertical)
+    splitter = _Splitter()
     splitter.addWidget(scroll)
+    form.installEventFilter(splitter)
     for plot in plots:
         plot.setMinimumHeight(PLOT_MIN_HEIGHT)
         splitter.addWidget(plot)
     splitter.setChildrenCollapsible(False)
-    splitter.setStretchFactor(0, 3)
+    for i in range(1, splitter.count()):  # the controls keep their natural height, the plots take the rest
+        splitter.setStretchFactor(i, 1)
     owner.layout().addWidget(splitter)
     return splitter
