@@ -144,12 +144,16 @@ def test_every_architecture_optimiser_and_input(rgb, arch, optimizer, mode):
     assert res.params["style"] == ("dip" if optimizer == "adam" and arch != "vanilla" else "ntk")
 
 
-@pytest.fixture(scope="module")
-def blobs() -> tuple[np.ndarray, np.ndarray]:
-    """A smooth 32 x 32 image (two Gaussian blobs) under heavy noise: every prior helps."""
-    yy, xx = np.mgrid[:32, :32] / 31.0
+def _blobs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth n x n image (two Gaussian blobs) under heavy noise: every prior helps."""
+    yy, xx = np.mgrid[:n, :n] / (n - 1.0)
     clean = 0.2 + 0.6 * np.exp(-((xx - 0.3) ** 2 + (yy - 0.4) ** 2) / 0.05) + 0.3 * np.exp(-((xx - 0.75) ** 2) / 0.02)
     return clean.astype(np.float32), _noisy(clean.astype(np.float32), sigma=0.15)
+
+
+@pytest.fixture(scope="module")
+def blobs() -> tuple[np.ndarray, np.ndarray]:
+    return _blobs(32)
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -301,13 +305,13 @@ def test_cuda_close_frees_memory_and_out_of_memory_falls_back():
 # ---------------------------------------------------------------- criteria and SURE
 def test_criteria(gray):
     clean, noisy = gray
-    kw = dict(arch="ae", width=4, iterations=6, every=2, sigma=SIGMA)
-    sure = train_dip(noisy, **kw)
+    sure = train_dip(noisy, arch="vanilla", width=4, iterations=6, every=2, sigma=SIGMA)
     assert sure.criterion == "sure" and sure.psnr is None
     assert sure.best_iteration == sure.iterations[np.argmin(sure.sure)]
-    holdout = train_dip(noisy, input="noise", width=4, iterations=6, every=2, arch="ae")
-    assert holdout.criterion == "holdout" and holdout.sure is None
-    assert holdout.best_iteration == holdout.iterations[np.argmin(holdout.validation)]
+    for input in ("noise", "image"):  # the DIP-style networks stop by the held-out pixels
+        holdout = train_dip(noisy, input=input, width=4, iterations=6, every=2, arch="ae", sigma=SIGMA)
+        assert holdout.criterion == "holdout" and holdout.validation is not None
+        assert holdout.best_iteration == holdout.iterations[np.argmin(holdout.validation)]
     variance = train_dip(noisy, input="noise", width=4, iterations=6, every=2, arch="ae", criterion="variance")
     assert np.isinf(variance.variance[0]) and variance.validation is None
     assert variance.best_iteration == variance.iterations[np.argmin(variance.variance)]
@@ -317,8 +321,6 @@ def test_criteria(gray):
         iter_dip(noisy, criterion="psnr")
     with pytest.raises(ValueError, match="needs input='image'"):
         iter_dip(noisy, input="noise", criterion="sure")
-    with pytest.raises(ValueError, match="needs input='noise'"):
-        iter_dip(noisy, criterion="holdout")
 
 
 def test_sigma_is_estimated_when_omitted(gray):
@@ -353,14 +355,16 @@ def test_mc_sure_stops_near_the_oracle():
         assert chosen > oracle - 0.3
 
 
-def test_holdout_stops_near_the_oracle(blobs):
-    """Noise input, no clean image: the least residual on held-out pixels is near the PSNR peak."""
-    clean, noisy = blobs
-    res = train_dip(noisy, arch="ae", input="noise", width=16, iterations=600, every=25, reference=clean,
+@pytest.mark.parametrize("input, size", [("noise", 32), ("image", 64)])
+def test_holdout_stops_near_the_oracle(input, size):
+    """No clean image: the least residual on held-out pixels is near the PSNR peak, also with the
+    image as input (its held-out pixels are blind spots there; it needs more of them)."""
+    clean, noisy = _blobs(size)
+    res = train_dip(noisy, arch="ae", input=input, width=16, iterations=600, every=25, reference=clean,
                     noise_channels=8, criterion="holdout")
     chosen, oracle, last = res.psnr[np.argmin(res.validation)], res.psnr.max(), res.psnr[-1]
     assert oracle > last + 1  # the run overfits: there is something to stop early for
-    assert chosen > oracle - 1
+    assert chosen > oracle - 1.5 and chosen > last + 1
 
 
 def test_output_average_known_answer():

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .denoise import denoise_ntk
-from .dip.trainer import resolve_criterion, train_dip
+from .dip.trainer import default_style, resolve_criterion, train_dip
 from .imageio import guess_channel_axis, read_image, to_unit
 from .samples import add_noise
 from .stopping import psnr
@@ -145,7 +145,7 @@ def _nystrom(input: str, guided: bool) -> Method:
 
 def _dip(optimizer: str, arch: str, input: str, **net: int) -> Method:
     def run(noisy: np.ndarray, clean: np.ndarray, axis: int | None, s: BenchSettings) -> Outcome:
-        criterion = resolve_criterion("auto", s.stop == "oracle", input)
+        criterion = resolve_criterion("auto", s.stop == "oracle", input, default_style(arch, optimizer))
         res = train_dip(noisy, channel_axis=axis, arch=arch, optimizer=optimizer, input=input, width=s.width,
                         iterations=s.max_iters, every=min(s.every, s.max_iters), reference=clean,
                         sigma=s.sigma_unit, criterion=criterion, device=s.device or "auto", seed=s.seed, **net)

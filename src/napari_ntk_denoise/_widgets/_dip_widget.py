@@ -18,7 +18,7 @@ from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QTabWidget
 
 from napari_ntk_denoise.dip import ARCHITECTURES, DIPProgress, DIPResult, DIPStep, iter_dip, min_image_size
-from napari_ntk_denoise.dip.trainer import PATIENCE, resolve_criterion
+from napari_ntk_denoise.dip.trainer import PATIENCE, default_style, resolve_criterion
 
 from ._base import ImageRunWidget
 from ._controls import device_control
@@ -169,7 +169,8 @@ class DIPTrainingWidget(ImageRunWidget):
                              upper_bound=True)
         if worker is not None:
             self._params, self._best, self._curves, self._results = params, {}, {}, {}
-            self._criterion = resolve_criterion("auto", self._reference.value is not None, params["input"])
+            self._criterion = resolve_criterion("auto", self._reference.value is not None, params["input"],
+                                                default_style(params["arch"], params["optimizer"]))
             for plot in (self._fit_plot, self._psnr_plot, self._weights_plot):
                 plot.clear()
             self._plots.setTabVisible(1, self._reference.value is not None)

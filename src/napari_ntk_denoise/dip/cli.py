@@ -56,8 +56,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "dip",
         help="denoise by training a deep image prior (vanilla CNN, U-Net or autoencoder)",
         description="Train a network on one noisy image (Tachella et al. 2021, sections 5-6) and write the "
-        "best output: by PSNR against --reference, else by MC-SURE (image input), else by the residual on "
-        "5%% of the pixels held out of the loss (noise input).",
+        "best output: by PSNR against --reference, else by MC-SURE (image input to the vanilla CNN or gradient "
+        "descent), else by the residual on 5%% of the pixels held out of the loss (and of the input).",
     )
     p.add_argument("input_path", metavar="INPUT", help="noisy image (PNG, JPEG, TIFF)")
     p.add_argument("-o", "--output", required=True, help="output image (same dtype as the input)")

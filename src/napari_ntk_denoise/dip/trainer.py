@@ -223,12 +223,16 @@ def default_style(arch: Architecture, optimizer: Optimizer) -> Style:
     return "dip" if optimizer == "adam" and arch != "vanilla" else "ntk"
 
 
-def resolve_criterion(criterion: Criterion, reference: bool, input: InputMode) -> str:
-    """The criterion that ``"auto"`` stands for: PSNR with a reference, else MC-SURE for image input
-    and the held-out pixels for noise input; any other value is returned as it is."""
+def resolve_criterion(criterion: Criterion, reference: bool, input: InputMode, style: str) -> str:
+    """The criterion that ``"auto"`` stands for; any other value is returned as it is.
+
+    PSNR with a reference; else MC-SURE for image input to a network in the NTK style, whose
+    output moves smoothly with its input; else the held-out pixels (noise input, and image input
+    to the DIP-style networks, whose fixed-weight divergence misses how training fits the noise).
+    """
     if criterion != "auto":
         return criterion
-    return "psnr" if reference else "sure" if input == "image" else "holdout"
+    return "psnr" if reference else "sure" if input == "image" and style == "ntk" else "holdout"
 
 
 def iter_dip(
@@ -293,11 +297,10 @@ def iter_dip(
     criterion : {"auto", "psnr", "sure", "holdout", "variance", "last"}
         Which output to keep: the best PSNR (oracle); the least MC-SURE (image input); the least
         residual on :data:`HOLDOUT_FRACTION` of the pixels, chosen at random and left out of the
-        loss (noise input; their noise is never fitted, so the residual there is the error plus
-        the noise variance); the least moving variance of the outputs
-        (:mod:`~napari_ntk_denoise.dip.stopping`); or the last.  ``"auto"``: ``"psnr"`` with a
-        reference, else ``"sure"`` for image input and ``"holdout"`` for noise input.  Ties keep
-        the earlier iteration.
+        loss, and with image input replaced in the input by the mean of their neighbours (their
+        noise is never seen, so the residual there is the error plus the noise variance); the
+        least moving variance of the outputs (:mod:`~napari_ntk_denoise.dip.stopping`); or the
+        last.  ``"auto"``: see :func:`resolve_criterion`.  Ties keep the earlier iteration.
     patience : int, optional
         Stop once the criterion has not improved for this many iterations (never by default).
     data_range : float, optional
@@ -398,24 +401,22 @@ def iter_dip(
         ref = _as_chw(reference, channel_axis, "reference")
         if ref.shape != y.shape:
             raise ValueError(f"reference shape {np.shape(reference)} differs from image shape {np.shape(image)}")
-    criterion = resolve_criterion(criterion, ref is not None, input)
+    style = "ntk" if arch == "vanilla" else default_style(arch, optimizer) if style == "auto" else style
+    criterion = resolve_criterion(criterion, ref is not None, input, style)
     if criterion == "psnr" and ref is None:
         raise ValueError("criterion 'psnr' needs a reference image")
     if criterion == "sure" and input != "image":
         raise ValueError("criterion 'sure' needs input='image' (noise input has no MC-SURE; use 'holdout')")
-    if criterion == "holdout" and input != "noise":
-        raise ValueError("criterion 'holdout' needs input='noise' (an image input shows the held-out pixels)")
     dev = resolve_device(device)
     settings = {
         "method": "deep image prior", "arch": arch, "optimizer": optimizer, "input": input,
-        "style": default_style(arch, optimizer) if style == "auto" else style,
+        "style": style,
         "width": int(width), "kernel_size": int(KERNEL_SIZE[arch] if kernel_size is None else kernel_size),
         "iterations": int(iterations), "every": int(every), "seed": int(seed), "criterion": criterion,
         "patience": patience, "time_limit": time_limit,
     }
     if arch == "vanilla":
         settings["depth"] = int(depth)
-        settings["style"] = "ntk"
     if input == "noise":
         settings["noise_channels"] = int(noise_channels)
     out_dtype = np.float64 if np.asarray(image).dtype == np.float64 else np.float32
@@ -509,12 +510,25 @@ def _prepare(
     if settings["criterion"] == "holdout":
         holdout = (torch.rand(1, 1, h, w, generator=holdout_gen) < HOLDOUT_FRACTION).float()
         holdout.view(-1)[0] = 1.0  # at least one pixel
+        if image_input:
+            x = _blind_spots(y_t, holdout)
     run = _Run(
         net, x, y_t, ref_t, probe, epsilon, translate=image_input and not dip_style, device=device,
         jitter=INPUT_JITTER if dip_style and not image_input else 0.0, show_average=dip_style, seed=int(seeds[4]),
         holdout=holdout,
     )
     return run, units, sigma, data_range
+
+
+def _blind_spots(y: torch.Tensor, holdout: torch.Tensor) -> torch.Tensor:
+    """``y`` with each held-out pixel replaced by the mean of its kept 3 x 3 neighbours, so that
+    neither the input nor the loss holds the noise of a held-out pixel."""
+    keep = 1 - holdout
+    ones = torch.ones(1, 1, 3, 3, dtype=y.dtype)
+    def box(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(torch.nn.functional.pad(t, (1, 1, 1, 1), mode="replicate"), ones)
+    fill = torch.cat([box(c * keep) for c in y.split(1, dim=1)], dim=1) / box(keep).clamp_min(1.0)
+    return y * keep + fill * holdout
 
 
 def _default_lr(run: _Run, settings: dict) -> float:
