@@ -203,14 +203,14 @@ def test_guided_noise_input_sure_tracks_the_error():
 
 
 def test_sure_probe_is_banded_on_tall_images_and_has_unit_variance():
-    from napari_ntk_denoise.denoise import PROBE_BAND, PROBE_PERIOD, _probe
+    from napari_ntk_denoise.problem import PROBE_BAND, PROBE_PERIOD, sure_probe
 
-    b = _probe(0, (4 * PROBE_PERIOD, 300), 3, "cpu").reshape(4 * PROBE_PERIOD, 300, 3)
+    b = sure_probe(0, (4 * PROBE_PERIOD, 300), 3, "cpu").reshape(4 * PROBE_PERIOD, 300, 3)
     probed = (b != 0).any(2).all(1)
     assert int(probed.sum()) == 4 * PROBE_BAND and not bool((b[~probed] != 0).any())
     assert bool((probed.reshape(4, PROBE_PERIOD) == probed[:PROBE_PERIOD]).all())  # one phase, periodic
     assert abs(float((b**2).mean()) - 1) < 0.02  # E[b b^T] = I: the bands carry P/B times the variance
-    small = _probe(0, (4 * PROBE_PERIOD - 1, 20), 1, "cpu")
+    small = sure_probe(0, (4 * PROBE_PERIOD - 1, 20), 1, "cpu")
     assert bool((small != 0).all()) and abs(float((small**2).mean()) - 1) < 0.05
 
 
@@ -245,7 +245,7 @@ def test_sure_on_clipped_data_stops_near_the_oracle(monkeypatch):
     """Clipping leaves less noise near the bounds; Monte-Carlo SURE with the probe weighted by the
     clipped noise's standard deviation stops near the oracle, where plain SURE (sigma everywhere)
     over-smooths (measured gaps: 0.12-0.17 dB against 0.45-0.52 over three noise draws)."""
-    import napari_ntk_denoise.denoise as denoise
+    import napari_ntk_denoise.problem as problem
 
     clean = np.clip(2.5 * smooth_image((64, 64)) - 0.8, 0, 1)  # a fifth of the noisy values clipped
     noisy = np.clip(clean + 0.1 * np.random.default_rng(0).standard_normal(clean.shape), 0, 1).astype(np.float32)
@@ -253,7 +253,7 @@ def test_sure_on_clipped_data_stops_near_the_oracle(monkeypatch):
     out, res = denoise_ntk(noisy, 0.1, **kw)
     assert res.params["clip_bounds"] == [0.0, 1.0]
     gap = res.psnr.max() - psnr(out, clean, 1)
-    monkeypatch.setattr(denoise, "clip_bounds", lambda image: (None, None))
+    monkeypatch.setattr(problem, "clip_bounds", lambda image: (None, None))
     plain, res_plain = denoise_ntk(noisy, 0.1, **kw)
     assert res_plain.params["clip_bounds"] == [None, None]
     assert gap < 0.25 < res_plain.psnr.max() - psnr(plain, clean, 1) - 0.1
@@ -263,8 +263,8 @@ def test_sure_on_clipped_data_stops_near_the_oracle(monkeypatch):
 def test_banded_sure_probe_stops_near_the_oracle(monkeypatch):
     """On an image tall enough for a banded probe, most row blocks skip the perturbed products and
     Monte-Carlo SURE still stops near the oracle, as with a dense probe."""
-    import napari_ntk_denoise.denoise as denoise
     import napari_ntk_denoise.nystrom as nystrom
+    import napari_ntk_denoise.problem as problem
 
     flags = []
     row_blocks = nystrom._row_blocks
@@ -279,15 +279,15 @@ def test_banded_sure_probe_stops_near_the_oracle(monkeypatch):
         monkeypatch.setattr(nystrom, name, 2**18)
     noisy, clean = _noisy(shape=(256, 48))
     chosen = []
-    for period in (denoise.PROBE_PERIOD, 1000):  # banded, then dense (the image has < 4 periods of rows)
-        monkeypatch.setattr(denoise, "PROBE_PERIOD", period)
-        denoise._probe.cache_clear()
+    for period in (problem.PROBE_PERIOD, 1000):  # banded, then dense (the image has < 4 periods of rows)
+        monkeypatch.setattr(problem, "PROBE_PERIOD", period)
+        problem.sure_probe.cache_clear()
         out, res = denoise_ntk(noisy, 0.1, reference=clean, kernel_size=5, fraction=0.05, rank=64)
         assert res.psnr.max() - psnr(out, clean, 1) < 0.2
         chosen.append(psnr(out, clean, 1))
         if period != 1000:
             assert 0 < sum(flags[-1]) < 0.6 * len(flags[-1])
-    denoise._probe.cache_clear()
+    problem.sure_probe.cache_clear()
     assert abs(chosen[0] - chosen[1]) < 0.1
 
 

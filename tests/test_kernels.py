@@ -52,14 +52,15 @@ def test_referee_empirical_ntk_converges_to_analytic(depth, r, channels, kind, r
     """
     ndim = 2 if rz is None else 3
     x = _image(channels, *((7, 7) if ndim == 2 else (4, 5, 5)), seed=depth * 10 + r)
-    analytic = _full(CNNKernel(depth=depth, kernel_size=r, kind=kind, ndim=ndim, kernel_size_z=rz), x).float()
+    arch = CNNKernel(depth=depth, kernel_size=r, kind=kind, ndim=ndim, kernel_size_z=rz)  # one description of both
+    analytic = _full(arch, x).float()
     layers = "all" if kind == "ntk" else "output"
     widths, seeds = ((64, 256, 1024), 16) if depth == 2 else ((32, 128, 512), 8)
     rms = []
     for width in widths:
         errs = [
-            float((empirical_ntk(VanillaCNN(channels, width=width, depth=depth, kernel_size=r, ndim=ndim,
-                                            kernel_size_z=rz, generator=torch.Generator().manual_seed(s)),
+            float((empirical_ntk(VanillaCNN.from_architecture(arch, channels, width=width,
+                                                              generator=torch.Generator().manual_seed(s)),
                                  x[None].float(),
                                  layers=layers).float() - analytic).norm() / analytic.norm())
             for s in range(seeds)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._progress import ProgressBar
+from .config import DEFAULT_OPTIONS
 from .events import Progress
 from .noise_estimation import NoiseReport
 from .stacks import stack_noise_report
@@ -59,20 +60,24 @@ def add_ntk_options(p: argparse.ArgumentParser) -> None:
         A subcommand's parser.
     """
     p.add_argument("--sigma", type=float, default=None, help="noise level in the image's units (estimated if omitted)")
+    d = DEFAULT_OPTIONS
     p.add_argument("--guided", action="store_true",
                    help="second stage with the kernel of the first estimate, averaged with it (weight by SURE)")
-    p.add_argument("--guided-kernel", choices=("nngp", "ntk"), default="nngp",
-                   help="kernel type of both guided stages (default nngp: the larger gains)")
-    p.add_argument("--stop", type=stop_value, default="sure",
-                   help="'sure' (default), 'oracle' (needs --reference) or N")
-    p.add_argument("--depth", type=int, default=2, help="weight layers of the CNN (default 2)")
-    p.add_argument("--kernel-size", type=int, default=11, help="convolution size r (odd, default 11)")
-    p.add_argument("--kernel", choices=("ntk", "nngp"), default="ntk")
-    p.add_argument("--input", choices=("image", "noise"), default="image", help="kernel from the image or from noise")
-    p.add_argument("--fraction", type=float, default=0.02, help="fraction of pixels used as anchors (default 0.02)")
-    p.add_argument("--rank", type=int, default=None, help="number of eigenimages")
+    p.add_argument("--guided-kernel", choices=("nngp", "ntk"), default=d["guided_kernel"],
+                   help=f"kernel type of both guided stages (default {d['guided_kernel']})")
+    p.add_argument("--stop", type=stop_value, default=d["stop"],
+                   help=f"'sure', 'oracle' (needs --reference) or N (default {d['stop']})")
+    p.add_argument("--depth", type=int, default=d["depth"], help=f"weight layers of the CNN (default {d['depth']})")
+    p.add_argument("--kernel-size", type=int, default=d["kernel_size"],
+                   help=f"convolution size r (odd, default {d['kernel_size']})")
+    p.add_argument("--kernel", choices=("ntk", "nngp"), default=d["kernel"])
+    p.add_argument("--input", choices=("image", "noise"), default=d["input"],
+                   help="kernel from the image or from noise")
+    p.add_argument("--fraction", type=float, default=d["fraction"],
+                   help=f"fraction of pixels used as anchors (default {d['fraction']})")
+    p.add_argument("--rank", type=int, default=d["rank"], help=f"number of eigenimages (default {d['rank']})")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -119,12 +124,9 @@ def ntk_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     -------
     dict
     """
-    kw = dict(depth=args.depth, kernel_size=args.kernel_size, kernel=args.kernel, input=args.input,
-              fraction=args.fraction, stop=args.stop, guided=args.guided,
-              guided_kernel=args.guided_kernel, device=args.device, seed=args.seed)
-    if args.rank is not None:
-        kw["rank"] = args.rank
-    return kw
+    return dict(depth=args.depth, kernel_size=args.kernel_size, kernel=args.kernel, input=args.input,
+                fraction=args.fraction, rank=args.rank, stop=args.stop, guided=args.guided,
+                guided_kernel=args.guided_kernel, device=args.device, seed=args.seed)
 
 
 def tile_side(args: argparse.Namespace) -> int:

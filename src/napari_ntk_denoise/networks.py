@@ -26,6 +26,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .kernels import CNNKernel
+
 __all__ = ["VanillaCNN", "empirical_ntk"]
 
 
@@ -74,12 +76,8 @@ class VanillaCNN(nn.Module):
         kernel_size_z: int | None = None,
     ) -> None:
         super().__init__()
-        if ndim not in (2, 3):
-            raise ValueError(f"ndim must be 2 or 3, got {ndim}")
-        if depth < 2:
-            raise ValueError(f"depth must be >= 2, got {depth}")
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+        self.architecture = CNNKernel(depth=depth, kernel_size=kernel_size, sigma_w2=sigma_w2, ndim=ndim,
+                                      kernel_size_z=kernel_size_z)  # checks the architecture, as for the kernel
         if width < 1:
             raise ValueError(f"width must be >= 1, got {width}")
         if parameterization not in ("ntk", "standard"):
@@ -87,7 +85,7 @@ class VanillaCNN(nn.Module):
         out_channels = in_channels if out_channels is None else out_channels
         self.depth, self.kernel_size, self.width, self.ndim = depth, kernel_size, width, ndim
         self.padding_mode, self.parameterization = padding_mode, parameterization
-        sizes = (kernel_size,) * 2 if ndim == 2 else (kernel_size_z or kernel_size, kernel_size, kernel_size)
+        sizes = self.architecture.sizes
         shapes = [(width, in_channels, sizes)]
         shapes += [(width, width, sizes)] * (depth - 2)
         shapes += [(out_channels, width, (1,) * ndim)]
@@ -100,6 +98,27 @@ class VanillaCNN(nn.Module):
                 w, std = w * std, 1.0
             self.weights.append(nn.Parameter(w))
             self.scales.append(std)
+
+    @classmethod
+    def from_architecture(cls, architecture: CNNKernel, in_channels: int, **kwargs) -> VanillaCNN:
+        """The finite network of an architecture whose analytic kernel is ``architecture``.
+
+        Parameters
+        ----------
+        architecture : CNNKernel
+            Depth, convolution sizes, ``sigma_w^2`` and spatial dimensions.
+        in_channels : int
+            Channels of the input.
+        **kwargs
+            ``out_channels``, ``width``, ``parameterization``, ``padding_mode``, ``generator``.
+
+        Returns
+        -------
+        VanillaCNN
+        """
+        a = architecture
+        return cls(in_channels, depth=a.depth, kernel_size=a.kernel_size, sigma_w2=a.sigma_w2, ndim=a.ndim,
+                   kernel_size_z=a.kernel_size_z, **kwargs)
 
     def _conv(self, h: torch.Tensor, layer: int) -> torch.Tensor:
         w = self.weights[layer]

@@ -19,9 +19,9 @@ from typing import Any, Union
 import numpy as np
 
 from ._input import check_memory, prepare_image, resolve_device
-from .denoise import DEFAULT_RANK, NTKResult, _n_anchors, iter_denoise_ntk
+from .config import FilterConfig
+from .denoise import NTKResult, iter_denoise_ntk
 from .events import Progress, TwicingStep, drain, forward_progress
-from .kernels import CNNKernel
 from .nystrom import estimate_bytes
 from .stopping import estimate_noise_sigma
 
@@ -157,11 +157,8 @@ def check_tiled_request(
     overlap: int | None = None,
     tile_z: int = TILE_Z,
     overlap_z: int | None = None,
-    depth: int = 2,
-    kernel_size: int = 11,
-    volume: bool = False,
-    kernel_size_z: int | None = None,
-    **ntk_kwargs: Any,
+    device: str | None = None,
+    **options: Any,
 ) -> TileGrid:
     """Check a tiled request before any work and return its tile grid.
 
@@ -169,7 +166,7 @@ def check_tiled_request(
     ----------
     shape : tuple of int
         ``(H, W, C)`` of one plane, or ``(Z, H, W, C)`` of one volume with ``volume``.
-    tile, overlap, tile_z, overlap_z, depth, kernel_size, volume, kernel_size_z, **ntk_kwargs
+    tile, overlap, tile_z, overlap_z, device, **options
         As for :func:`iter_denoise_tiled`.
 
     Returns
@@ -185,8 +182,9 @@ def check_tiled_request(
         accumulation buffers exceed the free memory of the device
         (:func:`~napari_ntk_denoise.nystrom.estimate_bytes`).
     """
-    kern = CNNKernel(depth=depth, kernel_size=kernel_size, kind=ntk_kwargs.get("kernel", "ntk"),
-                     ndim=3 if volume else 2, kernel_size_z=kernel_size_z)
+    cfg = FilterConfig.from_options(**options)
+    kern = cfg.architecture
+    volume = kern.ndim == 3
     spatial, n_ch = tuple(shape[:-1]), shape[-1]
     if len(spatial) != kern.ndim:
         raise ValueError(f"shape {tuple(shape)} does not match a {kern.ndim}-D kernel with channels last")
@@ -206,12 +204,12 @@ def check_tiled_request(
     grid = TileGrid(tuple(tile_cores(n, int(t), h) for n, t, h in zip(spatial, tiles, halos)), tuple(halos))
     tile_shape = [min(int(t), n) for t, n in zip(tiles, spatial)]
     d, size = math.prod(tile_shape), "x".join(map(str, spatial))
-    m = _n_anchors(d, ntk_kwargs.get("fraction", 0.02), ntk_kwargs.get("n_anchors"))
-    rank = min(int(ntk_kwargs.get("rank", DEFAULT_RANK)), m)
-    passes = (1 + (ntk_kwargs.get("stop", "sure") == "sure")) * (1 + bool(ntk_kwargs.get("guided", False)))
-    dev = resolve_device(ntk_kwargs.get("device"))
+    m = cfg.nystrom.anchors_for(d)
+    rank = min(cfg.nystrom.rank, m)
+    dev = resolve_device(device)
     pixels = math.prod(spatial)
-    need = estimate_bytes(d, n_ch, m, rank, kern, device=dev) * passes + 16 * pixels * n_ch + 8 * pixels  # + buffers
+    buffers = 16 * pixels * n_ch + 8 * pixels
+    need = estimate_bytes(d, n_ch, m, rank, kern, device=dev) * cfg.memory_passes + buffers
     check_memory(need, dev,
                  f"tiled NTK denoising of a {size} image in {'x'.join(map(str, tile_shape))} tiles with {m} anchors "
                  "per tile", "use smaller tiles or a smaller anchor fraction or rank")
@@ -223,7 +221,7 @@ TileSigma = Union[float, None, Callable[..., float]]
 
 
 def iter_denoise_tile(
-    tile: np.ndarray, sigma: TileSigma, channel_axis: int | None, **ntk_kwargs: Any
+    tile: np.ndarray, sigma: TileSigma, channel_axis: int | None, **kwargs: Any
 ) -> Generator[Progress | TwicingStep, None, NTKResult]:
     """One tile's own NTK filter and SURE step, as every tiled path runs it (in memory and in dask
     tasks, so that both give the same result); no intermediate twicing steps are rendered.  A
@@ -231,7 +229,7 @@ def iter_denoise_tile(
     transform, which depends on the tile's intensities)."""
     if callable(sigma):
         sigma = sigma(tile, channel_axis=channel_axis)
-    return iter_denoise_ntk(tile, sigma, channel_axis=channel_axis, **{"stream_steps": 0, **ntk_kwargs})
+    return iter_denoise_ntk(tile, sigma, channel_axis=channel_axis, **{"stream_steps": 0, **kwargs})
 
 
 def iter_denoise_tiled(
@@ -243,11 +241,8 @@ def iter_denoise_tiled(
     tile_z: int = TILE_Z,
     overlap_z: int | None = None,
     channel_axis: int | None = None,
-    depth: int = 2,
-    kernel_size: int = 11,
-    volume: bool = False,
-    kernel_size_z: int | None = None,
-    **ntk_kwargs: Any,
+    device: str | None = None,
+    **options: Any,
 ) -> Generator[Progress, None, TiledResult]:
     """Denoise a (large) image in overlapping tiles, streaming progress.
 
@@ -269,13 +264,11 @@ def iter_denoise_tiled(
         The same along Z for a volume (default 16, and twice the Z receptive field).
     channel_axis : int, optional
         Colour axis (one filter for all channels of a tile).
-    depth, kernel_size : int
-        CNN architecture (see :class:`~napari_ntk_denoise.kernels.CNNKernel`).
-    volume, kernel_size_z
-        3-D patches for a Z stack (see :func:`~napari_ntk_denoise.denoise.iter_denoise_ntk`).
-    **ntk_kwargs
-        Further arguments of :func:`~napari_ntk_denoise.denoise.iter_denoise_ntk` (``fraction``,
-        ``rank``, ``stop``, ``guided``, ``device``, ``seed``, ...).  ``reference`` is not supported.
+    device : str, optional
+        As for :func:`~napari_ntk_denoise.denoise.iter_denoise_ntk`.
+    **options
+        The filter's options (:class:`~napari_ntk_denoise.config.FilterConfig`), as for
+        :func:`~napari_ntk_denoise.denoise.iter_denoise_ntk`; ``volume`` for a Z stack.
 
     Yields
     ------
@@ -301,12 +294,12 @@ def iter_denoise_tiled(
     raised-cosine windows ``w_i``; where tiles overlap the result is a convex combination of
     estimates that each saw a full receptive field of context.
     """
-    if "reference" in ntk_kwargs:
+    if "reference" in options:
         raise ValueError("reference is not supported by the tiled denoiser; compare the blended output instead")
-    y, layout = prepare_image(image, channel_axis, spatial=3 if volume else 2)
-    arch = dict(depth=depth, kernel_size=kernel_size, volume=volume, kernel_size_z=kernel_size_z)
-    grid = check_tiled_request(y.shape, tile=tile, overlap=overlap, tile_z=tile_z, overlap_z=overlap_z, **arch,
-                               **ntk_kwargs)
+    cfg = FilterConfig.from_options(**options)
+    y, layout = prepare_image(image, channel_axis, spatial=cfg.architecture.ndim)
+    grid = check_tiled_request(y.shape, tile=tile, overlap=overlap, tile_z=tile_z, overlap_z=overlap_z, device=device,
+                               **options)
     sigma_estimated = sigma is None
     if sigma is None:
         sigma = estimate_noise_sigma(image, channel_axis)
@@ -315,7 +308,7 @@ def iter_denoise_tiled(
     tiles = grid.tiles()
     steps, sigmas, doubts = [], [], []
     for k, (sl, weight) in enumerate(tiles):
-        gen = iter_denoise_tile(y[sl], sigma, -1, **arch, **ntk_kwargs)
+        gen = iter_denoise_tile(y[sl], sigma, -1, device=device, **options)
         res = yield from forward_progress(gen, f"tile {k + 1}/{len(tiles)}: ", part=(k, len(tiles)))
         acc[sl] += weight[..., None] * res.image
         wsum[sl] += weight[..., None]

@@ -1,17 +1,16 @@
 """Controls shared by the widgets: the NTK filter's settings and the device, in plain words.
 
-Defaults are read from :func:`napari_ntk_denoise.iter_denoise_ntk`'s signature, so that the
+Defaults are the engine's (:data:`napari_ntk_denoise.config.DEFAULT_OPTIONS`), so that the
 widgets start where the engine and the command line do.
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from magicgui.widgets import ComboBox, FloatSpinBox, SpinBox
 
-from napari_ntk_denoise import iter_denoise_ntk
+from napari_ntk_denoise.config import DEFAULT_OPTIONS
 
 __all__ = ["DEVICE_TIP", "FilterControls", "device_choices", "device_control", "engine_default"]
 
@@ -23,8 +22,8 @@ KERNEL_CHOICES = (("every layer trained (NTK)", "ntk"), ("last layer only (NNGP)
 
 
 def engine_default(name: str) -> Any:
-    """Default of the keyword ``name`` of :func:`iter_denoise_ntk`."""
-    return inspect.signature(iter_denoise_ntk).parameters[name].default
+    """Default of the NTK filter's option ``name``."""
+    return DEFAULT_OPTIONS[name]
 
 
 def device_choices() -> list[str]:
