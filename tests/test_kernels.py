@@ -200,10 +200,10 @@ def test_network_matches_kernel_size_and_receptive_field():
 
 
 def test_bfloat16_split_keeps_sixteen_bits_compiled_or_not():
-    from napari_ntk_denoise.kernels import _compiled, _fused, _split_bf16
+    from napari_ntk_denoise.kernel_ops import _compiled, fused_op, split_bf16
 
     a = torch.randn(300, 200, generator=torch.Generator().manual_seed(3))
-    for split in (_split_bf16, _compiled("split"), _fused("split")):  # eager, torch.compile, C where built
+    for split in (split_bf16, _compiled("split"), fused_op("split")):  # eager, torch.compile, C where built
         hi, lo = split(a[:, :150])  # a strided view, as the padded kernel blocks are
         assert hi.dtype == lo.dtype == torch.bfloat16
         err = (hi.double() + lo.double() - a[:, :150].double()).abs() / a[:, :150].double().abs()
@@ -212,7 +212,7 @@ def test_bfloat16_split_keeps_sixteen_bits_compiled_or_not():
 
 def test_compiled_output_layer_matches_eager():
     """The torch.compile'd paired op (GPUs; CPUs without a C compiler) against eager torch."""
-    from napari_ntk_denoise.kernels import _EAGER, _compiled
+    from napari_ntk_denoise.kernel_ops import _EAGER, _compiled
 
     g = torch.Generator().manual_seed(5)
     p, q = torch.randn(40, 9, generator=g), torch.randn(70, 9, generator=g)
@@ -230,7 +230,7 @@ def test_compiled_output_layer_matches_eager():
 
 
 def test_polynomial_arccos_matches_the_library():
-    from napari_ntk_denoise.kernels import _acos
+    from napari_ntk_denoise.kernel_ops import _acos
 
     x = torch.linspace(-1, 1, 200001, dtype=torch.float64)
     assert float((_acos(x) - torch.acos(x)).abs().max()) < 3e-8

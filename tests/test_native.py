@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from napari_ntk_denoise import _native
-from napari_ntk_denoise.kernels import _EAGER, _fused
+from napari_ntk_denoise.kernel_ops import _EAGER, fused_op
 
 N, W = 37, 70
 NO_COMPILER = pytest.mark.skipif(_native._compiler() is None, reason="no C compiler for the C kernel ops")
@@ -102,8 +102,8 @@ def test_native_ops_decline_operands_they_do_not_handle(backend):
     assert _native.op("split")(torch.randn(4, 6).T) is NotImplemented
     # ... and the kernels then use the torch op: same values as on contiguous operands
     ref = torch.empty(N, W)
-    _fused("single")(ref, *gram, nr, nc, scale, factor, sw2)
-    _fused("single")(out, *gram, nr, nc, scale, factor, sw2)
+    fused_op("single")(ref, *gram, nr, nc, scale, factor, sw2)
+    fused_op("single")(out, *gram, nr, nc, scale, factor, sw2)
     assert float((out - ref).abs().max()) < 2e-6 * float(ref.abs().max())
 
 

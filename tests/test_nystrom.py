@@ -165,7 +165,7 @@ def test_split_bfloat16_product_has_float32_accuracy():
 
 
 def test_split_product_on_cpu_reuses_its_buffers_for_blocks_of_any_height():
-    from napari_ntk_denoise.kernels import _split_bf16
+    from napari_ntk_denoise.kernel_ops import split_bf16
     from napari_ntk_denoise.nystrom import _SplitProduct
 
     g = torch.Generator().manual_seed(1)
@@ -173,7 +173,7 @@ def test_split_product_on_cpu_reuses_its_buffers_for_blocks_of_any_height():
     product = _SplitProduct(b)
     for n in (50, 20, 50):  # the last block of a sweep is shorter
         a = torch.rand(n, 96, generator=g)
-        hi, lo = _split_bf16(a)
+        hi, lo = split_bf16(a)
         expected = torch.mm(hi, b).float() + torch.mm(lo, b).float()
         assert torch.equal(product(a), expected)
     assert product.buffers["sum"].shape[0] == 50  # grown once, then reused

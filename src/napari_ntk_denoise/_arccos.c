@@ -1,4 +1,4 @@
-/* The fused output ops of the depth-2 kernel on a CPU, in C: the twins of kernels._arccos_single,
+/* The fused output ops of the depth-2 kernel on a CPU, in C: the twins of kernel_ops._arccos_single,
  * _arccos_single_split, _arccos_pair and _split_bf16 (see there for the maths), including the small
  * float32 product of the Gram's principal part (written to memory and read back, it cost as much as
  * the op).  Blocks are row-major (n, w); rows are shared among `threads` OpenMP threads (torch's
@@ -28,7 +28,7 @@ static inline uint16_t store_bf16(float f) {
 static inline float load_f32(float f) { return f; }
 static inline float store_f32(float f) { return f; }
 
-/* acos by Abramowitz & Stegun 4.4.46: the coefficients of kernels._ACOS */
+/* acos by Abramowitz & Stegun 4.4.46: the coefficients of kernel_ops._ACOS */
 static inline float acos_poly(float x) {
     float a = fabsf(x);
     float p = -0.0012624911f;

@@ -82,7 +82,7 @@ def _store_impl(f, like):
 
 @njit(**_JIT)
 def _acos(x):
-    """acos by Abramowitz & Stegun 4.4.46 (the coefficients of ``kernels._ACOS``)."""
+    """acos by Abramowitz & Stegun 4.4.46 (the coefficients of ``kernel_ops._ACOS``)."""
     a = abs(x)
     p = ((((((_A7 * a + _A6) * a + _A5) * a + _A4) * a + _A3) * a + _A2) * a + _A1) * a + _A0
     s = _ONE - a

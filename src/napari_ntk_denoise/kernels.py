@@ -25,15 +25,13 @@ is bounded by the block size rather than by ``d x d``.
 from __future__ import annotations
 
 import math
-import os
-import warnings
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from . import _native
+from .kernel_ops import fused_op, split_bf16
 
 __all__ = ["CNNKernel", "ColumnSide", "MovedColumns", "SplitBlock", "relu_expectations"]
 
@@ -375,7 +373,7 @@ class CNNKernel:
         (``P_d = P_eps - P``) computed on its own, so that the difference of the two kernels keeps
         its precision however the products round; its second term is computed on the first
         ``side.moved`` columns only (elsewhere ``P_{d,S}`` is zero).  The arc-cosine output layer,
-        with the float32 principal part of the Gram, is one fused op (:func:`_fused`: C on a
+        with the float32 principal part of the Gram, is one fused op (:func:`fused_op`: C on a
         CPU); pixels that are both a row and a column get their exact diagonal
         (:meth:`_exact_self_pairs`).  Deeper kernels use :meth:`block` in float64 for both inputs.
         ``rows`` must be sorted (a ``range`` of whole image rows is fastest).  With ``padded``,
@@ -414,7 +412,7 @@ class CNNKernel:
         else:
             k = (side.buffer("k", (n, width), x.dtype, x.device),)
         if single:
-            _fused("single_split" if split else "single")(*k, ar, side.principal_t, g_low, nr, side.norms, side.scale,
+            fused_op("single_split" if split else "single")(*k, ar, side.principal_t, g_low, nr, side.norms, side.scale,
                                                           factor, self.sigma_w2)
             k, _ = self._exact_self_pairs(_columns(k, m), None, rows, cols, side.diagonals, None)
             return k, None if x_eps is None else self._moved_columns(pr, nr, ar, g_low, side)
@@ -426,7 +424,7 @@ class CNNKernel:
                             out=side.buffer("dg_moved", (n, side.moved), side.gemm_dtype, x.device))
         nre = self._norms(side.diagonals_eps, rows)
         dk = side.buffer("dk", (n, width), side.gemm_dtype, x.device)
-        _fused("pair")(*k, dk, ar, side.principal_t, g_low, dg, dg_moved, nr, side.norms, nre, side.norms_eps,
+        fused_op("pair")(*k, dk, ar, side.principal_t, g_low, dg, dg_moved, nr, side.norms, nre, side.norms_eps,
                        side.scale, factor, self.sigma_w2)
         return self._exact_self_pairs(_columns(k, m), dk[:, :m], rows, cols, side.diagonals, side.diagonals_eps)
 
@@ -449,7 +447,7 @@ class CNNKernel:
         g_low = side.buffer("g_low_moved", (n, mv), g_low.dtype, pr.device).copy_(side.moved_part(g_low, 1))
         zero = side.buffer("dg_zero", (n, mv), side.gemm_dtype, pr.device).zero_()
         pt = side.moved_part(side.principal_t, 1).contiguous()
-        _fused("pair")(k, dk, ar, pt, g_low, zero, dg_moved, nr, side.moved_part(side.norms, 0), nr.clone(),
+        fused_op("pair")(k, dk, ar, pt, g_low, zero, dg_moved, nr, side.moved_part(side.norms, 0), nr.clone(),
                        side.moved_part(side.norms_eps, 0), side.scale, self._output_factor(), self.sigma_w2)
         return MovedColumns(dk, cols)
 
@@ -466,7 +464,7 @@ class CNNKernel:
         hit = rows[pos] == cols
         ci = torch.arange(len(cols), device=cols.device)
         kd = diagonals[2].reshape(-1)[cols].to(torch.float32)
-        for part, value in zip(k, _split_bf16(kd)) if isinstance(k, SplitBlock) else ((k, kd.to(k.dtype)),):
+        for part, value in zip(k, split_bf16(kd)) if isinstance(k, SplitBlock) else ((k, kd.to(k.dtype)),):
             part[pos, ci] = torch.where(hit, value, part[pos, ci])
         if dk is not None:
             dkd = (diagonals_eps[2].reshape(-1)[cols].to(torch.float32) - kd).to(dk.dtype)
@@ -475,7 +473,7 @@ class CNNKernel:
 
 
 class SplitBlock(NamedTuple):
-    """A float32 block as two bfloat16 parts, ``block = hi + lo`` (see :func:`_split_bf16`)."""
+    """A float32 block as two bfloat16 parts, ``block = hi + lo`` (see :func:`split_bf16`)."""
 
     hi: torch.Tensor
     lo: torch.Tensor
@@ -570,109 +568,3 @@ def _pad_inner(a: torch.Tensor) -> torch.Tensor:
 def _operand_t(a: torch.Tensor) -> torch.Tensor:
     """Right-hand operand ``a^T`` of a product from ``(m, K)`` columns, both sides zero-padded."""
     return _pad_inner(_pad_inner(a).T).contiguous()
-
-
-#: ``acos(x) = sqrt(1 - x) (a_0 + a_1 x + ... + a_7 x^7)`` on ``[0, 1]``, absolute error <= 2e-8
-#: (Abramowitz & Stegun 4.4.46; float32 rounds acos to ~2.4e-7 anyway)
-_ACOS = (1.5707963050, -0.2145988016, 0.0889789874, -0.0501743046, 0.0308918810, -0.0170881256, 0.0066700901,
-         -0.0012624911)
-
-
-def _acos(x: torch.Tensor) -> torch.Tensor:
-    """Arc-cosine by a polynomial: in the fused op ~1.3x faster than the library ``acos`` (which
-    had become the cost of the arc-cosine blocks) and smooth, so kernel differences stay exact."""
-    a = x.abs()
-    p = torch.full_like(a, _ACOS[-1])
-    for c in reversed(_ACOS[:-1]):
-        p = p * a + c
-    r = torch.sqrt((1 - a).clamp_min(0)) * p
-    return torch.where(x < 0, math.pi - r, r)
-
-
-def _arccos_output(g: torch.Tensor, nr: torch.Tensor, nc: torch.Tensor, scale: float, factor: float, sigma_w2: float):
-    """``sigma_w^2/(2 pi) |p||q| (sin t + factor (pi - t) cos t)`` from a raw Gram block ``g``."""
-    norm = nr[:, None] * nc[None, :]
-    rho = (g * scale / norm.clamp_min(1e-30)).clamp(-1.0, 1.0)
-    val = torch.sqrt((1 - rho * rho).clamp_min(0)) + factor * (math.pi - _acos(rho)) * rho
-    return val * norm * (sigma_w2 / (2 * math.pi))
-
-
-def _gram(ar, pt, g_low, nr):
-    """The Gram block: its principal part ``ar @ pt`` in float32 plus the low-precision rest."""
-    return torch.addmm(g_low.to(nr.dtype), ar, pt)
-
-
-def _arccos_single(out, ar, pt, g_low, nr, nc, scale: float, factor: float, sigma_w2: float) -> None:
-    """Kernel block into ``out`` from a Gram given as a float32 principal part ``ar @ pt`` (``q`` inner
-    terms, ``q`` may be 0) plus a low-precision part ``g_low``."""
-    out.copy_(_arccos_output(_gram(ar, pt, g_low, nr), nr, nc, scale, factor, sigma_w2))
-
-
-def _arccos_pair(out, out_delta, ar, pt, g_low, dg, dg_moved, nr, nc, nre, nce, scale: float, factor: float,
-                 sigma_w2: float) -> None:
-    """Kernel block into ``out`` and its change ``K(G + dG) - K(G)`` into ``out_delta`` in one pass,
-    where ``dG`` is ``dg`` plus ``dg_moved`` on its first columns; the change is kept in ``dg``'s
-    (possibly low) precision, ready for the next low-precision product."""
-    g = _gram(ar, pt, g_low, nr)
-    k = _arccos_output(g, nr, nc, scale, factor, sigma_w2)
-    d = dg.to(nr.dtype, copy=True)
-    d[:, : dg_moved.shape[1]] += dg_moved.to(nr.dtype)
-    out_delta.copy_(_arccos_output(g + d, nre, nce, scale, factor, sigma_w2) - k)
-    out.copy_(k)
-
-
-def _arccos_single_split(out_hi, out_lo, ar, pt, g_low, nr, nc, scale: float, factor: float, sigma_w2: float) -> None:
-    """:func:`_arccos_single` written as two bfloat16 parts (:func:`_split_bf16`)."""
-    hi, lo = _split_bf16(_arccos_output(_gram(ar, pt, g_low, nr), nr, nc, scale, factor, sigma_w2))
-    out_hi.copy_(hi)
-    out_lo.copy_(lo)
-
-
-def _split_bf16(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``a = hi + lo`` for float32 ``a`` with both parts in bfloat16 (16 significant bits together).
-
-    ``hi`` is ``a`` rounded to bfloat16 and ``lo`` the rounded remainder.  Compiled, this needs
-    ``emulate_precision_casts`` (see :func:`_fused`), without which the compiler keeps ``hi`` in
-    float32 and ``lo`` comes out zero.  (A bit mask instead of the cast is not fused by the CPU
-    compiler: measured 2x slower arc-cosine blocks.)"""
-    hi = a.to(torch.bfloat16)
-    return hi, (a - hi.to(a.dtype)).to(torch.bfloat16)
-
-
-_EAGER = {"single": _arccos_single, "pair": _arccos_pair, "single_split": _arccos_single_split, "split": _split_bf16}
-_COMPILED: dict[str, object] = {}
-
-
-def _fused(name: str):
-    """The fused elementwise op ``name`` (the output layer, or a bfloat16 split).
-
-    On a CPU, the C or numba version of :mod:`~napari_ntk_denoise._native` (no compiler start-up
-    cost, and faster); elsewhere (a GPU, ``NTK_DENOISE_NATIVE=0``, neither C compiler nor numba)
-    the op ``torch.compile``d (about 10x faster than eager on a CPU), unless
-    ``NTK_DENOISE_COMPILE=0`` or compilation fails, in which case eager is used."""
-
-    def run(*args):
-        native = _native.op(name) if args[0].device.type == "cpu" else None
-        out = NotImplemented if native is None else native(*args)
-        return _compiled(name)(*args) if out is NotImplemented else out
-
-    return run
-
-
-def _compiled(name: str):
-    """``torch.compile``d op ``name``, falling back to eager (see :func:`_fused`)."""
-    if os.environ.get("NTK_DENOISE_COMPILE", "1") == "0" or _COMPILED.get(name) is False:
-        return _EAGER[name]
-    if name not in _COMPILED:
-        _COMPILED[name] = torch.compile(_EAGER[name], dynamic=True, options={"emulate_precision_casts": True})
-    compiled = _COMPILED[name]
-
-    def run(*args):
-        try:
-            return compiled(*args)
-        except Exception as exc:  # no C++ compiler, unsupported platform, ...
-            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); using eager kernels", RuntimeWarning)
-            _COMPILED[name] = False
-            return _EAGER[name](*args)
-
-    return run

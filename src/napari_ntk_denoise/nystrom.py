@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from ._input import cpu_flags
 from .events import Progress
-from .kernels import CNNKernel, ColumnSide, MovedColumns, SplitBlock, _fused
+from .kernel_ops import fused_op
+from .kernels import CNNKernel, ColumnSide, MovedColumns, SplitBlock
 from .twicing import twicing_factors, twicing_output
 
 __all__ = ["LowRankFilter", "sample_anchors", "iter_nystrom", "NystromPass", "estimate_bytes"]
@@ -195,7 +196,7 @@ class _SplitProduct:
 
     def __call__(self, a: torch.Tensor | SplitBlock) -> torch.Tensor:
         """The product, in a buffer that the next call overwrites."""
-        a_hi, a_lo = a if isinstance(a, SplitBlock) else _fused("split")(a)
+        a_hi, a_lo = a if isinstance(a, SplitBlock) else fused_op("split")(a)
         if self.out_dtype:  # a GPU: float32 outputs, and its caching allocator reuses memory anyway
             return torch.mm(a_hi, self.b, **self.out_dtype).add_(torch.mm(a_lo, self.b, **self.out_dtype))
         n = a_hi.shape[0]

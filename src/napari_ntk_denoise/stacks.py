@@ -28,7 +28,7 @@ from .stopping import estimate_noise_sigma
 from .tiling import TileGrid, TileSigma, check_tiled_request, iter_denoise_tile, iter_denoise_tiled
 from .vst import PoissonGaussian, gat_forward, gat_inverse
 
-__all__ = ["AXES", "check_axes", "estimate_stack_noise", "estimate_stack_sigma", "stack_noise_report",
+__all__ = ["AXES", "check_axes", "plane_order", "estimate_stack_noise", "estimate_stack_sigma", "stack_noise_report",
            "iter_denoise_stack", "denoise_stack"]
 
 #: recognised axis letters: time, depth, channel, rows, columns
@@ -59,7 +59,7 @@ def check_axes(axes: str, ndim: int) -> str:
     return ax
 
 
-def _plane_order(axes: str, channels: str, patches: str = "2d") -> tuple[list[int], int]:
+def plane_order(axes: str, channels: str, patches: str = "2d") -> tuple[list[int], int]:
     """Permutation putting loop axes first, then (Z,) Y, X (and C when colour); number of loop axes."""
     colour = channels == "colour" and "C" in axes
     inner = list("ZYX" if patches == "3d" else "YX") + (["C"] if colour else [])
@@ -74,7 +74,7 @@ def spread_indices(n: int, count: int) -> np.ndarray:
 
 def _sample_planes(array: np.ndarray | Any, axes: str, count: int = 3) -> np.ndarray:
     """Up to ``count`` evenly spaced Y-X planes (every channel of them), as a numpy ``(n, Y, X)`` stack."""
-    order, n_loop = _plane_order(axes, "independent")
+    order, n_loop = plane_order(axes, "independent")
     moved = array.transpose(order)  # numpy and dask alike
     loop_shape = moved.shape[:n_loop]
     n = int(np.prod(loop_shape))
@@ -165,7 +165,7 @@ def _plan(array: Any, sigma: float | None, axes: str, channels: str, noise_model
     """Check everything (memory guard included) and estimate the noise, before any denoising."""
     ax = check_axes(axes, array.ndim)
     _check_options(channels, noise_model, sigma, noise, patches, ax)
-    order, n_loop = _plane_order(ax, channels, patches)
+    order, n_loop = plane_order(ax, channels, patches)
     shape = tuple(array.shape[i] for i in order[n_loop:])
     colour = channels == "colour" and "C" in ax
     volume = patches == "3d"

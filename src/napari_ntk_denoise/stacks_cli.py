@@ -17,7 +17,7 @@ import numpy as np
 from ._cli_options import add_ntk_options, add_stack_options, noise_from_args, progress_handler, stack_kwargs
 from .events import drain
 from .imageio import read_image, write_image
-from .stacks import _plane_order, check_axes, denoise_stack, iter_denoise_stack
+from .stacks import check_axes, denoise_stack, iter_denoise_stack, plane_order
 
 __all__ = ["add_parser", "run"]
 
@@ -76,7 +76,7 @@ def _denoise(data: Any, args: argparse.Namespace, kw: dict[str, Any], client: An
     if isinstance(data, np.ndarray):  # one task per plane (or volume) on the cluster
         import dask.array as da
 
-        order, n_loop = _plane_order(kw["axes"], args.channels, args.patches)
+        order, n_loop = plane_order(kw["axes"], args.channels, args.patches)
         data = da.from_array(data, chunks=tuple(1 if i in order[:n_loop] else -1 for i in range(data.ndim)))
     return denoise_stack(data, args.sigma, **kw)
 
