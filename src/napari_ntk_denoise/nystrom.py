@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -480,49 +480,75 @@ def iter_nystrom(
     yield Progress(stage, 0, total, "anchor kernel")
     basis = kernel.patch_basis(x, s) if gemm_dtype not in (torch.float32, torch.float64) else None
     sides = _column_sides(kernel, x, s, diags, chunk, x_eps, diags_eps, gemm_dtype, basis)
-    cores = _core(sides, kernel, x, n_rows)
-    projections = _core_projections(cores, rank, seed)
-    u, lam, proj_m = projections[0]  # m x k
-    k = proj_m.shape[1]
-    # C D for a small m x k change D is kept in the span of U, where it is B Lambda^{1/2} U^T D:
-    # the part of C orthogonal to the core's top-k eigenvectors times a small D is second order
-    to_span = (u * lam.sqrt()).T  # k x m
-    split = gemm_dtype == torch.bfloat16
-    fold = None
-    if split:  # B = C M from M rounded to bfloat16: C M_hi = B (I - Lambda^{1/2} U^T (M - M_hi)), undone at the end
-        m_hi = proj_m.to(torch.bfloat16)
-        eye = torch.eye(k, dtype=torch.float64, device=dev)
-        fold = torch.linalg.inv(eye - to_span @ (proj_m - m_hi.to(proj_m.dtype)).double())
-    main = _Accumulator(proj_m, d, project, keep_basis, fold)
-    pert = None
-    if x_eps is not None:
-        proj_eps = projections[1][2]
-        pert = _Accumulator(proj_eps, d, project_eps, keep_basis_eps)
-        # B_eps = B (I + Lambda^{1/2} U^T (M_eps - M)) + (C_eps - C) M_eps, B = (rows added to main) fold
-        from_main = torch.eye(k, dtype=torch.float64, device=dev) + to_span @ (proj_eps - proj_m).double()
-        from_main = (from_main if fold is None else fold @ from_main).to(x.dtype)
-        m_eps_low = proj_eps.to(gemm_dtype)
-    del cores
-    sides = [side.reuse_buffers() for side in sides]
-    pad = (0, 0, 0, (sides[0].width if len(sides) == 1 else len(s)) - len(s))  # zero rows meet zero columns
-    product = _SplitProduct(F.pad(m_hi, pad)) if split else functools.partial(torch.mm, mat2=F.pad(proj_m, pad))
-    if pert is not None:
-        m_eps_low = F.pad(m_eps_low, pad)
-        if sides[0].moved is not None:  # None for deep kernels (never MovedColumns)
-            m_eps_moved = sides[0].moved_part(m_eps_low, 0)
+    sweep = _Sweep.prepare(sides, kernel, x, n_rows, rank, seed, gemm_dtype, (project, keep_basis),
+                           (project_eps, keep_basis_eps) if x_eps is not None else None)
     yield Progress(stage, 1, total, "kernel columns")
     for b, (i0, i1, moved) in enumerate(blocks):
-        kr, dk = _kernel_rows(kernel, x, range(i0, i1), sides, padded=True, rows_moved=moved, split=split)
-        brows = product(kr)  # C's ~16 bits kept: the trailing eigen-directions cancel strongly
-        main.add(i0, i1, brows)
-        if pert is not None:
-            # (C_eps - C) M_eps is small, so its product may round coarsely without spoiling B_eps - B
-            if isinstance(dk, MovedColumns):
-                delta = (dk.values @ m_eps_moved).to(x.dtype)
-            else:
-                delta = (dk.to(gemm_dtype) @ m_eps_low).to(x.dtype)
-            pert.add(i0, i1, delta.addmm_(brows, from_main))
-        del kr, dk, brows
+        sweep.add_rows(kernel, x, i0, i1, moved)
         yield Progress(stage, b + 2, total, f"kernel rows {i1}/{d}")
+    main, pert = sweep.main, sweep.pert
     first = main.finish(shape, anchors, n_rows)
     return first, None if pert is None else pert.finish(shape, anchors, n_rows)
+
+
+@dataclass
+class _Sweep:
+    """The row sweep: every block of kernel rows ``C`` becomes ``B = C M`` in the accumulator
+    (and, with a perturbed input, ``B_eps`` from ``B`` and the kernel's change)."""
+
+    sides: list[ColumnSide]
+    main: _Accumulator
+    product: Callable[[torch.Tensor], torch.Tensor]
+    split: bool
+    pert: _Accumulator | None = None
+    from_main: torch.Tensor | None = None
+    m_eps_low: torch.Tensor | None = None
+    m_eps_moved: torch.Tensor | None = None
+
+    @classmethod
+    def prepare(cls, sides: list[ColumnSide], kernel: CNNKernel, x: torch.Tensor, n_rows: int, rank: int, seed: int,
+                gemm_dtype: torch.dtype, project: tuple, project_eps: tuple | None) -> _Sweep:
+        """Eigen-solve the anchors' core (and its perturbed twin) and set up the products."""
+        dev, d = x.device, math.prod(x.shape[1:])
+        cores = _core(sides, kernel, x, n_rows)
+        projections = _core_projections(cores, rank, seed)
+        del cores
+        u, lam, proj_m = projections[0]  # m x k
+        k = proj_m.shape[1]
+        # C D for a small m x k change D is kept in the span of U, where it is B Lambda^{1/2} U^T D:
+        # the part of C orthogonal to the core's top-k eigenvectors times a small D is second order
+        to_span = (u * lam.sqrt()).T  # k x m
+        split = gemm_dtype == torch.bfloat16
+        fold = None
+        if split:  # B = C M from M rounded to bfloat16: C M_hi = B (I - Lambda^{1/2} U^T (M - M_hi)), undone at the end
+            m_hi = proj_m.to(torch.bfloat16)
+            eye = torch.eye(k, dtype=torch.float64, device=dev)
+            fold = torch.linalg.inv(eye - to_span @ (proj_m - m_hi.to(proj_m.dtype)).double())
+        sides = [side.reuse_buffers() for side in sides]
+        m = proj_m.shape[0]
+        pad = (0, 0, 0, (sides[0].width if len(sides) == 1 else m) - m)  # zero rows meet zero columns
+        product = _SplitProduct(F.pad(m_hi, pad)) if split else functools.partial(torch.mm, mat2=F.pad(proj_m, pad))
+        sweep = cls(sides, _Accumulator(proj_m, d, *project, fold), product, split)
+        if project_eps is not None:
+            proj_eps = projections[1][2]
+            sweep.pert = _Accumulator(proj_eps, d, *project_eps)
+            # B_eps = B (I + Lambda^{1/2} U^T (M_eps - M)) + (C_eps - C) M_eps, B = (rows added to main) fold
+            from_main = torch.eye(k, dtype=torch.float64, device=dev) + to_span @ (proj_eps - proj_m).double()
+            sweep.from_main = (from_main if fold is None else fold @ from_main).to(x.dtype)
+            sweep.m_eps_low = F.pad(proj_eps.to(gemm_dtype), pad)
+            if sides[0].moved is not None:  # None for deep kernels (never MovedColumns)
+                sweep.m_eps_moved = sides[0].moved_part(sweep.m_eps_low, 0)
+        return sweep
+
+    def add_rows(self, kernel: CNNKernel, x: torch.Tensor, i0: int, i1: int, moved: bool) -> None:
+        """Add the products of kernel rows ``i0:i1``."""
+        kr, dk = _kernel_rows(kernel, x, range(i0, i1), self.sides, padded=True, rows_moved=moved, split=self.split)
+        brows = self.product(kr)  # C's ~16 bits kept: the trailing eigen-directions cancel strongly
+        self.main.add(i0, i1, brows)
+        if self.pert is not None:
+            # (C_eps - C) M_eps is small, so its product may round coarsely without spoiling B_eps - B
+            if isinstance(dk, MovedColumns):
+                delta = (dk.values @ self.m_eps_moved).to(x.dtype)
+            else:
+                delta = (dk.to(self.m_eps_low.dtype) @ self.m_eps_low).to(x.dtype)
+            self.pert.add(i0, i1, delta.addmm_(brows, self.from_main))
