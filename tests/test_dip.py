@@ -20,6 +20,7 @@ from napari_ntk_denoise.dip import (
     DIPCollapseWarning,
     DIPProgress,
     DIPStep,
+    EncoderDecoder,
     OutputAverage,
     build_network,
     effective_weights,
@@ -31,8 +32,8 @@ from napari_ntk_denoise.dip import (
     weight_change,
 )
 from napari_ntk_denoise.dip import cli as dip_cli
-from napari_ntk_denoise.dip import trainer as dip_trainer
 from napari_ntk_denoise.dip.device import retry_on_cpu
+from napari_ntk_denoise.dip.run import TrainingRun
 from napari_ntk_denoise.kernels import CNNKernel
 from napari_ntk_denoise.networks import VanillaCNN, empirical_ntk
 
@@ -228,34 +229,31 @@ def test_seed_makes_runs_repeatable(gray):
     assert not np.allclose(a.image, c.image)
 
 
-def test_close_stops_and_frees_the_network(gray, monkeypatch):
+def _live_networks() -> list[weakref.ref]:
+    gc.collect()
+    return [weakref.ref(o) for o in gc.get_objects() if isinstance(o, EncoderDecoder)]
+
+
+def test_close_stops_and_frees_the_network(gray):
     _, noisy = gray
-    nets: list[weakref.ref] = []
-    original = dip_trainer.build_network
-
-    def spy(*args, **kwargs):
-        net = original(*args, **kwargs)
-        nets.append(weakref.ref(net))
-        return net
-
-    monkeypatch.setattr(dip_trainer, "build_network", spy)
+    before = _live_networks()
     gen = iter_dip(noisy, arch="ae", width=4, iterations=1000, every=100, sigma=SIGMA)
     for event in gen:
         if event.iteration == 3:
             break
+    assert len(_live_networks()) == len(before) + 1  # the run's network, alive while it trains
     gen.close()
     with pytest.raises(StopIteration):
         next(gen)
     del gen, event
-    gc.collect()
-    assert len(nets) == 1 and nets[0]() is None
+    assert len(_live_networks()) == len(before)
 
 
 def test_out_of_memory_moves_the_run_to_the_cpu():
     """The fallback catches an accelerator's OOM, moves every tensor and repeats the call."""
     net = build_network("ae", 1, 1, 2)
     x = torch.rand(1, 1, 16, 16)
-    run = dip_trainer._Run(net, x, x.clone(), None, None, 0.0, translate=True, device=torch.device("cpu"))
+    run = TrainingRun(net, x, x.clone(), None, None, 0.0, translate=True, device=torch.device("cpu"))
     run.place()
     run.start(lambda: torch.optim.Adam(run.net.parameters(), lr=0.01))
     run.advance(update=True, record=False, eigenimages=0)

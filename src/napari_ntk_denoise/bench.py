@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from .denoise import denoise_ntk
-from .dip.trainer import default_style, resolve_criterion, train_dip
+from .dip.config import default_style, resolve_criterion
+from .dip.trainer import train_dip
 from .imageio import guess_channel_axis, read_image, to_unit
 from .samples import add_noise
 from .stopping import psnr

@@ -21,8 +21,8 @@ _ACOS = (1.5707963050, -0.2145988016, 0.0889789874, -0.0501743046, 0.0308918810,
 
 
 def _acos(x: torch.Tensor) -> torch.Tensor:
-    """Arc-cosine by a polynomial: in the fused op ~1.3x faster than the library ``acos`` (which
-    had become the cost of the arc-cosine blocks) and smooth, so kernel differences stay exact."""
+    """Arc-cosine by a polynomial: in the fused op faster than the library ``acos`` (the main cost
+    of the arc-cosine blocks) and smooth, so kernel differences stay exact."""
     a = x.abs()
     p = torch.full_like(a, _ACOS[-1])
     for c in reversed(_ACOS[:-1]):
@@ -76,7 +76,7 @@ def split_bf16(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ``hi`` is ``a`` rounded to bfloat16 and ``lo`` the rounded remainder.  Compiled, this needs
     ``emulate_precision_casts`` (see :func:`fused_op`), without which the compiler keeps ``hi`` in
     float32 and ``lo`` comes out zero.  (A bit mask instead of the cast is not fused by the CPU
-    compiler: measured 2x slower arc-cosine blocks.)"""
+    compiler, which makes the arc-cosine blocks slower.)"""
     hi = a.to(torch.bfloat16)
     return hi, (a - hi.to(a.dtype)).to(torch.bfloat16)
 
@@ -90,7 +90,7 @@ def fused_op(name: str):
 
     On a CPU, the C or numba version of :mod:`~napari_ntk_denoise._native` (no compiler start-up
     cost, and faster); elsewhere (a GPU, ``NTK_DENOISE_NATIVE=0``, neither C compiler nor numba)
-    the op ``torch.compile``d (about 10x faster than eager on a CPU), unless
+    the op ``torch.compile``d (much faster than eager; ``benchmarks/results/native_ops.md``), unless
     ``NTK_DENOISE_COMPILE=0`` or compilation fails, in which case eager is used."""
 
     def run(*args):

@@ -301,10 +301,8 @@ class CNNKernel:
     def patch_basis(self, x: torch.Tensor, idx: torch.Tensor, q: int = 16) -> torch.Tensor:
         """Leading ``q`` principal directions (uncentred) of the patches at ``idx``: ``(C r^2, q)``.
 
-        The float32 part of the Gram products has ``q`` inner terms.  On a 512^2 RGB image
-        (r = 11) the kernel's relative error against float64 was the same for ``q`` = 8, 16 and 32
-        (median 5e-6, max 7e-4), while the float32 product costs 4.2 ms per block at 32 and 2.8 ms
-        at 16."""
+        The float32 part of the Gram products has ``q`` inner terms, and fewer terms cost less;
+        ``tests/test_kernels.py`` bounds the kernel's error against float64 at the default ``q``."""
         p = self._patches(x, idx).double()
         _, vec = torch.linalg.eigh(p.T @ p)
         return vec[:, -min(q, vec.shape[1]) :].to(x.dtype)
@@ -442,8 +440,8 @@ class CNNKernel:
         dk = side.buffer("dk_moved", (n, mv), side.gemm_dtype, pr.device)
         # contiguous copies, a zero P_d P_S^T and a distinct row-norm tensor (equal: the rows did not
         # move): the op then matches the full blocks' compiled variant; slices, an empty operand or an
-        # alias would compile another (~0.6 s).  It also recomputes K on these columns (into k_moved,
-        # unused): a delta-only op would be one more op for ~1 ms a block
+        # alias would compile another.  It also recomputes K on these columns (into k_moved, unused),
+        # which costs less than one more op would
         g_low = side.buffer("g_low_moved", (n, mv), g_low.dtype, pr.device).copy_(side.moved_part(g_low, 1))
         zero = side.buffer("dg_zero", (n, mv), side.gemm_dtype, pr.device).zero_()
         pt = side.moved_part(side.principal_t, 1).contiguous()
@@ -527,7 +525,7 @@ class ColumnSide:
 
         A sweep over row blocks otherwise allocates and frees hundreds of megabytes per block; on a
         CPU the allocator returns such blocks to the system and every new one is paid in page
-        faults (measured: the arc-cosine pass ran 2x slower than on reused memory).
+        faults, which slow the arc-cosine pass down (``benchmarks/bench_ntk.py``).
         """
         self.workspace = {}
         return self

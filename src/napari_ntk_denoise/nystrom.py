@@ -135,9 +135,8 @@ def _row_blocks(d: int, w: int, n_rows: int, reach: torch.Tensor | None) -> list
     """Row blocks ``(start, stop, moved)`` of whole image rows (``w`` pixels), at most ``n_rows``
     pixels each, split where the perturbation's reach begins or ends: ``moved`` says whether it
     reaches the patch of any pixel of the block (always, without a ``reach`` mask).  Blocks laid
-    over the image regardless of the probe's bands met a band nearly every time on a GPU (blocks of
-    49 image rows, bands every 64): 96 % of the rows paid for the perturbed kernel, against the 28 %
-    its reach covers on the 512^2 astronaut (with the GPU's block size on a CPU: 11.1 s against 8.7 s).
+    over the image regardless of the probe's bands would nearly all meet a band, and so pay for the
+    perturbed kernel on rows it does not reach (``benchmarks/bench_ntk.py`` times the difference).
     """
     if reach is None:
         return [(i, min(d, i + n_rows), True) for i in range(0, d, n_rows)]
@@ -378,7 +377,7 @@ def _core(sides: list[ColumnSide], kernel: CNNKernel, x: torch.Tensor, n_rows: i
 
 def _symmetrize(a: torch.Tensor, tile: int) -> torch.Tensor:
     """``(A + A^T) / 2`` of stacked square matrices in place, tile by tile (no transposed copy of
-    the whole stack: for 2 x 5243^2 that copy alone took 0.3 s)."""
+    the whole stack, which for the default anchor count costs as much as the symmetrisation)."""
     n = a.shape[-1]
     for i0 in range(0, n, tile):
         for j0 in range(i0, n, tile):
@@ -395,8 +394,8 @@ def _core_projections(cores: torch.Tensor, rank: int, seed: int) -> list[tuple]:
     The count ``k`` is the numerically meaningful part (``lambda > lambda_1 eps``, float32 ``eps``)
     of the first core's top ``rank``, and the same for all cores.  Entries rounded to float32 move
     the eigenvalues by at most ``||E||_2 <= eps ||K||_F``, about ``eps lambda_1`` for these spectra
-    (Weyl).  The guided stage's spectrum decays fast: the former floor ``lambda_1 eps sqrt(m)`` kept
-    99 of 256 eigenimages on the 512^2 astronaut and cost its guided stage 0.3 dB (oracle ``t``).
+    (Weyl).  The guided stage's spectrum decays fast, so a looser floor such as ``lambda_1 eps sqrt(m)``
+    would drop eigenimages that carry signal (``benchmarks/bench_ntk.py`` measures the guided stage).
     Returns ``(U, lambda, M)`` per core.
     """
     lam, u = _top_eigh(cores, rank, seed)

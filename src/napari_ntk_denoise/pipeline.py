@@ -22,7 +22,7 @@ from .kernels import CNNKernel
 from .nystrom import NystromPass, iter_nystrom
 from .problem import Problem
 from .results import PilotBlend, StageResult
-from .stopping import PilotTerms, SureCurve, mc_sure_curve, mse_curve, pilot_blend
+from .stopping import ORACLE, SURE, FixedStep, PilotTerms, SureCurve, mc_sure_curve, mse_curve, pilot_blend
 from .twicing import twicing_factors, twicing_output
 
 __all__ = ["Guide", "PilotEstimate", "StageFit", "iter_stage", "pilot_estimate"]
@@ -97,10 +97,10 @@ def _blend(prob: Problem, guide: Guide, lam: np.ndarray, proj: dict, curve: Sure
 def _best_step(prob: Problem, curve: SureCurve | None, mse: np.ndarray | None) -> int:
     stop = prob.setup.config.stop
     if stop == "sure":
-        return curve.best_t
+        return SURE.choose(prob.ts, curve.sure)
     if stop == "oracle":
-        return int(prob.ts[int(np.argmin(mse))])
-    return int(stop)
+        return ORACLE.choose(prob.ts, mse)
+    return FixedStep(stop).choose(prob.ts, None)
 
 
 def iter_stage(

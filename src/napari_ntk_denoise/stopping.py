@@ -19,6 +19,7 @@ Monte-Carlo pass estimates with the probe weighted by ``sigma_i / sigma``
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,9 +28,11 @@ import torch.nn.functional as F
 
 from .twicing import twicing_factors
 
-__all__ = ["t_grid", "SureCurve", "DoubtfulStopWarning", "stop_doubts", "mc_sure_curve", "mse_curve", "PilotTerms",
-           "pilot_blend", "clip_bounds",
-           "clipped_noise_scale", "estimate_noise_sigma", "psnr"]
+__all__ = [
+    "BestSoFar", "DoubtfulStopWarning", "FixedStep", "ORACLE", "PilotTerms", "SURE", "StoppingRule", "SureCurve",
+    "clip_bounds", "clipped_noise_scale", "estimate_noise_sigma", "mc_sure_curve", "mse_curve", "pilot_blend", "psnr",
+    "stop_doubts", "sure_estimate", "t_grid",
+]
 
 #: a bound counts as a clipping level when at least this fraction of the values sits exactly on it
 CLIP_FRACTION = 1e-3
@@ -40,6 +43,87 @@ CLIP_MEAN_SIZE = 7
 def t_grid(t_max: float = 1e6, n: int = 400) -> np.ndarray:
     """Integer, roughly log-spaced twicing steps from 1 to ``t_max`` (unique, ascending)."""
     return np.unique(np.round(np.geomspace(1, t_max, n))).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class StoppingRule:
+    """Keep the output that minimises one figure of a run; ties keep the earlier output.
+
+    The NTK filter applies a rule to whole curves over its step grid (:meth:`choose`), the DIP
+    trainer to the figures of each recorded iteration as they come (:class:`BestSoFar`).
+
+    Attributes
+    ----------
+    name : str
+        The rule's name in options and results.
+    figure : str
+        Key of the figure it minimises (``"sure"``, ``"mse"``, ``"psnr"``, ...).
+    sign : float
+        1 to minimise the figure, -1 to maximise it.
+    """
+
+    name: str
+    figure: str
+    sign: float = 1.0
+
+    def score(self, figures: Mapping[str, float | None]) -> float | None:
+        """The value this rule minimises, or None when the figure is missing."""
+        value = figures.get(self.figure)
+        return None if value is None else self.sign * value
+
+    def choose(self, steps: np.ndarray, values: np.ndarray) -> int:
+        """The step of a whole curve that this rule keeps: that of the first minimum."""
+        return int(steps[int(np.argmin(self.sign * np.asarray(values)))])
+
+
+@dataclass(frozen=True)
+class FixedStep:
+    """Keep the output at a given step, whatever the figures."""
+
+    step: int
+    name: str = "fixed"
+
+    def choose(self, steps: np.ndarray, values: np.ndarray | None) -> int:
+        """The fixed step."""
+        return int(self.step)
+
+
+#: the NTK filter's automatic stop: the least Monte-Carlo SURE
+SURE = StoppingRule("sure", "sure")
+#: the paper's oracle protocol: the least mean squared error against the clean image
+ORACLE = StoppingRule("oracle", "mse")
+
+
+class BestSoFar:
+    """The best output of a stream of recorded steps under a :class:`StoppingRule`.
+
+    Only a strictly better score replaces the best, so ties keep the earlier step; the first
+    step offered is always kept.
+    """
+
+    def __init__(self, rule: StoppingRule) -> None:
+        self.rule = rule
+        self.value = math.inf
+        self.step: int | None = None
+
+    def offer(self, step: int, figures: Mapping[str, float | None]) -> bool:
+        """Take the figures of ``step``; True when it becomes the best."""
+        value = self.rule.score(figures)
+        if self.step is not None and not (value is not None and value < self.value):
+            return False
+        self.value, self.step = (math.inf if value is None else value), step
+        return True
+
+
+def sure_estimate(residual2: np.ndarray | float, divergence: np.ndarray | float, n: int, sigma: float,
+                  noise_var: float | None = None) -> np.ndarray | float:
+    """Monte-Carlo SURE of the mean squared error per value (Ramani, Blu & Unser 2008).
+
+    ``(||y - z||^2 - n v + 2 sigma^2 div) / n``, with ``v`` the mean noise variance per value
+    (``sigma^2`` unless given, see :func:`clipped_noise_scale`) and ``div`` the estimated
+    divergence of ``y -> z``.
+    """
+    return (residual2 - n * (sigma**2 if noise_var is None else noise_var) + 2 * sigma**2 * divergence) / n
 
 
 @dataclass
@@ -66,7 +150,7 @@ class SureCurve:
     @property
     def best_t(self) -> int:
         """Step minimising SURE."""
-        return int(self.t[int(np.argmin(self.sure))])
+        return SURE.choose(self.t, self.sure)
 
 
 #: SURE below minus this fraction of the noise variance counts as negative (beyond Monte-Carlo error)
@@ -163,8 +247,8 @@ def mc_sure_curve(
     bz = _spectral_sum(f, (probe_coeffs * coeffs).sum(1))
     bz_eps = _spectral_sum(f_eps, (probe_coeffs_eps * coeffs_eps).sum(1))
     div = (bz_eps - bz) / eps
-    sure = residual - n * (sigma**2 if noise_var is None else noise_var) + 2 * sigma**2 * div
-    return SureCurve(t=ts, sure=sure / n, residual=residual / n, divergence=div)
+    return SureCurve(t=ts, sure=sure_estimate(residual, div, n, sigma, noise_var), residual=residual / n,
+                     divergence=div)
 
 
 def mse_curve(

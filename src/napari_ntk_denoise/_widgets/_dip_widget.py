@@ -18,7 +18,7 @@ from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QTabWidget
 
 from napari_ntk_denoise.dip import ARCHITECTURES, DIPProgress, DIPResult, DIPStep, iter_dip, min_image_size
-from napari_ntk_denoise.dip.trainer import PATIENCE, default_style, resolve_criterion
+from napari_ntk_denoise.dip.config import PATIENCE, default_style, resolve_criterion
 
 from ._base import ImageRunWidget
 from ._controls import device_control

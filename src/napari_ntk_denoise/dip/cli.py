@@ -18,8 +18,9 @@ from .._progress import ProgressBar
 from ..events import drain
 from ..imageio import guess_channel_axis, read_image, write_image
 from .architectures import ARCHITECTURES
+from .config import MAX_ITERATIONS, MAX_WIDTH, PATIENCE, DIPConfig
 from .events import DIPProgress, DIPResult, DIPStep
-from .trainer import MAX_ITERATIONS, MAX_WIDTH, PATIENCE, iter_dip
+from .trainer import iter_dip
 
 __all__ = ["add_parser", "run"]
 
@@ -61,13 +62,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("input_path", metavar="INPUT", help="noisy image (PNG, JPEG, TIFF)")
     p.add_argument("-o", "--output", required=True, help="output image (same dtype as the input)")
-    p.add_argument("--arch", choices=ARCHITECTURES, default="ae", help="architecture (default: ae)")
-    p.add_argument("--optim", choices=("adam", "gd"), default="adam", help="optimiser (default: adam)")
+    d = DIPConfig()
+    p.add_argument("--arch", choices=ARCHITECTURES, default=d.arch, help=f"architecture (default: {d.arch})")
+    p.add_argument("--optim", choices=("adam", "gd"), default=d.optimizer, help=f"optimiser (default: {d.optimizer})")
     p.add_argument("--input", choices=("noise", "image"), default="noise",
                    help="network input: noise (the DIP; default) or the noisy image")
-    p.add_argument("--iters", type=_bounded_int(MAX_ITERATIONS), default=3000, help="iterations (default: 3000)")
+    p.add_argument("--iters", type=_bounded_int(MAX_ITERATIONS), default=d.iterations,
+                   help=f"iterations (default: {d.iterations})")
     p.add_argument("--reference", default=None, help="clean image: print PSNR and keep the best output by it")
-    p.add_argument("--width", type=_bounded_int(MAX_WIDTH), default=64, help="hidden channels (default: 64)")
+    p.add_argument("--width", type=_bounded_int(MAX_WIDTH), default=d.width,
+                   help=f"hidden channels (default: {d.width})")
     p.add_argument("--lr", type=_positive_float, default=None,
                    help="learning rate (default: Adam 0.01 for unet/ae/skip, 0.001 for vanilla; GD 1/lambda_max "
                         "of the NTK at initialisation)")
@@ -75,14 +79,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help=f"stop after this many iterations without a better output (default: {PATIENCE})")
     p.add_argument("--time-limit", type=_positive_float, default=None, metavar="MINUTES",
                    help="stop after this many minutes of training, keeping the best output (default: no limit)")
-    p.add_argument("--every", type=_bounded_int(MAX_ITERATIONS), default=100,
-                   help="iterations between evaluations (default: 100)")
+    p.add_argument("--every", type=_bounded_int(MAX_ITERATIONS), default=d.every,
+                   help=f"iterations between evaluations (default: {d.every})")
     p.add_argument("--sigma", type=_positive_float, default=None,
                    help="noise level in the image's units (estimated if omitted)")
     p.add_argument("--channel-axis", type=_channel_axis, default="auto",
                    help="axis of the colour channels, 'none', or 'auto' (RGB(A) last axis; alpha dropped)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

@@ -6,6 +6,9 @@
   falls while the network fits the image and rises again once it starts fitting the noise, so
   its minimum marks the stop; it needs neither the noise level nor an input path, and so serves
   noise input, which MC-SURE cannot.
+* :data:`CRITERION_RULES`: each criterion of the trainer as a
+  :class:`~napari_ntk_denoise.stopping.StoppingRule` on the figures of a recorded iteration, the
+  rules the NTK filter applies to its step grid.
 * :func:`collapse_reason`: a run whose output has become constant (every ReLU of a layer off,
   or a saturated sigmoid) cannot recover; it is reported rather than trained on.
 """
@@ -16,12 +19,25 @@ import math
 
 import torch
 
-__all__ = ["AVERAGE_DECAY", "DIPCollapseWarning", "OutputAverage", "collapse_reason"]
+from ..stopping import SURE, StoppingRule
+
+__all__ = ["AVERAGE_DECAY", "CRITERION_RULES", "DIPCollapseWarning", "OutputAverage", "collapse_reason"]
 
 #: decay of the output average and of the moving variance (the DIP's 0.99: a window of ~100 steps)
 AVERAGE_DECAY = 0.99
 #: an output whose standard deviation over pixels is below this fraction of the image's is constant
 CONSTANT_SPREAD = 1e-4
+
+
+#: the trainer's criteria: the best PSNR (oracle), the least MC-SURE, held-out residual or moving
+#: variance, or the last iteration
+CRITERION_RULES: dict[str, StoppingRule] = {
+    "psnr": StoppingRule("psnr", "psnr", -1.0),
+    "sure": SURE,
+    "holdout": StoppingRule("holdout", "validation"),
+    "variance": StoppingRule("variance", "variance"),
+    "last": StoppingRule("last", "iteration", -1.0),
+}
 
 
 class DIPCollapseWarning(RuntimeWarning):
