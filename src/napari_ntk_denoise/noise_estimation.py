@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage, special
 
+from .noise import blurred_noise
 from .vst import PoissonGaussian, gat_forward, gat_inverse
 
-__all__ = ["NoiseReport", "blurred_noise", "correlated_noise", "correlation_ratio", "estimate_poisson_gaussian",
+__all__ = ["NoiseReport", "correlated_noise", "correlation_ratio", "estimate_poisson_gaussian",
            "measured_stabilised_sigma", "noise_report", "stabilised_sigma"]
 
 #: share of a plane's pixels on its minimum or maximum from which that value counts as clipping
@@ -221,14 +222,6 @@ def correlation_ratio(planes: np.ndarray, block: int = 8) -> float:
         fine = _median_residual_variance(p, block)
         ratios.append(np.sqrt(4 * _median_residual_variance(binned, block // 2) / fine) if fine > 0 else 1.0)
     return float(np.median(ratios))
-
-
-def blurred_noise(white: np.ndarray, blur: float, sizes: Any = None, mode: str = "reflect") -> np.ndarray:
-    """White noise blurred by a Gaussian of std ``blur`` (along ``sizes``' non-zero axes, all by
-    default) and rescaled to the white noise's variance per value."""
-    kernel = ndimage.gaussian_filter(np.pad([[1.0]], int(3 * blur) + 1), blur, mode="constant", truncate=3.0)
-    sizes = blur if sizes is None else sizes
-    return ndimage.gaussian_filter(white, sizes, mode=mode, truncate=3.0) / np.sqrt((kernel**2).sum())
 
 
 @lru_cache(maxsize=1)

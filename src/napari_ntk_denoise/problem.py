@@ -15,7 +15,7 @@ import torch
 from ._input import ImageLayout, check_memory, prepare_image, resolve_device
 from .config import FilterConfig
 from .kernels import CNNKernel
-from .noise_estimation import blurred_noise
+from .noise import blurred_noise
 from .nystrom import estimate_bytes, sample_anchors
 from .stopping import clip_bounds, clipped_noise_scale, estimate_noise_sigma, t_grid
 
