@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_ntk_denoise import _native, denoise_ntk
+from napari_ntk_denoise import denoise_ntk
 from napari_ntk_denoise.bench import METHODS, BenchSettings
-from napari_ntk_denoise.imageio import read_image
-from napari_ntk_denoise.samples import SIGMA, add_noise, clean_sample
-from napari_ntk_denoise.stopping import psnr
+from napari_ntk_denoise.engine import _native
+from napari_ntk_denoise.engine.stopping import psnr
+from napari_ntk_denoise.io.imageio import read_image
+from napari_ntk_denoise.io.samples import SIGMA, add_noise, clean_sample
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

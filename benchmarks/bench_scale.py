@@ -35,12 +35,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_ntk_denoise.denoise import denoise_ntk
-from napari_ntk_denoise.imageio import read_image
-from napari_ntk_denoise.noise_estimation import noise_report
-from napari_ntk_denoise.stacks import denoise_stack, estimate_stack_noise
-from napari_ntk_denoise.stopping import DoubtfulStopWarning, psnr
-from napari_ntk_denoise.vst import PoissonGaussian, gat_forward, gat_inverse
+from napari_ntk_denoise.engine.denoise import denoise_ntk
+from napari_ntk_denoise.engine.stopping import DoubtfulStopWarning, psnr
+from napari_ntk_denoise.io.imageio import read_image
+from napari_ntk_denoise.microscopy.noise_estimation import noise_report
+from napari_ntk_denoise.microscopy.stacks import denoise_stack, estimate_stack_noise
+from napari_ntk_denoise.microscopy.vst import PoissonGaussian, gat_forward, gat_inverse
 
 FMD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fmd_samples"
 GAIN, READ_NOISE, PEAK = 2.0, 3.0, 200.0

@@ -22,7 +22,7 @@ import numpy as np
 from napari._qt import qt_main_window
 from qtpy.QtWidgets import QApplication
 
-from napari_ntk_denoise._sample_data import noisy_camera, noisy_fluorescence
+from napari_ntk_denoise.io._sample_data import noisy_camera, noisy_fluorescence
 
 PLUGIN = "napari-ntk-denoise"
 OUT = Path(__file__).resolve().parent / "images"

@@ -13,8 +13,9 @@ import pytest
 from skimage import io as skio
 
 from conftest import smooth_image
-from napari_ntk_denoise import bench, bench_cli
-from napari_ntk_denoise.events import drain
+from napari_ntk_denoise import bench
+from napari_ntk_denoise.cli import bench as bench_cli
+from napari_ntk_denoise.engine.events import drain
 
 FAST_NTK = ["--kernel-size", "5", "--fraction", "0.1", "--rank", "32"]
 
@@ -105,10 +106,22 @@ def test_crop_limit_unknown_method_and_missing_bm3d(folder, monkeypatch):
     assert stop.value.value.records == [] and stop.value.value.skipped == [skip]
 
 
-def test_method_names_follow_table_1():
-    archs = ("vanilla", "unet", "ae", "skip")
-    dip = {f"{o}-{a}-{i}" for o in ("adam", "gd") for a in archs for i in ("image", "noise")}
-    assert set(bench.METHODS) == dip | {"nystrom-image", "nystrom-noise", "nystrom-guided", "nlm", "bm3d"}
+def test_each_dip_method_trains_what_its_name_says(folder, monkeypatch):
+    """``{optimizer}-{arch}-{input}`` (Table 1's names) trains that network, that way, from that input."""
+    trained = []
+    real = bench.train_dip
+
+    def recording(noisy, **kw):
+        result = real(noisy, **kw)
+        trained.append((result.params["optimizer"], result.params["arch"], result.params["input"]))
+        return result
+
+    monkeypatch.setattr(bench, "train_dip", recording)
+    names = [m for m in bench.METHODS if m.count("-") == 2 and not m.startswith("nystrom")]
+    assert len(names) == 16
+    settings = bench.BenchSettings(stop="oracle", max_iters=1, every=1, width=2, seed=0)
+    drain(bench.iter_bench(bench.list_images(folder, limit=1), names, settings))
+    assert trained == [tuple(name.split("-")) for name in names]
 
 
 @pytest.mark.parametrize("stop, expected", [("oracle", {"nystrom-image": "oracle", "gd-vanilla-image": "oracle",

@@ -10,10 +10,10 @@ import tifffile
 from skimage import io
 
 from conftest import smooth_image
-from napari_ntk_denoise import cli
-from napari_ntk_denoise.events import Progress
-from napari_ntk_denoise.imageio import read_image
-from napari_ntk_denoise.stacks import denoise_stack
+from napari_ntk_denoise.cli import commands as cli
+from napari_ntk_denoise.engine.events import Progress
+from napari_ntk_denoise.io.imageio import read_image
+from napari_ntk_denoise.microscopy.stacks import denoise_stack
 
 FAST = ["--kernel-size", "5", "--fraction", "0.1", "--rank", "32", "--quiet"]
 
@@ -200,7 +200,7 @@ def test_constant_image_is_written_unchanged(tmp_path, capsys, model, value, dty
 
 
 def test_engine_warnings_are_single_lines_and_library_ones_dropped(tmp_path, capsys, monkeypatch):
-    from napari_ntk_denoise.stopping import DoubtfulStopWarning
+    from napari_ntk_denoise.engine.stopping import DoubtfulStopWarning
 
     def fake_stack(data, sigma, **kwargs):
         for _ in range(2):  # as every tile does: reported once

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from napari_ntk_denoise import denoise_ntk
-from napari_ntk_denoise._cli_options import add_ntk_options, ntk_kwargs
-from napari_ntk_denoise.config import DEFAULT_OPTIONS, OPTION_NAMES, FilterConfig
-from napari_ntk_denoise.tiling import check_tiled_request
+from napari_ntk_denoise.cli._options import add_ntk_options, ntk_kwargs
+from napari_ntk_denoise.engine.config import DEFAULT_OPTIONS, OPTION_NAMES, FilterConfig
+from napari_ntk_denoise.microscopy.tiling import check_tiled_request
 
 
 def test_options_round_trip_and_defaults_in_one_place():
@@ -54,8 +54,8 @@ def test_memory_guard_counts_the_same_passes_tiled_and_untiled(monkeypatch):
     """Guided with MC-SURE holds three passes (the filter, its perturbed twin, the first stage's),
     plain two; the whole-image and the tiled guard count them alike."""
     seen = []
-    import napari_ntk_denoise.problem as problem
-    import napari_ntk_denoise.tiling as tiling
+    import napari_ntk_denoise.engine.problem as problem
+    import napari_ntk_denoise.microscopy.tiling as tiling
 
     monkeypatch.setattr(problem, "check_memory", lambda need, *a, **k: seen.append(need))
     monkeypatch.setattr(tiling, "check_memory", lambda need, *a, **k: seen.append(need))

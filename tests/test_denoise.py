@@ -12,8 +12,9 @@ import torch
 
 from conftest import smooth_image
 from napari_ntk_denoise import Progress, TwicingStep, denoise_ntk, iter_denoise_ntk, iter_filter, low_rank_filter
-from napari_ntk_denoise import _input
-from napari_ntk_denoise.stopping import estimate_noise_sigma, psnr
+from napari_ntk_denoise.engine import _input
+from napari_ntk_denoise.engine.stopping import estimate_noise_sigma, psnr
+from napari_ntk_denoise.engine.twicing import twicing_factors
 
 FAST = dict(kernel_size=5, fraction=0.1, rank=48)
 
@@ -114,10 +115,10 @@ def test_guided_kernel_type_serves_both_stages():
     """Both stages of the guided filter use ``guided_kernel`` (NNGP by default; ``None``: ``kernel``):
     stage 1 is the unguided filter of that kernel, stage 2 its Nystrom filter on the pilot, the mean
     of stage 1's estimate and that of the same kernel's filter on a second anchor draw."""
-    from napari_ntk_denoise.events import drain
-    from napari_ntk_denoise.kernels import CNNKernel
-    from napari_ntk_denoise.nystrom import iter_nystrom, sample_anchors
-    from napari_ntk_denoise.twicing import twicing_factors, twicing_output
+    from napari_ntk_denoise.engine.events import drain
+    from napari_ntk_denoise.engine.kernels import CNNKernel
+    from napari_ntk_denoise.engine.nystrom import iter_nystrom, sample_anchors
+    from napari_ntk_denoise.engine.twicing import twicing_factors, twicing_output
 
     noisy, _ = _noisy()
     _, res = denoise_ntk(noisy, 0.1, guided=True, stop=5, **FAST)
@@ -132,7 +133,8 @@ def test_guided_kernel_type_serves_both_stages():
         kern = CNNKernel(kernel_size=FAST["kernel_size"], kind=kind)
         m, rank = result.params["n_anchors"], result.params["rank"]
         y = torch.from_numpy(noisy).float()
-        second = drain(iter_nystrom(kern, y[None], sample_anchors(noisy.shape, m, 1), rank, project=[y.reshape(-1, 1)]))[0]
+        anchors = sample_anchors(noisy.shape, m, 1)
+        second = drain(iter_nystrom(kern, y[None], anchors, rank, project=[y.reshape(-1, 1)]))[0]
         f = twicing_factors(second.filter.normalized_eigenvalues, t_pilot)
         pilot = (result.render(t_pilot, stage=0) + twicing_output(second.filter.basis, second.projections[0], f)
                  .reshape(noisy.shape).numpy()) / 2
@@ -140,7 +142,8 @@ def test_guided_kernel_type_serves_both_stages():
                                       rank))[0].filter
         # float32 sums: the pilot's last bits move the trailing eigenvalues by ~1e-7 of the leading one
         top = float(expected.eigenvalues[0])
-        np.testing.assert_allclose(result.stages[1].filter.eigenvalues, expected.eigenvalues, rtol=1e-4, atol=1e-6 * top)
+        np.testing.assert_allclose(result.stages[1].filter.eigenvalues, expected.eigenvalues, rtol=1e-4,
+                                   atol=1e-6 * top)
         assert result.stages[1].blend is None  # a fixed step: no SURE or MSE to weigh the pilot with
 
 
@@ -203,7 +206,7 @@ def test_guided_noise_input_sure_tracks_the_error():
 
 
 def test_sure_probe_is_banded_on_tall_images_and_has_unit_variance():
-    from napari_ntk_denoise.problem import PROBE_BAND, PROBE_PERIOD, sure_probe
+    from napari_ntk_denoise.engine.problem import PROBE_BAND, PROBE_PERIOD, sure_probe
 
     b = sure_probe(0, (4 * PROBE_PERIOD, 300), 3, "cpu").reshape(4 * PROBE_PERIOD, 300, 3)
     probed = (b != 0).any(2).all(1)
@@ -219,7 +222,7 @@ def test_clipped_noise_scale_matches_sampled_clipped_noise():
     one bound, and far from any bound (1)."""
     import torch
 
-    from napari_ntk_denoise.stopping import clipped_noise_scale
+    from napari_ntk_denoise.engine.stopping import clipped_noise_scale
 
     mus, sigma = np.array([-0.1, 0.0, 0.05, 0.2, 0.5, 0.95, 1.0, 1.2]), 0.1
     rows = torch.from_numpy(np.repeat(mus[:, None], 8, 1))[None].float()  # box of 1: mu_i = the row's value
@@ -232,7 +235,7 @@ def test_clipped_noise_scale_matches_sampled_clipped_noise():
 
 
 def test_clip_bounds_are_levels_where_values_pile_up():
-    from napari_ntk_denoise.stopping import clip_bounds
+    from napari_ntk_denoise.engine.stopping import clip_bounds
 
     noisy, _ = _noisy(sigma=0.2)
     assert clip_bounds(noisy) == (None, None)  # continuous noise: one value at each extreme
@@ -245,7 +248,7 @@ def test_sure_on_clipped_data_stops_near_the_oracle(monkeypatch):
     """Clipping leaves less noise near the bounds; Monte-Carlo SURE with the probe weighted by the
     clipped noise's standard deviation stops near the oracle, where plain SURE (sigma everywhere)
     over-smooths (measured gaps: 0.12-0.17 dB against 0.45-0.52 over three noise draws)."""
-    import napari_ntk_denoise.problem as problem
+    import napari_ntk_denoise.engine.problem as problem
 
     clean = np.clip(2.5 * smooth_image((64, 64)) - 0.8, 0, 1)  # a fifth of the noisy values clipped
     noisy = np.clip(clean + 0.1 * np.random.default_rng(0).standard_normal(clean.shape), 0, 1).astype(np.float32)
@@ -263,8 +266,8 @@ def test_sure_on_clipped_data_stops_near_the_oracle(monkeypatch):
 def test_banded_sure_probe_stops_near_the_oracle(monkeypatch):
     """On an image tall enough for a banded probe, most row blocks skip the perturbed products and
     Monte-Carlo SURE still stops near the oracle, as with a dense probe."""
-    import napari_ntk_denoise.nystrom as nystrom
-    import napari_ntk_denoise.problem as problem
+    import napari_ntk_denoise.engine.nystrom as nystrom
+    import napari_ntk_denoise.engine.problem as problem
 
     flags = []
     row_blocks = nystrom._row_blocks
@@ -292,11 +295,27 @@ def test_banded_sure_probe_stops_near_the_oracle(monkeypatch):
 
 
 def test_iter_filter_yields_progress_and_returns_filter():
+    """Only progress events, then the low-rank filter: orthonormal eigenimages of the image's size
+    with eigenvalues in [0, 1], whose twicing at the SURE step reproduces the denoiser's output."""
     noisy, _ = _noisy()
     gen = iter_filter(noisy, **FAST)
-    assert isinstance(next(gen), Progress)
-    rest = list(gen)
-    assert all(isinstance(e, Progress) for e in rest)
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            filt = stop.value
+            break
+    assert events and all(isinstance(e, Progress) for e in events)
+    q = filt.basis.double()
+    assert q.shape[0] == noisy.size
+    torch.testing.assert_close(q.T @ q, torch.eye(q.shape[1], dtype=q.dtype), atol=1e-4, rtol=0)
+    lam = filt.normalized_eigenvalues
+    assert lam.max() == pytest.approx(1.0) and lam.min() >= 0 and np.all(np.diff(lam) <= 1e-12)
+    out, res = denoise_ntk(noisy, 0.1, **FAST)
+    y = torch.from_numpy(noisy.reshape(-1, 1)).to(q.dtype)
+    z = q @ (torch.from_numpy(twicing_factors(lam, res.t)).to(q.dtype)[:, None] * (q.T @ y))
+    np.testing.assert_allclose(z.reshape(noisy.shape).numpy(), out, atol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -351,7 +370,7 @@ def test_cuda_matches_cpu(guided):
 
 def test_sure_guard_flags_an_over_estimated_sigma():
     """With sigma twice the truth SURE goes negative and stops early: never silently."""
-    from napari_ntk_denoise.stopping import DoubtfulStopWarning
+    from napari_ntk_denoise.engine.stopping import DoubtfulStopWarning
 
     noisy, _ = _noisy(shape=(48, 48))
     with pytest.warns(DoubtfulStopWarning, match="over-estimated"):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_ntk_denoise.kernels import CNNKernel, relu_expectations
-from napari_ntk_denoise.networks import VanillaCNN, empirical_ntk
+from napari_ntk_denoise.engine.kernels import CNNKernel, relu_expectations
+from napari_ntk_denoise.engine.networks import VanillaCNN, empirical_ntk
 
 
 def _image(c, *shape, seed=0, dtype=torch.float64):
@@ -113,7 +113,8 @@ def test_two_layer_closed_forms_eq16():
 
 def test_relu_expectations_monte_carlo():
     cov = torch.tensor([[1.0, 0.6], [0.6, 2.0]], dtype=torch.float64)
-    h = torch.randn(400000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) @ torch.linalg.cholesky(cov).T
+    white = torch.randn(400000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    h = white @ torch.linalg.cholesky(cov).T
     v, vp = relu_expectations(cov, cov.diag(), cov.diag(), sigma_w2=2.0)
     mc_v = 2 * (torch.relu(h[:, 0]) * torch.relu(h[:, 1])).mean()
     mc_vp = 2 * ((h[:, 0] > 0) & (h[:, 1] > 0)).double().mean()
@@ -144,7 +145,7 @@ def test_block_fast_pair_matches_two_exact_blocks(depth, shape):
 def test_rows_the_perturbation_misses_change_only_on_moved_columns(gemm_dtype):
     """A perturbation on image rows 0-1 misses the patches (r = 3) of rows 3-9: there ``K_eps - K``
     is computed on the moved anchor columns only (rows 0-2), and equals the full paired block."""
-    from napari_ntk_denoise.kernels import MovedColumns
+    from napari_ntk_denoise.engine.kernels import MovedColumns
 
     x = _image(3, 10, 12, seed=4, dtype=torch.float32)
     x_eps = x.clone()
@@ -163,7 +164,8 @@ def test_rows_the_perturbation_misses_change_only_on_moved_columns(gemm_dtype):
     torch.testing.assert_close(dk.values.float(), dk_full[:, :3].float(), rtol=1e-2, atol=2 * ulp)
     assert float(dk_full[:, 3:].abs().max()) == 0.0
     hi, lo = kern.block_fast(x, rows, side, rows_moved=False, split=True)[0]
-    assert hi.dtype == lo.dtype == torch.bfloat16 and isinstance(kern.block_fast(x, rows, side, split=True)[0], torch.Tensor)
+    assert hi.dtype == lo.dtype == torch.bfloat16
+    assert isinstance(kern.block_fast(x, rows, side, split=True)[0], torch.Tensor)
     torch.testing.assert_close(hi.double() + lo.double(), k.double(), rtol=2**-15, atol=1e-9)
     unordered = kern.columns(x, cols.flip(0), kern.diagonals(x), x_eps, kern.diagonals(x_eps), gemm_dtype, basis)
     assert unordered.moved == 7  # moved anchors last: every column is computed, the others exactly zero
@@ -200,7 +202,7 @@ def test_network_matches_kernel_size_and_receptive_field():
 
 
 def test_bfloat16_split_keeps_sixteen_bits_compiled_or_not():
-    from napari_ntk_denoise.kernel_ops import _compiled, fused_op, split_bf16
+    from napari_ntk_denoise.engine.kernel_ops import _compiled, fused_op, split_bf16
 
     a = torch.randn(300, 200, generator=torch.Generator().manual_seed(3))
     for split in (split_bf16, _compiled("split"), fused_op("split")):  # eager, torch.compile, C where built
@@ -212,7 +214,7 @@ def test_bfloat16_split_keeps_sixteen_bits_compiled_or_not():
 
 def test_compiled_output_layer_matches_eager():
     """The torch.compile'd paired op (GPUs; CPUs without a C compiler) against eager torch."""
-    from napari_ntk_denoise.kernel_ops import _EAGER, _compiled
+    from napari_ntk_denoise.engine.kernel_ops import _EAGER, _compiled
 
     g = torch.Generator().manual_seed(5)
     p, q = torch.randn(40, 9, generator=g), torch.randn(70, 9, generator=g)
@@ -230,7 +232,7 @@ def test_compiled_output_layer_matches_eager():
 
 
 def test_polynomial_arccos_matches_the_library():
-    from napari_ntk_denoise.kernel_ops import _acos
+    from napari_ntk_denoise.engine.kernel_ops import _acos
 
     x = torch.linspace(-1, 1, 200001, dtype=torch.float64)
     assert float((_acos(x) - torch.acos(x)).abs().max()) < 3e-8

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_ntk_denoise import _native
-from napari_ntk_denoise.kernel_ops import _EAGER, fused_op
+from napari_ntk_denoise.engine import _native
+from napari_ntk_denoise.engine.kernel_ops import _EAGER, fused_op
 
 N, W = 37, 70
 NO_COMPILER = pytest.mark.skipif(_native._compiler() is None, reason="no C compiler for the C kernel ops")
@@ -129,8 +129,8 @@ def test_denoising_with_the_native_ops_matches_the_torch_ops(backend, monkeypatc
     """End to end on a 256 x 128 image (banded SURE probe, moved-column blocks, paired blocks): the C
     or numba ops and the torch twins (what a GPU runs) give the same step and the same image up to rounding."""
     from napari_ntk_denoise import denoise_ntk
-    from napari_ntk_denoise.samples import add_noise, clean_sample
-    from napari_ntk_denoise.stopping import psnr
+    from napari_ntk_denoise.engine.stopping import psnr
+    from napari_ntk_denoise.io.samples import add_noise, clean_sample
 
     clean = clean_sample("camera")[::2, ::4]  # 256 rows: the banded probe
     noisy = add_noise(clean, 25 / 255, seed=1)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_ntk_denoise.noise_estimation import estimate_poisson_gaussian, noise_report, stabilised_sigma
-from napari_ntk_denoise.vst import PoissonGaussian, gat_forward
+from napari_ntk_denoise.microscopy.noise_estimation import estimate_poisson_gaussian, noise_report, stabilised_sigma
+from napari_ntk_denoise.microscopy.vst import PoissonGaussian, gat_forward
 
 FMD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fmd_samples"
 

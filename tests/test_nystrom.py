@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from conftest import smooth_image
-from napari_ntk_denoise.kernels import CNNKernel
-from napari_ntk_denoise.nystrom import LowRankFilter, iter_nystrom, sample_anchors
-from napari_ntk_denoise.twicing import twicing_factors, twicing_schedule
+from napari_ntk_denoise.engine.kernels import CNNKernel
+from napari_ntk_denoise.engine.nystrom import LowRankFilter, iter_nystrom, sample_anchors
+from napari_ntk_denoise.engine.twicing import twicing_factors, twicing_schedule
 
 
 def _drain(gen):
@@ -154,7 +154,7 @@ def test_twicing_factors_edge_cases():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_split_bfloat16_product_has_float32_accuracy():
-    from napari_ntk_denoise.nystrom import _SplitProduct, _has_float32_output_bf16_products
+    from napari_ntk_denoise.engine.nystrom import _has_float32_output_bf16_products, _SplitProduct
 
     g = torch.Generator().manual_seed(0)
     a, b = torch.rand(1000, 544, generator=g), torch.randn(544, 64, generator=g).bfloat16()  # b: exact in bf16
@@ -165,8 +165,8 @@ def test_split_bfloat16_product_has_float32_accuracy():
 
 
 def test_split_product_on_cpu_reuses_its_buffers_for_blocks_of_any_height():
-    from napari_ntk_denoise.kernel_ops import split_bf16
-    from napari_ntk_denoise.nystrom import _SplitProduct
+    from napari_ntk_denoise.engine.kernel_ops import split_bf16
+    from napari_ntk_denoise.engine.nystrom import _SplitProduct
 
     g = torch.Generator().manual_seed(1)
     b = torch.randn(96, 16, generator=g).bfloat16()
@@ -180,7 +180,7 @@ def test_split_product_on_cpu_reuses_its_buffers_for_blocks_of_any_height():
 
 
 def test_tiled_symmetrize_equals_the_mean_with_the_transpose():
-    from napari_ntk_denoise.nystrom import _symmetrize
+    from napari_ntk_denoise.engine.nystrom import _symmetrize
 
     a = torch.randn(2, 70, 70, generator=torch.Generator().manual_seed(2))
     assert torch.equal(_symmetrize(a.clone(), 16), (a + a.mT) * 0.5)  # tiles that do not divide the size
@@ -190,7 +190,7 @@ def test_tiled_symmetrize_equals_the_mean_with_the_transpose():
 def test_banded_perturbation_skips_work_without_changing_the_filters(monkeypatch, volume):
     """With a perturbation on a few rows (Y), the sweep computes ``K_eps - K`` only where it can be
     non-zero; both filters and their projections equal those of the sweep that computes it everywhere."""
-    import napari_ntk_denoise.nystrom as nystrom
+    import napari_ntk_denoise.engine.nystrom as nystrom
 
     shape = (2, 40, 12) if volume else (40, 24)
     plane = smooth_image(shape[-2:])
@@ -221,13 +221,14 @@ def test_banded_perturbation_skips_work_without_changing_the_filters(monkeypatch
         torch.testing.assert_close(_weights(a), _weights(b), rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(a.projections[0], b.projections[0], rtol=1e-4, atol=1e-6)
     change = _weights(sparse[1]) - _weights(sparse[0])
-    torch.testing.assert_close(change, _weights(dense[1]) - _weights(dense[0]), rtol=0.01, atol=1e-3 * float(change.abs().max()))
+    torch.testing.assert_close(change, _weights(dense[1]) - _weights(dense[0]), rtol=0.01,
+                               atol=1e-3 * float(change.abs().max()))
 
 
 def test_core_in_any_anchor_order_has_the_exact_diagonal():
     """The anchor core is the same whatever the anchors' order (the sweep puts probed anchors
     first), with exact self-pairs on its diagonal."""
-    from napari_ntk_denoise.nystrom import _column_sides, _core
+    from napari_ntk_denoise.engine.nystrom import _column_sides, _core
 
     x = _x((20, 20), channels=3)
     x_eps = x + 1e-3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
@@ -246,7 +247,7 @@ def test_core_in_any_anchor_order_has_the_exact_diagonal():
 def test_core_keeps_every_eigenpair_float32_resolves(m):
     """Eigenimages are kept down to ``lambda_1 eps`` (float32 ``eps``): a fast-decaying spectrum
     such as the guided stage's keeps its 1e-6 tail, and what lies below float32's resolution goes."""
-    from napari_ntk_denoise.nystrom import _core_projections
+    from napari_ntk_denoise.engine.nystrom import _core_projections
 
     gen = torch.Generator().manual_seed(0)
     u, _ = torch.linalg.qr(torch.randn(m, m, generator=gen, dtype=torch.float64))

@@ -8,12 +8,12 @@ import dask.array as da
 import numpy as np
 import pytest
 import tifffile
-from conftest import smooth_image
 
+from conftest import smooth_image
 from napari_ntk_denoise import denoise_ntk
-from napari_ntk_denoise.stacks_cli import add_parser
-from napari_ntk_denoise.stacks import check_axes, denoise_stack, estimate_stack_noise, estimate_stack_sigma
-from napari_ntk_denoise.vst import PoissonGaussian
+from napari_ntk_denoise.cli.stacks import add_parser
+from napari_ntk_denoise.microscopy.stacks import check_axes, denoise_stack, estimate_stack_noise, estimate_stack_sigma
+from napari_ntk_denoise.microscopy.vst import PoissonGaussian
 
 FAST = dict(kernel_size=5, fraction=0.1, rank=32, tile=64)
 
@@ -105,7 +105,7 @@ def test_dask_chunks_across_tiles_equal_numpy(axes, shape, chunks, extra):
 
 def test_memory_guard_refuses_before_dask_graph(zstack, monkeypatch):
     _, noisy = zstack
-    monkeypatch.setattr("napari_ntk_denoise._input.available_memory", lambda device: 1 << 16)
+    monkeypatch.setattr("napari_ntk_denoise.engine._input.available_memory", lambda device: 1 << 16)
     with pytest.raises(MemoryError, match="smaller tiles"):
         denoise_stack(da.from_array(noisy), 0.1, axes="ZYX", **FAST)  # refused eagerly, nothing computed
     with pytest.raises(MemoryError, match="smaller tiles"):

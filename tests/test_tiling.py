@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import napari_ntk_denoise.tiling as tiling
+import napari_ntk_denoise.microscopy.tiling as tiling
 from napari_ntk_denoise import denoise_ntk
-from napari_ntk_denoise.events import Progress
-from napari_ntk_denoise.tiling import TileGrid, blend_window, denoise_tiled, iter_denoise_tiled, tile_cores
+from napari_ntk_denoise.engine.events import Progress
+from napari_ntk_denoise.microscopy.tiling import TileGrid, blend_window, denoise_tiled, iter_denoise_tiled, tile_cores
 
 FAST = dict(kernel_size=5, fraction=0.1, rank=48)
 N = 96
@@ -109,7 +109,7 @@ def test_bad_arguments_fail_fast(smooth_noisy):
 
 def test_memory_guard_refuses_and_suggests_tiles(smooth_noisy, monkeypatch):
     _, noisy = smooth_noisy
-    monkeypatch.setattr("napari_ntk_denoise._input.available_memory", lambda device: 1 << 16)
+    monkeypatch.setattr("napari_ntk_denoise.engine._input.available_memory", lambda device: 1 << 16)
     with pytest.raises(MemoryError, match="smaller tiles"):
         denoise_tiled(noisy, 0.1, tile=48, **FAST)
     with pytest.raises(MemoryError, match="denoise in tiles"):

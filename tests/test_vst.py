@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_ntk_denoise.vst import PoissonGaussian, gat_forward, gat_inverse
+from napari_ntk_denoise.microscopy.vst import PoissonGaussian, gat_forward, gat_inverse
 
 
 def poisson_gaussian(clean, gain, read_noise, rng, offset=0.0):

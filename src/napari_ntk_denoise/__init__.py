@@ -4,15 +4,23 @@ The engine (everything importable from this package) needs no Qt or napari; the 
 :mod:`napari_ntk_denoise._widgets`.
 """
 
-from .denoise import NTKResult, PilotBlend, StageResult, denoise_ntk, iter_denoise_ntk, iter_filter, low_rank_filter
-from .events import Progress, TwicingStep
-from .kernels import CNNKernel
-from .networks import VanillaCNN, empirical_ntk
-from .noise_estimation import NoiseReport, estimate_poisson_gaussian, noise_report, stabilised_sigma
-from .nystrom import LowRankFilter, iter_nystrom, sample_anchors
-from .stacks import denoise_stack, iter_denoise_stack
-from .tiling import TiledResult, denoise_tiled, iter_denoise_tiled
-from .vst import PoissonGaussian, gat_forward, gat_inverse
+from .engine.denoise import (
+    NTKResult,
+    PilotBlend,
+    StageResult,
+    denoise_ntk,
+    iter_denoise_ntk,
+    iter_filter,
+    low_rank_filter,
+)
+from .engine.events import Progress, TwicingStep
+from .engine.kernels import CNNKernel
+from .engine.networks import VanillaCNN, empirical_ntk
+from .engine.nystrom import LowRankFilter, iter_nystrom, sample_anchors
+from .microscopy.noise_estimation import NoiseReport, estimate_poisson_gaussian, noise_report, stabilised_sigma
+from .microscopy.stacks import denoise_stack, iter_denoise_stack
+from .microscopy.tiling import TiledResult, denoise_tiled, iter_denoise_tiled
+from .microscopy.vst import PoissonGaussian, gat_forward, gat_inverse
 
 __version__ = "0.1.0"
 

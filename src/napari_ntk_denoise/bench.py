@@ -6,7 +6,7 @@ scaled to ``[0, 1]`` (integer images by their dtype's maximum), optionally centr
 seed for every image; PSNR (data range 1) and SSIM are computed on the output clipped to ``[0, 1]``.
 
 Methods are named as in Table 1: ``nystrom-{image,noise,guided}`` (the analytic filter,
-:func:`~napari_ntk_denoise.denoise.denoise_ntk`), ``{adam,gd}-{vanilla,unet,ae,skip}-{image,noise}``
+:func:`~napari_ntk_denoise.engine.denoise.denoise_ntk`), ``{adam,gd}-{vanilla,unet,ae,skip}-{image,noise}``
 (deep image prior, :func:`~napari_ntk_denoise.dip.trainer.train_dip`) and the baselines ``nlm``
 (scikit-image) and ``bm3d`` (the ``bm3d`` package, CBM3D for colour).  With ``stop="oracle"`` each
 method keeps its best-PSNR step or iteration (the paper's protocol); with ``stop="sure"`` no
@@ -35,12 +35,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .denoise import denoise_ntk
 from .dip.config import default_style, resolve_criterion
 from .dip.trainer import train_dip
-from .imageio import guess_channel_axis, read_image, to_unit
-from .samples import add_noise
-from .stopping import psnr
+from .engine.denoise import denoise_ntk
+from .engine.stopping import psnr
+from .io.imageio import guess_channel_axis, read_image, to_unit
+from .io.samples import add_noise
 
 __all__ = [
     "BASELINES", "FIGURE6_DEPTHS", "IMAGE_SUFFIXES", "METHODS", "NLM_PARAMS", "BenchRun", "BenchSettings", "Outcome",
@@ -79,7 +79,7 @@ class BenchSettings:
     device : str, optional
         ``"cpu"``, ``"cuda"`` or None (CUDA when available).
     ntk : dict
-        Extra keyword arguments of :func:`~napari_ntk_denoise.denoise.denoise_ntk`
+        Extra keyword arguments of :func:`~napari_ntk_denoise.engine.denoise.denoise_ntk`
         (``kernel_size``, ``fraction``, ``rank``...).
     width : int
         Hidden channels of the DIP networks.

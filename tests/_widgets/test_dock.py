@@ -15,7 +15,7 @@ from qtpy.QtWidgets import QSplitter
 from napari_ntk_denoise import Progress, TwicingStep
 from napari_ntk_denoise._widgets._dock import PLOT_MIN_HEIGHT
 from napari_ntk_denoise.dip import DIPStep
-from napari_ntk_denoise.vst import PoissonGaussian
+from napari_ntk_denoise.microscopy.vst import PoissonGaussian
 
 WIDGETS = ["NTK Filter", "DIP Training", "Eigenimage Inspector"]
 TIMEOUT = 120_000  # ms

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_ntk_denoise.samples import SIGMA
+from napari_ntk_denoise.io.samples import SIGMA
 
 PLUGIN = "napari-ntk-denoise"
 ROOT = Path(__file__).resolve().parents[2]

@@ -274,7 +274,7 @@ def test_dask_stack_is_read_plane_by_plane_tiled_and_streamed(qtbot, viewer, ope
 
 def test_poisson_gaussian_model_estimates_and_inverts(qtbot, viewer, open_widget, small) -> None:
     """Poisson-Gaussian data: parameters estimated, the GAT inverted for streamed, final and slider images."""
-    from napari_ntk_denoise.vst import gat_inverse
+    from napari_ntk_denoise.microscopy.vst import gat_inverse
 
     rng = np.random.default_rng(2)
     yy, xx = np.mgrid[:40, :40] / 40

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from napari_ntk_denoise._sample_data import noisy_fluorescence
+from napari_ntk_denoise.io._sample_data import noisy_fluorescence
 
 WIDGETS = ["NTK Filter", "DIP Training", "Eigenimage Inspector"]
 

@@ -1,6 +1,6 @@
 """Controls shared by the widgets: the NTK filter's settings and the device, in plain words.
 
-Defaults are the engine's (:data:`napari_ntk_denoise.config.DEFAULT_OPTIONS`), so that the
+Defaults are the engine's (:data:`napari_ntk_denoise.engine.config.DEFAULT_OPTIONS`), so that the
 widgets start where the engine and the command line do.
 """
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from magicgui.widgets import ComboBox, FloatSpinBox, SpinBox
 
-from napari_ntk_denoise.config import DEFAULT_OPTIONS
+from napari_ntk_denoise.engine.config import DEFAULT_OPTIONS
 
 __all__ = ["DEVICE_TIP", "FilterControls", "device_choices", "device_control", "engine_default"]
 

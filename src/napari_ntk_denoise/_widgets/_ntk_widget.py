@@ -27,10 +27,10 @@ from napari.layers import Image
 from napari.utils.notifications import show_info
 
 from napari_ntk_denoise import NTKResult, TiledResult, TwicingStep, iter_denoise_ntk, iter_denoise_tiled
-from napari_ntk_denoise.noise_estimation import noise_report, stabilised_sigma
-from napari_ntk_denoise.stopping import estimate_noise_sigma
-from napari_ntk_denoise.tiling import TILE_Z
-from napari_ntk_denoise.vst import PoissonGaussian, gat_forward, gat_inverse
+from napari_ntk_denoise.engine.stopping import estimate_noise_sigma
+from napari_ntk_denoise.microscopy.noise_estimation import noise_report, stabilised_sigma
+from napari_ntk_denoise.microscopy.tiling import TILE_Z
+from napari_ntk_denoise.microscopy.vst import PoissonGaussian, gat_forward, gat_inverse
 
 from ._base import ImageRunWidget
 from ._controls import KERNEL_CHOICES, FilterControls, engine_default

@@ -1,14 +1,14 @@
 """Networks of the deep-image-prior experiments (paper section 6): vanilla CNN, U-Net, autoencoder, skip net.
 
 All architectures are reflect-padded and share one calling convention with
-:class:`~napari_ntk_denoise.networks.VanillaCNN`: ``net(x, return_preactivations=True)`` returns
+:class:`~napari_ntk_denoise.engine.networks.VanillaCNN`: ``net(x, return_preactivations=True)`` returns
 the output and the list of pre-activations of every weight layer (the output last), which the
 diagnostics of :mod:`napari_ntk_denoise.dip.diagnostics` read.
 
-* ``"vanilla"``: :class:`~napari_ntk_denoise.networks.VanillaCNN` itself (one hidden layer,
+* ``"vanilla"``: :class:`~napari_ntk_denoise.engine.networks.VanillaCNN` itself (one hidden layer,
   11 x 11 by default), in its NTK parameterisation, so that gradient descent with step ``eta`` is
   the twicing of the analytic filter ``eta Theta`` of
-  :class:`~napari_ntk_denoise.kernels.CNNKernel` (paper eq. 9) in the infinite-width limit.
+  :class:`~napari_ntk_denoise.engine.kernels.CNNKernel` (paper eq. 9) in the infinite-width limit.
 * ``"unet"``, ``"ae"``, ``"skip"``: one encoder-decoder (:class:`EncoderDecoder`) with three
   stride-2 down stages and three bilinear up stages, 3 x 3 convolutions and the same width at
   every level.  The U-Net concatenates the encoder features to the decoder's, the autoencoder
@@ -25,10 +25,10 @@ from functools import partial
 from typing import Literal
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
-from ..networks import VanillaCNN
+from ..engine.networks import VanillaCNN
 
 __all__ = [
     "ARCHITECTURES",
@@ -271,7 +271,7 @@ def build_network(
     Returns
     -------
     torch.nn.Module
-        A :class:`~napari_ntk_denoise.networks.VanillaCNN` (NTK parameterisation) or an
+        A :class:`~napari_ntk_denoise.engine.networks.VanillaCNN` (NTK parameterisation) or an
         :class:`EncoderDecoder`.
     """
     _check_arch(arch)

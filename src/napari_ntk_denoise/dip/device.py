@@ -8,7 +8,7 @@ from typing import Protocol, TypeVar
 
 import torch
 
-from .._input import resolve_device as _resolve
+from ..engine._input import resolve_device as _resolve
 
 __all__ = ["empty_cache", "resolve_device", "retry_on_cpu"]
 

@@ -10,7 +10,7 @@
   gradient descent.
 
 Weights are compared as *effective* convolution weights, those that multiply the activations:
-for a :class:`~napari_ntk_denoise.networks.VanillaCNN` in NTK parameterisation that is each
+for a :class:`~napari_ntk_denoise.engine.networks.VanillaCNN` in NTK parameterisation that is each
 ``w`` times its ``sigma_w / sqrt(fan_in)`` factor, so the numbers are those of the paper's
 standard He-initialised network whatever the parameterisation.
 """
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp
 
-from ..networks import VanillaCNN
+from ..engine.networks import VanillaCNN
 
 __all__ = ["effective_weights", "ntk_top_eigenvalue", "preactivation_eigenimages", "weight_change"]
 
@@ -34,7 +34,7 @@ def effective_weights(net: nn.Module) -> list[torch.Tensor]:
     Parameters
     ----------
     net : torch.nn.Module
-        A :class:`~napari_ntk_denoise.networks.VanillaCNN` or a network made of
+        A :class:`~napari_ntk_denoise.engine.networks.VanillaCNN` or a network made of
         ``torch.nn.Conv2d`` layers registered in forward order (the encoder-decoders of
         :mod:`napari_ntk_denoise.dip.architectures`).
 

@@ -7,7 +7,7 @@
   its minimum marks the stop; it needs neither the noise level nor an input path, and so serves
   noise input, which MC-SURE cannot.
 * :data:`CRITERION_RULES`: each criterion of the trainer as a
-  :class:`~napari_ntk_denoise.stopping.StoppingRule` on the figures of a recorded iteration, the
+  :class:`~napari_ntk_denoise.engine.stopping.StoppingRule` on the figures of a recorded iteration, the
   rules the NTK filter applies to its step grid.
 * :func:`collapse_reason`: a run whose output has become constant (every ReLU of a layer off,
   or a saturated sigmoid) cannot recover; it is reported rather than trained on.
@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from ..stopping import SURE, StoppingRule
+from ..engine.stopping import SURE, StoppingRule
 
 __all__ = ["AVERAGE_DECAY", "CRITERION_RULES", "DIPCollapseWarning", "OutputAverage", "collapse_reason"]
 

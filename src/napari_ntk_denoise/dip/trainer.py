@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..events import drain
-from ..stopping import BestSoFar, sure_estimate
+from ..engine.events import drain
+from ..engine.stopping import BestSoFar, sure_estimate
 from .architectures import min_image_size
 from .config import DIPConfig
 from .device import resolve_device, retry_on_cpu

@@ -19,9 +19,21 @@ from typing import TextIO
 
 import torch
 
-from .bench import (BenchSettings, METHODS, Record, Skip, iter_bench, iter_figure6, list_images, machine_info,
-                    markdown_table, plot_curves, plot_figure6, write_json)
-from .events import drain
+from ..bench import (
+    METHODS,
+    BenchSettings,
+    Record,
+    Skip,
+    iter_bench,
+    iter_figure6,
+    list_images,
+    machine_info,
+    markdown_table,
+    plot_curves,
+    plot_figure6,
+    write_json,
+)
+from ..engine.events import drain
 
 __all__ = ["add_parser", "run"]
 

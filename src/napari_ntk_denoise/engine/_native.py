@@ -1,4 +1,4 @@
-"""The fused elementwise ops of :mod:`~napari_ntk_denoise.kernels` in C, for CPUs.
+"""The fused elementwise ops of :mod:`~napari_ntk_denoise.engine.kernels` in C, for CPUs.
 
 ``torch.compile`` fuses these ops too, but a fresh process pays seconds for it before its first
 kernel block (importing the compiler, checking the CPU's vector instructions, tracing three ops),
@@ -11,7 +11,7 @@ by different machines holds one library per kind of CPU.  Built with OpenMP, the
 torch's threads (see ``_arccos.c``).
 
 Without a C compiler or a writable cache (or with ``NTK_DENOISE_NATIVE=numba``) the same ops run
-as numba kernels (:mod:`~napari_ntk_denoise._numba_ops`, compiled by numba and cached on disk: no
+as numba kernels (:mod:`~napari_ntk_denoise.engine._numba_ops`, compiled by numba and cached on disk: no
 C compiler needed); with neither, or with ``NTK_DENOISE_NATIVE=0``, :func:`op` returns ``None``
 and the kernels fall back to ``torch.compile``.  Every op checks its operands (CPU, dtypes, shapes,
 contiguity) and returns ``NotImplemented`` for anything else, so a caller can always fall back as
@@ -138,7 +138,7 @@ def library() -> ctypes.CDLL | None:
 
 @functools.cache
 def _numba_ops():
-    """:mod:`~napari_ntk_denoise._numba_ops`, or ``None`` where numba cannot be imported."""
+    """:mod:`~napari_ntk_denoise.engine._numba_ops`, or ``None`` where numba cannot be imported."""
     try:
         from . import _numba_ops
     except ImportError:
@@ -244,5 +244,5 @@ _OPS = {"single": _single, "single_split": _single_split, "pair": _pair, "split"
 
 def op(name: str) -> Callable | None:
     """The C or numba version (:func:`backend`) of the fused op ``name`` (signature of its torch twin
-    in :mod:`~napari_ntk_denoise.kernels`), or ``None`` where neither is available."""
+    in :mod:`~napari_ntk_denoise.engine.kernels`), or ``None`` where neither is available."""
     return _OPS[name] if backend() is not None else None

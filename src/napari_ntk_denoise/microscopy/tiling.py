@@ -4,7 +4,7 @@ The NTK filter of a ``d``-pixel image needs ``O(d k)`` memory and ``O(d m)`` ker
 2048 x 2048 plane is split into tiles that overlap by at least the CNN's receptive field.  Each axis
 is cut into *cores* that partition it; a tile is its core widened by half the overlap on each inner
 side, and tile outputs are blended with raised-cosine weights over the overlaps (which sum to one),
-so there are no seams.  The same layout serves the lazy dask path of :mod:`napari_ntk_denoise.stacks`
+so there are no seams.  The same layout serves the lazy dask path of :mod:`napari_ntk_denoise.microscopy.stacks`
 (chunks = cores, halo = half the overlap).  Peak memory is that of one tile's filter plus the output.
 """
 
@@ -18,12 +18,12 @@ from typing import Any, Union
 
 import numpy as np
 
-from ._input import check_memory, prepare_image, resolve_device
-from .config import FilterConfig
-from .denoise import NTKResult, iter_denoise_ntk
-from .events import Progress, TwicingStep, drain, forward_progress
-from .nystrom import estimate_bytes
-from .stopping import estimate_noise_sigma
+from ..engine._input import check_memory, prepare_image, resolve_device
+from ..engine.config import FilterConfig
+from ..engine.denoise import NTKResult, iter_denoise_ntk
+from ..engine.events import Progress, TwicingStep, drain, forward_progress
+from ..engine.nystrom import estimate_bytes
+from ..engine.stopping import estimate_noise_sigma
 
 __all__ = [
     "TiledResult", "TileGrid", "tile_cores", "blend_window", "check_tiled_request", "iter_denoise_tiled",
@@ -180,7 +180,7 @@ def check_tiled_request(
     MemoryError
         When one tile's filter (times the pipeline passes: MC-SURE, guided stage) plus the image's
         accumulation buffers exceed the free memory of the device
-        (:func:`~napari_ntk_denoise.nystrom.estimate_bytes`).
+        (:func:`~napari_ntk_denoise.engine.nystrom.estimate_bytes`).
     """
     cfg = FilterConfig.from_options(**options)
     kern = cfg.architecture
@@ -265,10 +265,10 @@ def iter_denoise_tiled(
     channel_axis : int, optional
         Colour axis (one filter for all channels of a tile).
     device : str, optional
-        As for :func:`~napari_ntk_denoise.denoise.iter_denoise_ntk`.
+        As for :func:`~napari_ntk_denoise.engine.denoise.iter_denoise_ntk`.
     **options
-        The filter's options (:class:`~napari_ntk_denoise.config.FilterConfig`), as for
-        :func:`~napari_ntk_denoise.denoise.iter_denoise_ntk`; ``volume`` for a Z stack.
+        The filter's options (:class:`~napari_ntk_denoise.engine.config.FilterConfig`), as for
+        :func:`~napari_ntk_denoise.engine.denoise.iter_denoise_ntk`; ``volume`` for a Z stack.
 
     Yields
     ------

@@ -2,13 +2,13 @@
 
 An axes string such as ``"TZYX"``, ``"CYX"`` or ``"ZYXC"`` names every dimension.  Each Y-X plane is
 denoised independently by default, or, with ``patches="3d"``, each Z-Y-X volume with the kernel of
-3-D patches; both are tiled above the tile size (:mod:`napari_ntk_denoise.tiling`).  Channels ``C``
+3-D patches; both are tiled above the tile size (:mod:`napari_ntk_denoise.microscopy.tiling`).  Channels ``C``
 are either colour (one filter shared by all channels) or independent.  Dask input is processed
 chunk by chunk: chunks are aligned with the tile cores, widened by the tile halo
 (``dask.array.overlap.overlap``, the first half of ``map_overlap``), denoised, and the weighted
 tiles added back over their overlaps, which gives the in-memory result exactly, lazily, on any
 dask scheduler including a ``dask.distributed`` cluster.  Poisson-Gaussian data go through the
-generalized Anscombe transform (:mod:`napari_ntk_denoise.vst`).
+generalized Anscombe transform (:mod:`napari_ntk_denoise.microscopy.vst`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .events import Progress, drain, forward_progress
+from ..engine.events import Progress, drain, forward_progress
+from ..engine.stopping import estimate_noise_sigma
 from .noise_estimation import NoiseReport, noise_report, stabilised_sigma
-from .stopping import estimate_noise_sigma
 from .tiling import TileGrid, TileSigma, check_tiled_request, iter_denoise_tile, iter_denoise_tiled
 from .vst import PoissonGaussian, gat_forward, gat_inverse
 
@@ -89,7 +89,7 @@ def stack_noise_report(
     leave after the transform, from up to three evenly spaced planes (every channel of them).
 
     Works on numpy and dask arrays (only the sampled planes are computed).  See
-    :func:`~napari_ntk_denoise.noise_estimation.noise_report`.
+    :func:`~napari_ntk_denoise.microscopy.noise_estimation.noise_report`.
     """
     ax = check_axes(axes, array.ndim)
     return noise_report(_sample_planes(array, ax), noise, offset=offset)
@@ -210,21 +210,21 @@ def iter_denoise_stack(
     noise_model : {"gaussian", "poisson-gaussian"}
         With ``"poisson-gaussian"`` the data are stabilised by the generalized Anscombe transform,
         denoised with the noise level the transform leaves in each tile
-        (:func:`~napari_ntk_denoise.noise_estimation.stabilised_sigma`, below 1 at low counts) and
+        (:func:`~napari_ntk_denoise.microscopy.noise_estimation.stabilised_sigma`, below 1 at low counts) and
         mapped back with the exact unbiased inverse.
     noise : PoissonGaussian or NoiseReport, optional
         Gain, read noise and offset; estimated from the stack (:func:`stack_noise_report`) when
-        omitted.  A :class:`~napari_ntk_denoise.noise_estimation.NoiseReport` also carries the
+        omitted.  A :class:`~napari_ntk_denoise.microscopy.noise_estimation.NoiseReport` also carries the
         blur of spatially correlated noise.
     patches : {"2d", "3d"}
         ``"2d"``: every Y-X plane on its own; ``"3d"``: every Z-Y-X volume with the kernel of 3-D
         patches (``kernel_size_z`` sets their depth; needs a ``Z`` axis).
     tile : int, optional
         Longest tile side along Y and X (default 512 for planes, 128 for volumes, whose tiles are
-        also cut along Z at ``tile_z = 16``); see :func:`~napari_ntk_denoise.tiling.iter_denoise_tiled`
+        also cut along Z at ``tile_z = 16``); see :func:`~napari_ntk_denoise.microscopy.tiling.iter_denoise_tiled`
         for ``overlap``, ``tile_z`` and ``overlap_z``.
     **kwargs
-        Tiling options and the NTK options of :func:`~napari_ntk_denoise.denoise.iter_denoise_ntk`.
+        Tiling options and the NTK options of :func:`~napari_ntk_denoise.engine.denoise.iter_denoise_ntk`.
 
     Yields
     ------
@@ -314,7 +314,7 @@ def denoise_stack(
     -------
     numpy.ndarray or dask.array.Array
         For dask input, a lazy array with the same result as the in-memory path.  Along the
-        spatial axes the input is rechunked to the tile cores (:class:`~napari_ntk_denoise.tiling.
+        spatial axes the input is rechunked to the tile cores (:class:`~napari_ntk_denoise.microscopy.tiling.
         TileGrid`, the same cuts as in memory), along the loop axes (``T``, independent ``C``) it
         keeps its chunks; colour ``C`` is one chunk.  Every chunk widened by the tile halo (half
         the overlap, at least half the receptive field on each side) is one task, like
@@ -361,7 +361,8 @@ def denoise_stack(
     blocks = np.empty(parts.shape, dtype=object)
     assemble = dask.delayed(partial(_overlap_add, plan, dtype), pure=True)
     for index in np.ndindex(*parts.shape):
-        loop, location, rest = index[: plan.n_loop], index[plan.n_loop : plan.n_loop + n_sp], index[plan.n_loop + n_sp :]
+        n_loop = plan.n_loop
+        loop, location, rest = index[:n_loop], index[n_loop : n_loop + n_sp], index[n_loop + n_sp :]
         neighbours = [parts[loop + loc + rest] for loc in _neighbours(plan.grid, location)]
         shape = tuple(c[i] for c, i in zip(moved.chunks, index))
         blocks[index] = da.from_delayed(assemble(location, *neighbours), shape=shape, dtype=dtype)

@@ -3,7 +3,7 @@
 :func:`add_ntk_options` adds the options of the NTK filter, :func:`add_stack_options` those of the
 noise model, the tiling, 3-D patches and channels; :func:`ntk_kwargs` and :func:`stack_kwargs`
 turn parsed arguments into the keyword arguments of
-:func:`~napari_ntk_denoise.stacks.iter_denoise_stack`.
+:func:`~napari_ntk_denoise.microscopy.stacks.iter_denoise_stack`.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from ..engine.config import DEFAULT_OPTIONS
+from ..engine.events import Progress
+from ..microscopy.noise_estimation import NoiseReport
+from ..microscopy.stacks import stack_noise_report
+from ..microscopy.vst import PoissonGaussian
 from ._progress import ProgressBar
-from .config import DEFAULT_OPTIONS
-from .events import Progress
-from .noise_estimation import NoiseReport
-from .stacks import stack_noise_report
-from .vst import PoissonGaussian
 
 __all__ = ["DEFAULT_TILE", "add_ntk_options", "add_stack_options", "noise_from_args", "ntk_kwargs",
            "progress_handler", "stack_kwargs", "stop_value", "tile_side"]
@@ -113,7 +113,7 @@ def add_stack_options(p: argparse.ArgumentParser, *, axes_required: bool) -> Non
 
 
 def ntk_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """Keyword arguments of :func:`~napari_ntk_denoise.denoise.iter_denoise_ntk` from the NTK options.
+    """Keyword arguments of :func:`~napari_ntk_denoise.engine.denoise.iter_denoise_ntk` from the NTK options.
 
     Parameters
     ----------
@@ -196,7 +196,8 @@ def noise_from_args(args: argparse.Namespace, data: Any, axes: str) -> PoissonGa
 
 
 def stack_kwargs(args: argparse.Namespace, axes: str) -> dict[str, Any]:
-    """Keyword arguments of :func:`~napari_ntk_denoise.stacks.iter_denoise_stack` but ``sigma`` and ``noise``.
+    """Keyword arguments of :func:`~napari_ntk_denoise.microscopy.stacks.iter_denoise_stack`, but
+    ``sigma`` and ``noise``.
 
     Parameters
     ----------
@@ -232,7 +233,7 @@ def progress_handler(quiet: bool) -> Callable[[Any], None] | None:
     Returns
     -------
     callable or None
-        For :func:`~napari_ntk_denoise.events.drain`.
+        For :func:`~napari_ntk_denoise.engine.events.drain`.
     """
     if quiet:
         return None

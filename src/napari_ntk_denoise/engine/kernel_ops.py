@@ -88,7 +88,7 @@ _COMPILED: dict[str, object] = {}
 def fused_op(name: str):
     """The fused elementwise op ``name`` (the output layer, or a bfloat16 split).
 
-    On a CPU, the C or numba version of :mod:`~napari_ntk_denoise._native` (no compiler start-up
+    On a CPU, the C or numba version of :mod:`~napari_ntk_denoise.engine._native` (no compiler start-up
     cost, and faster); elsewhere (a GPU, ``NTK_DENOISE_NATIVE=0``, neither C compiler nor numba)
     the op ``torch.compile``d (much faster than eager; ``benchmarks/results/native_ops.md``), unless
     ``NTK_DENOISE_COMPILE=0`` or compilation fails, in which case eager is used."""

@@ -1,6 +1,6 @@
 """Closed-form kernels of the vanilla ReLU CNN (paper eqs. 11-16), evaluated block by block.
 
-The kernel of a network with ``L`` weight layers (see :mod:`napari_ntk_denoise.networks` for the
+The kernel of a network with ``L`` weight layers (see :mod:`napari_ntk_denoise.engine.networks` for the
 architecture and parameterisation) is built by the recursion
 
 .. math::
@@ -75,7 +75,7 @@ def _reflect(v: torch.Tensor, n: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class CNNKernel:
-    """Analytic kernel of the vanilla ReLU CNN of :class:`~napari_ntk_denoise.networks.VanillaCNN`.
+    """Analytic kernel of the vanilla ReLU CNN of :class:`~napari_ntk_denoise.engine.networks.VanillaCNN`.
 
     Parameters
     ----------
@@ -382,7 +382,7 @@ class CNNKernel:
         patch: then ``K_eps - K`` is zero outside the columns whose patches it reaches, and only the
         first ``side.moved`` columns, which hold those, are computed (as :class:`MovedColumns`).
         With ``split``, blocks without ``K_eps - K`` on all columns come as two bfloat16 parts
-        :class:`SplitBlock` (for :class:`~napari_ntk_denoise.nystrom._SplitProduct`), written by the
+        :class:`SplitBlock` (for :class:`~napari_ntk_denoise.engine.nystrom._SplitProduct`), written by the
         fused op itself rather than by another pass over the block.
         """
         cols, x_eps = side.cols, side.x_eps
@@ -517,7 +517,7 @@ class ColumnSide:
     def moved_part(self, t: torch.Tensor, dim: int) -> torch.Tensor:
         """The first ``moved`` entries of ``t`` along ``dim``: those of every column whose patch the
         perturbation reaches (few when those come first, as
-        :func:`~napari_ntk_denoise.nystrom.iter_nystrom` orders the anchors)."""
+        :func:`~napari_ntk_denoise.engine.nystrom.iter_nystrom` orders the anchors)."""
         return t.narrow(dim, 0, self.moved)
 
     def reuse_buffers(self) -> "ColumnSide":

@@ -94,7 +94,8 @@ def _block_sizes(kernel: CNNKernel, m: int, d: int, device: torch.device | str =
 
 
 def estimate_bytes(
-    d: int, channels: int, m: int, rank: int, kernel: CNNKernel, keep_basis: bool = True, device: torch.device | str = "cpu"
+    d: int, channels: int, m: int, rank: int, kernel: CNNKernel, keep_basis: bool = True,
+    device: torch.device | str = "cpu",
 ) -> int:
     """Peak memory of one Nyström pass in bytes (float32), for the memory guard.
 
@@ -148,7 +149,8 @@ def _row_blocks(d: int, w: int, n_rows: int, reach: torch.Tensor | None) -> list
 
 def _column_sides(kernel, x, s, diags, chunk, x_eps=None, diags_eps=None, gemm_dtype=torch.float32, basis=None):
     """One :class:`ColumnSide` per chunk of ``chunk`` anchors."""
-    return [kernel.columns(x, s[j : j + chunk], diags, x_eps, diags_eps, gemm_dtype, basis) for j in range(0, len(s), chunk)]
+    return [kernel.columns(x, s[j : j + chunk], diags, x_eps, diags_eps, gemm_dtype, basis)
+            for j in range(0, len(s), chunk)]
 
 
 def default_gemm_dtype(device: torch.device) -> torch.dtype:

@@ -15,8 +15,19 @@ from typing import Any
 
 import numpy as np
 
-from . import bench_cli, stacks_cli
-from ._cli_options import (
+from ..engine._input import resolve_device
+from ..engine.denoise import NTKResult, iter_denoise_ntk
+from ..engine.events import drain
+from ..engine.stopping import psnr
+from ..io.imageio import read_image, write_image
+from ..io.samples import SAMPLES, SIGMA, noisy_sample
+from ..microscopy.noise_estimation import NoiseReport
+from ..microscopy.stacks import check_axes, estimate_stack_sigma, iter_denoise_stack
+from ..microscopy.vst import PoissonGaussian
+from . import bench as bench_cli
+from . import dip as dip_cli
+from . import stacks as stacks_cli
+from ._options import (
     add_ntk_options,
     add_stack_options,
     noise_from_args,
@@ -25,26 +36,16 @@ from ._cli_options import (
     stack_kwargs,
     tile_side,
 )
-from ._input import resolve_device
-from .denoise import NTKResult, iter_denoise_ntk
-from .dip import cli as dip_cli
-from .events import drain
-from .imageio import read_image, write_image
-from .noise_estimation import NoiseReport
-from .samples import SAMPLES, SIGMA, noisy_sample
-from .stacks import check_axes, estimate_stack_sigma, iter_denoise_stack
-from .stopping import psnr
-from .vst import PoissonGaussian
 
 __all__ = ["main", "build_parser"]
 
 #: where the package's own warnings come from
-_PACKAGE_DIR = os.path.join(os.path.dirname(__file__), "")
+_PACKAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "")
 
 
 def _run_ntk(noisy: np.ndarray, sigma: float | None, reference: np.ndarray | None, channel_axis: int | None,
              kwargs: dict[str, Any], quiet: bool) -> NTKResult:
-    """One untiled image through :func:`~napari_ntk_denoise.denoise.iter_denoise_ntk`."""
+    """One untiled image through :func:`~napari_ntk_denoise.engine.denoise.iter_denoise_ntk`."""
     gen = iter_denoise_ntk(noisy, sigma, channel_axis=channel_axis, reference=reference, **kwargs)
     return drain(gen, progress_handler(quiet))
 
@@ -104,7 +105,7 @@ def _load_reference(path: str, axes: str | None, shape: tuple[int, ...]) -> np.n
 
 
 def _check_output(path: str, dtype: np.dtype) -> None:
-    """Refuse before any work what :func:`~napari_ntk_denoise.imageio.write_image` would refuse after it."""
+    """Refuse before any work what :func:`~napari_ntk_denoise.io.imageio.write_image` would refuse after it."""
     if not np.issubdtype(dtype, np.integer) and Path(path).suffix.lower() not in (".tif", ".tiff"):
         raise ValueError(f"the input holds {dtype} values, which only TIFF files store; write the output as .tif")
 
@@ -203,7 +204,8 @@ def cmd_denoise(args: argparse.Namespace) -> int:
 
 def _denoise_stack(data: np.ndarray, sigma: float | None, kw: dict[str, Any],
                    args: argparse.Namespace) -> tuple[np.ndarray, list[str]]:
-    """:func:`~napari_ntk_denoise.stacks.iter_denoise_stack` with a progress bar; the image and its ``t`` line."""
+    """:func:`~napari_ntk_denoise.microscopy.stacks.iter_denoise_stack` with a progress bar; the
+    image and its ``t`` line."""
     show = progress_handler(args.quiet)
     steps: list[int] = []
 

@@ -2,7 +2,7 @@
 
 Each sample opens two layers, the noisy image to denoise and its clean original (hidden), so that
 the widgets can plot PSNR against a reference layer.  The images and the noise protocol are those
-of :mod:`napari_ntk_denoise.samples`.  Nothing here needs Qt.
+of :mod:`napari_ntk_denoise.io.samples`.  Nothing here needs Qt.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Finite-width vanilla ReLU CNN of the paper (eqs. 1-3) and its empirical NTK.
 
-The network is the *referee* of the analytic kernels in :mod:`napari_ntk_denoise.kernels`:
+The network is the *referee* of the analytic kernels in :mod:`napari_ntk_denoise.engine.kernels`:
 its empirical neural tangent kernel :math:`J J^T` converges to the closed-form kernel as the
 width grows.  The same class is trained by the deep-image-prior trainer.
 
@@ -23,8 +23,8 @@ import math
 from typing import Literal
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from .kernels import CNNKernel
 

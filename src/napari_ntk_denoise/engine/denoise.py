@@ -1,10 +1,10 @@
 """Closed-form NTK denoising: the public, streaming pipeline (paper sections 3-4, docs/method.md).
 
-``iter_denoise_ntk`` is a generator that yields :class:`~napari_ntk_denoise.events.Progress` and
-:class:`~napari_ntk_denoise.events.TwicingStep` events and returns an :class:`NTKResult`; the
+``iter_denoise_ntk`` is a generator that yields :class:`~napari_ntk_denoise.engine.events.Progress` and
+:class:`~napari_ntk_denoise.engine.events.TwicingStep` events and returns an :class:`NTKResult`; the
 widget, the CLI and the tests all drive it; :func:`denoise_ntk` simply drains it.  A run is
 ``setup -> problem -> stage 1 [-> pilot -> guided stage] -> result``
-(:mod:`~napari_ntk_denoise.problem`, :mod:`~napari_ntk_denoise.pipeline`).
+(:mod:`~napari_ntk_denoise.engine.problem`, :mod:`~napari_ntk_denoise.engine.pipeline`).
 """
 
 from __future__ import annotations
@@ -86,11 +86,11 @@ def iter_denoise_ntk(
     stream_steps : int
         Number of intermediate twicing outputs yielded per stage (0: none).
     **options
-        The filter's options (:class:`~napari_ntk_denoise.config.FilterConfig`, defaults in
-        :data:`~napari_ntk_denoise.config.DEFAULT_OPTIONS`):
+        The filter's options (:class:`~napari_ntk_denoise.engine.config.FilterConfig`, defaults in
+        :data:`~napari_ntk_denoise.engine.config.DEFAULT_OPTIONS`):
 
         * ``depth``, ``kernel_size``, ``kernel`` (``"ntk"`` or ``"nngp"``): the vanilla CNN whose
-          kernel is the filter (:class:`~napari_ntk_denoise.kernels.CNNKernel`); ``volume`` and
+          kernel is the filter (:class:`~napari_ntk_denoise.engine.kernels.CNNKernel`); ``volume`` and
           ``kernel_size_z``: 3-D patches ``r_z x r x r`` over a Z stack, one filter for the volume.
         * ``fraction`` of the pixels as Nyström anchors (``n_anchors`` overrides it); ``rank``:
           the most eigenimages kept.
@@ -99,7 +99,7 @@ def iter_denoise_ntk(
           (the PSNR-optimal step given a ``reference``, the paper's protocol) or a fixed step.
         * ``guided``: two stages, the kernel of the second computed from a pilot (the mean of
           two first-stage estimates on two anchor draws, at a fraction of their step,
-          :data:`~napari_ntk_denoise.config.PILOT_STEP`); the output is ``a p + (1 - a) z(t)``,
+          :data:`~napari_ntk_denoise.engine.config.PILOT_STEP`); the output is ``a p + (1 - a) z(t)``,
           the pilot weight ``a`` chosen for every ``t`` by the same stopping rule (``a = 0`` with
           a fixed step).  ``guided_kernel``: the kernel type of both guided stages.
         * ``input``: kernel from the noisy ``"image"`` or from i.i.d. ``"noise"`` (the deep image
@@ -169,8 +169,10 @@ class _Run:
         self.doubts: list[str] = []
         self.t_pilot: list[int] = []
 
-    def stage(self, *, anchors: np.ndarray | None = None, guide: Guide | None = None, stage: str, part: tuple[int, int],
-              label: str, phase: str, pilot: bool = False) -> Generator[Progress | TwicingStep, None, PilotEstimate | None]:
+    def stage(
+        self, *, anchors: np.ndarray | None = None, guide: Guide | None = None, stage: str, part: tuple[int, int],
+        label: str, phase: str, pilot: bool = False,
+    ) -> Generator[Progress | TwicingStep, None, PilotEstimate | None]:
         """Fit a stage; keep, stream and check it unless it is only the pilot's second draw."""
         tk = time.perf_counter()
         anchors = self.prob.setup.anchors if anchors is None else anchors

@@ -1,7 +1,7 @@
 """``ntk-denoise dip``: deep-image-prior training from the command line.
 
 :func:`add_parser` registers the subcommand on the package CLI's subparsers and sets
-``func=run``.  Files are read and written by :mod:`napari_ntk_denoise.imageio`, in the file's
+``func=run``.  Files are read and written by :mod:`napari_ntk_denoise.io.imageio`, in the file's
 units (``--sigma 25`` for an 8-bit image; the trainer scales internally), and the output keeps
 the input's dtype (``uint8`` stays ``uint8``).
 """
@@ -14,13 +14,13 @@ from typing import TextIO
 
 import numpy as np
 
-from .._progress import ProgressBar
-from ..events import drain
-from ..imageio import guess_channel_axis, read_image, write_image
-from .architectures import ARCHITECTURES
-from .config import MAX_ITERATIONS, MAX_WIDTH, PATIENCE, DIPConfig
-from .events import DIPProgress, DIPResult, DIPStep
-from .trainer import iter_dip
+from ..dip.architectures import ARCHITECTURES
+from ..dip.config import MAX_ITERATIONS, MAX_WIDTH, PATIENCE, DIPConfig
+from ..dip.events import DIPProgress, DIPResult, DIPStep
+from ..dip.trainer import iter_dip
+from ..engine.events import drain
+from ..io.imageio import guess_channel_axis, read_image, write_image
+from ._progress import ProgressBar
 
 __all__ = ["add_parser", "run"]
 

@@ -2,7 +2,7 @@
 
 Reads zarr arrays (lazily, with dask) and multi-page TIFF files, writes zarr or TIFF, and runs
 locally or on an existing ``dask.distributed`` cluster (``--scheduler ADDRESS``).  The main parser
-(:mod:`napari_ntk_denoise.cli`) registers it with :func:`add_parser`.
+(:mod:`napari_ntk_denoise.cli.commands`) registers it with :func:`add_parser`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from ._cli_options import add_ntk_options, add_stack_options, noise_from_args, progress_handler, stack_kwargs
-from .events import drain
-from .imageio import read_image, write_image
-from .stacks import check_axes, denoise_stack, iter_denoise_stack, plane_order
+from ..engine.events import drain
+from ..io.imageio import read_image, write_image
+from ..microscopy.stacks import check_axes, denoise_stack, iter_denoise_stack, plane_order
+from ._options import add_ntk_options, add_stack_options, noise_from_args, progress_handler, stack_kwargs
 
 __all__ = ["add_parser", "run"]
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage, special
 
-from .noise import blurred_noise
+from ..engine.noise import blurred_noise
 from .vst import PoissonGaussian, gat_forward, gat_inverse
 
 __all__ = ["NoiseReport", "correlated_noise", "correlation_ratio", "estimate_poisson_gaussian",

@@ -1,7 +1,7 @@
 """The NTK filter's options, defined and validated once.
 
 :class:`FilterConfig` groups them as the method does: the CNN whose kernel is the filter
-(:class:`~napari_ntk_denoise.kernels.CNNKernel`), the Nyström approximation
+(:class:`~napari_ntk_denoise.engine.kernels.CNNKernel`), the Nyström approximation
 (:class:`NystromConfig`), the stopping rule, the guided filter (:class:`GuidedConfig`) and the
 kernel's input.  The public functions take the options by their flat names (``depth=3,
 rank=128, guided=True``); :meth:`FilterConfig.from_options` turns those into one checked object,
@@ -76,7 +76,7 @@ def _check_stop(stop: Stop) -> None:
 
 @dataclass(frozen=True)
 class FilterConfig:
-    """Every option of the NTK filter (see :func:`~napari_ntk_denoise.denoise.iter_denoise_ntk`).
+    """Every option of the NTK filter (see :func:`~napari_ntk_denoise.engine.denoise.iter_denoise_ntk`).
 
     Attributes
     ----------

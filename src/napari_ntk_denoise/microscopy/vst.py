@@ -1,10 +1,10 @@
 """Poisson-Gaussian noise: the generalized Anscombe transform and its exact unbiased inverse
-(parameters: :mod:`~napari_ntk_denoise.noise_estimation`).
+(parameters: :mod:`~napari_ntk_denoise.microscopy.noise_estimation`).
 
 Microscopy images follow ``z = alpha * p + n`` with ``p ~ Poisson(x / alpha)`` photo-electrons,
 gain ``alpha`` and Gaussian read noise ``n ~ N(mu, sigma^2)``.  The generalized Anscombe transform
 (GAT) makes the noise approximately Gaussian with unit variance where counts are high (less where
-they are low: :func:`~napari_ntk_denoise.noise_estimation.stabilised_sigma`), so the Gaussian NTK
+they are low: :func:`~napari_ntk_denoise.microscopy.noise_estimation.stabilised_sigma`), so the Gaussian NTK
 denoiser runs on the transformed image; the exact unbiased inverse maps the denoised values back
 without the bias of the algebraic inverse at low counts.
 """

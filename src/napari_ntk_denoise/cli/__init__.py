@@ -1,0 +1,1 @@
+"""The ``ntk-denoise`` command line: ``denoise``, ``stack``, ``dip`` and ``bench``."""
