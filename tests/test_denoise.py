@@ -13,6 +13,7 @@ import torch
 from conftest import smooth_image
 from napari_ntk_denoise import Progress, TwicingStep, denoise_ntk, iter_denoise_ntk, iter_filter, low_rank_filter
 from napari_ntk_denoise.engine import _input
+from napari_ntk_denoise.engine.events import drain
 from napari_ntk_denoise.engine.stopping import estimate_noise_sigma, psnr
 from napari_ntk_denoise.engine.twicing import twicing_factors
 
@@ -298,14 +299,8 @@ def test_iter_filter_yields_progress_and_returns_filter():
     """Only progress events, then the low-rank filter: orthonormal eigenimages of the image's size
     with eigenvalues in [0, 1], whose twicing at the SURE step reproduces the denoiser's output."""
     noisy, _ = _noisy()
-    gen = iter_filter(noisy, **FAST)
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            filt = stop.value
-            break
+    events: list = []
+    filt = drain(iter_filter(noisy, **FAST), events.append)
     assert events and all(isinstance(e, Progress) for e in events)
     q = filt.basis.double()
     assert q.shape[0] == noisy.size

@@ -28,8 +28,8 @@ from .noise_estimation import NoiseReport, noise_report, stabilised_sigma
 from .tiling import TileGrid, TileSigma, check_tiled_request, iter_denoise_tile, iter_denoise_tiled
 from .vst import PoissonGaussian, gat_forward, gat_inverse
 
-__all__ = ["AXES", "check_axes", "plane_order", "estimate_stack_noise", "estimate_stack_sigma", "stack_noise_report",
-           "iter_denoise_stack", "denoise_stack"]
+__all__ = ["AXES", "StackOptions", "check_axes", "plane_order", "estimate_stack_noise", "estimate_stack_sigma",
+           "stack_noise_report", "iter_denoise_stack", "denoise_stack"]
 
 #: recognised axis letters: time, depth, channel, rows, columns
 AXES = "TZCYX"
@@ -127,6 +127,51 @@ def _check_options(channels: str, noise_model: str, sigma: float | None,
 
 
 @dataclass(frozen=True)
+class StackOptions:
+    """How a stack is read and denoised (the options of :func:`iter_denoise_stack` that are not
+    those of the tiles or of the NTK filter).
+
+    Attributes
+    ----------
+    axes : str
+        One letter per dimension from ``"TZCYX"``, e.g. ``"TZYX"``, ``"CYX"``, ``"ZYXC"``.
+    channels : {"colour", "independent"}
+        ``C`` as colour (one filter per plane, patches over all channels) or as separate planes.
+    noise_model : {"gaussian", "poisson-gaussian"}
+        With ``"poisson-gaussian"`` the data are stabilised by the generalized Anscombe transform,
+        denoised with the noise level the transform leaves in each tile
+        (:func:`~napari_ntk_denoise.microscopy.noise_estimation.stabilised_sigma`, below 1 at low
+        counts) and mapped back with the exact unbiased inverse.
+    noise : PoissonGaussian or NoiseReport, optional
+        Gain, read noise and offset; estimated from the stack (:func:`stack_noise_report`) when
+        omitted.  A :class:`~napari_ntk_denoise.microscopy.noise_estimation.NoiseReport` also
+        carries the blur of spatially correlated noise.
+    patches : {"2d", "3d"}
+        ``"2d"``: every Y-X plane on its own; ``"3d"``: every Z-Y-X volume with the kernel of 3-D
+        patches (``kernel_size_z`` sets their depth; needs a ``Z`` axis).
+    tile : int, optional
+        Longest tile side along Y and X (default 512 for planes, 128 for volumes, whose tiles are
+        also cut along Z at ``tile_z = 16``); see
+        :func:`~napari_ntk_denoise.microscopy.tiling.iter_denoise_tiled` for ``overlap``,
+        ``tile_z`` and ``overlap_z``.
+    """
+
+    axes: str = "YX"
+    channels: Literal["colour", "independent"] = "colour"
+    noise_model: NoiseModel = "gaussian"
+    noise: PoissonGaussian | NoiseReport | None = None
+    patches: Patches = "2d"
+    tile: int | None = None
+
+    @classmethod
+    def split(cls, options: dict[str, Any]) -> tuple["StackOptions", dict[str, Any]]:
+        """The stack options among ``options``, and the rest (tiling and NTK options)."""
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in options.items() if k in names}), {
+            k: v for k, v in options.items() if k not in names}
+
+
+@dataclass(frozen=True)
 class _Plan:
     """A checked stack request: layout, noise and the keyword arguments of every tile."""
 
@@ -160,9 +205,11 @@ class _Plan:
         return {k: v for k, v in self.tiling.items() if k not in ("tile", "overlap", "tile_z", "overlap_z")}
 
 
-def _plan(array: Any, sigma: float | None, axes: str, channels: str, noise_model: str,
-          noise: PoissonGaussian | NoiseReport | None, patches: str, tile: int | None, kwargs: dict[str, Any]) -> _Plan:
+def _plan(array: Any, sigma: float | None, options: dict[str, Any]) -> _Plan:
     """Check everything (memory guard included) and estimate the noise, before any denoising."""
+    opts, kwargs = StackOptions.split(options)
+    axes, channels, noise_model, noise, patches, tile = (opts.axes, opts.channels, opts.noise_model, opts.noise,
+                                                         opts.patches, opts.tile)
     ax = check_axes(axes, array.ndim)
     _check_options(channels, noise_model, sigma, noise, patches, ax)
     order, n_loop = plane_order(ax, channels, patches)
@@ -182,16 +229,7 @@ def _plan(array: Any, sigma: float | None, axes: str, channels: str, noise_model
 
 
 def iter_denoise_stack(
-    array: np.ndarray,
-    sigma: float | None = None,
-    *,
-    axes: str = "YX",
-    channels: Literal["colour", "independent"] = "colour",
-    noise_model: NoiseModel = "gaussian",
-    noise: PoissonGaussian | NoiseReport | None = None,
-    patches: Patches = "2d",
-    tile: int | None = None,
-    **kwargs: Any,
+    array: np.ndarray, sigma: float | None = None, **options: Any,
 ) -> Generator[Progress, None, np.ndarray]:
     """Denoise every Y-X plane (or Z-Y-X volume) of an in-memory stack, streaming progress.
 
@@ -203,28 +241,11 @@ def iter_denoise_stack(
         Gaussian noise level (data units); estimated once for the stack
         (:func:`estimate_stack_sigma`) when omitted.  Not allowed with
         ``noise_model="poisson-gaussian"`` (the transformed data have unit variance).
-    axes : str
-        One letter per dimension from ``"TZCYX"``, e.g. ``"TZYX"``, ``"CYX"``, ``"ZYXC"``.
-    channels : {"colour", "independent"}
-        ``C`` as colour (one filter per plane, patches over all channels) or as separate planes.
-    noise_model : {"gaussian", "poisson-gaussian"}
-        With ``"poisson-gaussian"`` the data are stabilised by the generalized Anscombe transform,
-        denoised with the noise level the transform leaves in each tile
-        (:func:`~napari_ntk_denoise.microscopy.noise_estimation.stabilised_sigma`, below 1 at low counts) and
-        mapped back with the exact unbiased inverse.
-    noise : PoissonGaussian or NoiseReport, optional
-        Gain, read noise and offset; estimated from the stack (:func:`stack_noise_report`) when
-        omitted.  A :class:`~napari_ntk_denoise.microscopy.noise_estimation.NoiseReport` also carries the
-        blur of spatially correlated noise.
-    patches : {"2d", "3d"}
-        ``"2d"``: every Y-X plane on its own; ``"3d"``: every Z-Y-X volume with the kernel of 3-D
-        patches (``kernel_size_z`` sets their depth; needs a ``Z`` axis).
-    tile : int, optional
-        Longest tile side along Y and X (default 512 for planes, 128 for volumes, whose tiles are
-        also cut along Z at ``tile_z = 16``); see :func:`~napari_ntk_denoise.microscopy.tiling.iter_denoise_tiled`
-        for ``overlap``, ``tile_z`` and ``overlap_z``.
-    **kwargs
-        Tiling options and the NTK options of :func:`~napari_ntk_denoise.engine.denoise.iter_denoise_ntk`.
+    **options
+        The fields of :class:`StackOptions` (``axes``, ``channels``, ``noise_model``, ``noise``,
+        ``patches``, ``tile``), the tiling options of
+        :func:`~napari_ntk_denoise.microscopy.tiling.iter_denoise_tiled` and the NTK options of
+        :func:`~napari_ntk_denoise.engine.denoise.iter_denoise_ntk`.
 
     Yields
     ------
@@ -241,11 +262,11 @@ def iter_denoise_stack(
     J. Tachella, J. Tang, M. Davies, CVPR 2021.  M. Makitalo, A. Foi, IEEE TIP 22(1), 2013.
     """
     arr = np.asarray(array)
-    plan = _plan(arr, sigma, axes, channels, noise_model, noise, patches, tile, kwargs)
+    plan = _plan(arr, sigma, options)
     moved = np.transpose(arr, plan.order)
     out = np.empty(moved.shape, np.float64 if arr.dtype == np.float64 else np.float32)
     loop_shape = moved.shape[: plan.n_loop]
-    n_units, unit = int(np.prod(loop_shape)), "volume" if patches == "3d" else "plane"
+    n_units, unit = int(np.prod(loop_shape)), "volume" if plan.tiling["volume"] else "plane"
     for k, idx in enumerate(np.ndindex(*loop_shape)):
         gen = iter_denoise_tiled(plan.stabilise(moved[idx]), plan.unit_sigma, channel_axis=plan.channel_axis,
                                  **plan.tiling)
@@ -294,18 +315,7 @@ def _neighbours(grid: TileGrid, location: tuple[int, ...]) -> list[tuple[int, ..
             if all(0 <= i + o < len(b) - 1 for i, o, b in zip(location, off, grid.cores))]
 
 
-def denoise_stack(
-    array: Any,
-    sigma: float | None = None,
-    *,
-    axes: str = "YX",
-    channels: Literal["colour", "independent"] = "colour",
-    noise_model: NoiseModel = "gaussian",
-    noise: PoissonGaussian | NoiseReport | None = None,
-    patches: Patches = "2d",
-    tile: int | None = None,
-    **kwargs: Any,
-) -> Any:
+def denoise_stack(array: Any, sigma: float | None = None, **options: Any) -> Any:
     """Denoise a numpy or dask stack; dask in, (lazy) dask out, chunk by chunk.
 
     Parameters are those of :func:`iter_denoise_stack`.
@@ -338,12 +348,11 @@ def denoise_stack(
     (2, 32, 32)
     """
     da = sys.modules.get("dask.array")  # an array cannot be a dask array unless dask.array was imported
-    options = dict(axes=axes, channels=channels, noise_model=noise_model, noise=noise, patches=patches, tile=tile)
     if da is None or not isinstance(array, da.Array):
-        return drain(iter_denoise_stack(array, sigma, **options, **kwargs))
+        return drain(iter_denoise_stack(array, sigma, **options))
     import dask
 
-    plan = _plan(array, sigma, axes, channels, noise_model, noise, patches, tile, kwargs)
+    plan = _plan(array, sigma, options)
     n_sp = len(plan.grid.halos)
     for name, cores, halo in zip("ZYX"[-n_sp:], plan.grid.cores, plan.grid.halos):
         if len(cores) > 2 and min(b - a for a, b in zip(cores, cores[1:])) < halo:
