@@ -145,7 +145,7 @@ def test_block_fast_pair_matches_two_exact_blocks(depth, shape):
 def test_rows_the_perturbation_misses_change_only_on_moved_columns(gemm_dtype):
     """A perturbation on image rows 0-1 misses the patches (r = 3) of rows 3-9: there ``K_eps - K``
     is computed on the moved anchor columns only (rows 0-2), and equals the full paired block."""
-    from napari_ntk_denoise.engine.kernels import MovedColumns
+    from napari_ntk_denoise.engine.columns import MovedColumns
 
     x = _image(3, 10, 12, seed=4, dtype=torch.float32)
     x_eps = x.clone()

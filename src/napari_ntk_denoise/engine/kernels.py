@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+from .columns import ALIGN, ColumnSide, MovedColumns, SplitBlock, leading_columns, operand_t, pad_inner
 from .kernel_ops import fused_op, split_bf16
 
-__all__ = ["CNNKernel", "ColumnSide", "MovedColumns", "SplitBlock", "relu_expectations"]
+__all__ = ["CNNKernel", "relu_expectations"]
 
 
 def relu_expectations(
@@ -183,8 +184,8 @@ class CNNKernel:
         nb = self._neighbours(idx, tuple(x.shape[1:]))
         return x.reshape(c, -1)[:, nb].permute(1, 0, 2).reshape(len(idx), -1)
 
-    def _box(self, img: torch.Tensor) -> torch.Tensor:
-        """``A`` on a diagonal: reflect-padded mean filter of patch size over an (H, W) or (Z, H, W) map."""
+    def patch_mean(self, img: torch.Tensor) -> torch.Tensor:
+        """``A`` on a diagonal: the reflect-padded mean over each pixel's patch of an (H, W) or (Z, H, W) map."""
         if self.patch_size == 1:
             return img
         pad = [p for s in reversed(self.sizes) for p in (s // 2, s // 2)]
@@ -220,13 +221,13 @@ class CNNKernel:
             ``K_ii`` as a spatial map.
         """
         c = x.shape[0]
-        s1 = self.sigma_w2 * self._box((x * x).sum(0)) / c
+        s1 = self.sigma_w2 * self.patch_mean((x * x).sum(0)) / c
         sigmas, thetas = [s1], [s1]
         half = self.sigma_w2 / 2  # V(S)_ii = V'(S)_ii * S_ii = sigma_w^2 / 2 * S_ii
         for _ in range(2, self.depth):
-            s = self._box(half * sigmas[-1])
+            s = self.patch_mean(half * sigmas[-1])
             sigmas.append(s)
-            thetas.append(s + self._box(half * thetas[-1]))
+            thetas.append(s + self.patch_mean(half * thetas[-1]))
         k = half * sigmas[-1]
         if self.kind == "ntk":
             k = k + half * thetas[-1]
@@ -339,7 +340,7 @@ class CNNKernel:
         if self.depth > 2:
             return side
         pc = self._patches(x, cols)
-        pad = -len(cols) % _ALIGN  # zero columns (zero norm: zero kernel) keep the blocks' rows aligned
+        pad = -len(cols) % ALIGN  # zero columns (zero norm: zero kernel) keep the blocks' rows aligned
         side.scale = self.sigma_w2 / (x.shape[0] * self.patch_size)
         side.norms = F.pad(self._norms(diagonals, cols), (0, pad))
         if basis is not None:
@@ -349,16 +350,16 @@ class CNNKernel:
         else:
             pc_low = pc
             side.principal_t = pc.new_zeros(0, len(cols) + pad)
-        side.low = _operand_t(pc_low.to(gemm_dtype))
+        side.low = operand_t(pc_low.to(gemm_dtype))
         if x_eps is not None:
             dpc = self._patches(x_eps, cols) - pc
             side.norms_eps = F.pad(self._norms(diagonals_eps, cols), (0, pad))
-            side.patches = side.low if basis is None else _operand_t(pc.to(gemm_dtype))  # P_S in gemm_dtype
+            side.patches = side.low if basis is None else operand_t(pc.to(gemm_dtype))  # P_S in gemm_dtype
             # columns whose patches the perturbation reaches lie among the first `moved`: the only
             # columns where P_{d,S} (and, for rows it misses, K_eps - K) is not zero
             reached = torch.nonzero((dpc != 0).any(1)).flatten()
             side.moved = int(reached[-1]) + 1 if len(reached) else 0
-            side.delta_moved = _pad_inner(dpc[: side.moved].to(gemm_dtype)).T.contiguous()
+            side.delta_moved = pad_inner(dpc[: side.moved].to(gemm_dtype)).T.contiguous()
         return side
 
     def block_fast(
@@ -412,7 +413,7 @@ class CNNKernel:
         if single:
             fused_op("single_split" if split else "single")(*k, ar, side.principal_t, g_low, nr, side.norms, side.scale,
                                                           factor, self.sigma_w2)
-            k, _ = self._exact_self_pairs(_columns(k, m), None, rows, cols, side.diagonals, None)
+            k, _ = self._exact_self_pairs(leading_columns(k, m), None, rows, cols, side.diagonals, None)
             return k, None if x_eps is None else self._moved_columns(pr, nr, ar, g_low, side)
         pre = self._patches(x_eps, row_set)
         # dG = P_d P_S^T + P_eps P_{d,S}^T, the second term on the moved columns only
@@ -424,7 +425,7 @@ class CNNKernel:
         dk = side.buffer("dk", (n, width), side.gemm_dtype, x.device)
         fused_op("pair")(*k, dk, ar, side.principal_t, g_low, dg, dg_moved, nr, side.norms, nre, side.norms_eps,
                        side.scale, factor, self.sigma_w2)
-        return self._exact_self_pairs(_columns(k, m), dk[:, :m], rows, cols, side.diagonals, side.diagonals_eps)
+        return self._exact_self_pairs(leading_columns(k, m), dk[:, :m], rows, cols, side.diagonals, side.diagonals_eps)
 
     def _moved_columns(self, pr, nr, ar, g_low, side: "ColumnSide") -> "MovedColumns":
         """``K_eps - K`` on the first ``side.moved`` columns (those whose patches the perturbation
@@ -468,101 +469,3 @@ class CNNKernel:
             dkd = (diagonals_eps[2].reshape(-1)[cols].to(torch.float32) - kd).to(dk.dtype)
             dk[pos, ci] = torch.where(hit, dkd, dk[pos, ci])
         return k, dk
-
-
-class SplitBlock(NamedTuple):
-    """A float32 block as two bfloat16 parts, ``block = hi + lo`` (see :func:`split_bf16`)."""
-
-    hi: torch.Tensor
-    lo: torch.Tensor
-
-
-def _columns(k: tuple, m: int) -> "torch.Tensor | SplitBlock":
-    """The first ``m`` columns of a block given as ``(k,)`` or as a :class:`SplitBlock`."""
-    return SplitBlock(k.hi[:, :m], k.lo[:, :m]) if isinstance(k, SplitBlock) else k[0][:, :m]
-
-
-class MovedColumns(NamedTuple):
-    """``K_eps - K`` of a row block on the columns ``columns`` only (zero on all others)."""
-
-    values: torch.Tensor
-    columns: torch.Tensor
-
-
-@dataclass
-class ColumnSide:
-    """Column-side data of :meth:`CNNKernel.block_fast`, built once by :meth:`CNNKernel.columns`."""
-
-    cols: torch.Tensor
-    diagonals: tuple
-    x_eps: torch.Tensor | None
-    diagonals_eps: tuple | None
-    gemm_dtype: torch.dtype
-    basis: torch.Tensor | None
-    scale: float = 1.0
-    norms: torch.Tensor | None = None
-    norms_eps: torch.Tensor | None = None
-    principal_t: torch.Tensor | None = None
-    low: torch.Tensor | None = None
-    patches: torch.Tensor | None = None
-    moved: int | None = None
-    delta_moved: torch.Tensor | None = None
-    workspace: dict[str, torch.Tensor] | None = None
-
-    @property
-    def width(self) -> int:
-        """Columns of a ``block_fast(..., padded=True)`` block (anchors plus zero padding)."""
-        return len(self.cols) if self.low is None else self.low.shape[1]
-
-    def moved_part(self, t: torch.Tensor, dim: int) -> torch.Tensor:
-        """The first ``moved`` entries of ``t`` along ``dim``: those of every column whose patch the
-        perturbation reaches (few when those come first, as
-        :func:`~napari_ntk_denoise.engine.nystrom.iter_nystrom` orders the anchors)."""
-        return t.narrow(dim, 0, self.moved)
-
-    def reuse_buffers(self) -> "ColumnSide":
-        """Let :meth:`CNNKernel.block_fast` write every block into the same buffers.
-
-        A sweep over row blocks otherwise allocates and frees hundreds of megabytes per block; on a
-        CPU the allocator returns such blocks to the system and every new one is paid in page
-        faults, which slow the arc-cosine pass down (``benchmarks/bench_ntk.py``).
-        """
-        self.workspace = {}
-        return self
-
-    def buffer(self, name: str, shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """An uninitialised ``shape`` tensor: from the workspace when there is one, else new."""
-        if self.workspace is None:
-            return torch.empty(shape, dtype=dtype, device=device)
-        size = shape[0] * shape[1]
-        buf = self.workspace.get(name)
-        if buf is None or buf.numel() < size or buf.dtype != dtype or buf.device != device:
-            buf = self.workspace[name] = torch.empty(size, dtype=dtype, device=device)
-        return buf[:size].view(shape)
-
-    def operand(self, name: str, *parts: torch.Tensor) -> torch.Tensor:
-        """Left operand ``[parts...]`` side by side in ``gemm_dtype``, zero-padded to a multiple
-        of 32 columns, written into one buffer (no concatenated, cast and padded temporaries)."""
-        width = sum(p.shape[1] for p in parts)
-        buf = self.buffer(name, (parts[0].shape[0], width + (-width % _ALIGN)), self.gemm_dtype, parts[0].device)
-        start = 0
-        for p in parts:
-            buf[:, start : start + p.shape[1]].copy_(p)
-            start += p.shape[1]
-        buf[:, start:].zero_()
-        return buf
-
-
-#: matrix dimensions are padded to multiples of this: odd sizes like ``3 * 11^2 = 363`` inner or
-#: 5243 anchors send cuBLAS to slow unaligned kernels (3-4x slower on an H100)
-_ALIGN = 32
-
-
-def _pad_inner(a: torch.Tensor) -> torch.Tensor:
-    """Zero-pad the columns of a ``(n, K)`` product operand to a multiple of ``_ALIGN``."""
-    return F.pad(a, (0, -a.shape[1] % _ALIGN)) if a.shape[1] % _ALIGN else a
-
-
-def _operand_t(a: torch.Tensor) -> torch.Tensor:
-    """Right-hand operand ``a^T`` of a product from ``(m, K)`` columns, both sides zero-padded."""
-    return _pad_inner(_pad_inner(a).T).contiguous()

@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from ._input import cpu_flags
+from .columns import ColumnSide, MovedColumns, SplitBlock
 from .events import Progress
 from .kernel_ops import fused_op
-from .kernels import CNNKernel, ColumnSide, MovedColumns, SplitBlock
+from .kernels import CNNKernel
 from .twicing import twicing_factors, twicing_output
 
 __all__ = ["LowRankFilter", "sample_anchors", "iter_nystrom", "NystromPass", "estimate_bytes"]
@@ -129,7 +130,7 @@ def _reach(kernel: CNNKernel, x: torch.Tensor, x_eps: torch.Tensor | None) -> to
     there is no perturbation or the kernel is deep: its blocks are computed whole)."""
     if x_eps is None or kernel.depth > 2:
         return None
-    return kernel._box((x_eps != x).any(0).to(x.dtype)).reshape(-1) > 0
+    return kernel.patch_mean((x_eps != x).any(0).to(x.dtype)).reshape(-1) > 0
 
 
 def _row_blocks(d: int, w: int, n_rows: int, reach: torch.Tensor | None) -> list[tuple[int, int, bool]]:
