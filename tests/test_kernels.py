@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_ntk_denoise.engine.fast_blocks import block_fast, columns, patch_basis
 from napari_ntk_denoise.engine.kernels import CNNKernel, relu_expectations
 from napari_ntk_denoise.engine.networks import VanillaCNN, empirical_ntk
 
@@ -131,12 +132,12 @@ def test_block_fast_pair_matches_two_exact_blocks(depth, shape):
     d, de = kern.diagonals(x), kern.diagonals(x_eps)
     exact = kern.block(x.double(), rows, cols)
     exact_eps = kern.block(x_eps.double(), rows, cols)
-    k, dk = kern.block_fast(x, rows, kern.columns(x, cols, d, x_eps, de))
+    k, dk = block_fast(kern, x, rows, columns(kern, x, cols, d, x_eps, de))
     torch.testing.assert_close(k.double(), exact, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(dk.double(), exact_eps - exact, rtol=2e-2, atol=2e-6)
     if depth == 2:  # bfloat16 products with a float32 principal part stay close
-        basis = kern.patch_basis(x, cols)
-        kb, dkb = kern.block_fast(x, rows, kern.columns(x, cols, d, x_eps, de, torch.bfloat16, basis))
+        basis = patch_basis(kern, x, cols)
+        kb, dkb = block_fast(kern, x, rows, columns(kern, x, cols, d, x_eps, de, torch.bfloat16, basis))
         torch.testing.assert_close(kb.double(), exact, rtol=2e-3, atol=1e-4)
         torch.testing.assert_close(dkb.double(), exact_eps - exact, rtol=5e-2, atol=2e-5)
 
@@ -145,31 +146,31 @@ def test_block_fast_pair_matches_two_exact_blocks(depth, shape):
 def test_rows_the_perturbation_misses_change_only_on_moved_columns(gemm_dtype):
     """A perturbation on image rows 0-1 misses the patches (r = 3) of rows 3-9: there ``K_eps - K``
     is computed on the moved anchor columns only (rows 0-2), and equals the full paired block."""
-    from napari_ntk_denoise.engine.columns import MovedColumns
+    from napari_ntk_denoise.engine.fast_blocks import MovedColumns
 
     x = _image(3, 10, 12, seed=4, dtype=torch.float32)
     x_eps = x.clone()
     x_eps[:, :2] += 1e-3 * torch.randn(3, 2, 12, generator=torch.Generator().manual_seed(2))
     kern = CNNKernel(kernel_size=3)
     cols = torch.tensor([5, 14, 30, 47, 66, 90, 119])  # rows 0, 1, 2, 3, 5, 7, 9
-    basis = kern.patch_basis(x, cols) if gemm_dtype == torch.bfloat16 else None
-    side = kern.columns(x, cols, kern.diagonals(x), x_eps, kern.diagonals(x_eps), gemm_dtype, basis)
+    basis = patch_basis(kern, x, cols) if gemm_dtype == torch.bfloat16 else None
+    side = columns(kern, x, cols, kern.diagonals(x), x_eps, kern.diagonals(x_eps), gemm_dtype, basis)
     assert side.moved == 3  # anchors on rows 0-2 come first here, so they are a slice
     rows = torch.arange(36, 120)
-    k_full, dk_full = kern.block_fast(x, rows, side)
-    k, dk = kern.block_fast(x, rows, side, rows_moved=False)
+    k_full, dk_full = block_fast(kern, x, rows, side)
+    k, dk = block_fast(kern, x, rows, side, rows_moved=False)
     assert isinstance(dk, MovedColumns) and dk.columns.tolist() == [0, 1, 2]
     torch.testing.assert_close(k, k_full)
     ulp = torch.finfo(torch.float32).eps * float(k_full.abs().max())  # K_eps - K is a difference of such entries
     torch.testing.assert_close(dk.values.float(), dk_full[:, :3].float(), rtol=1e-2, atol=2 * ulp)
     assert float(dk_full[:, 3:].abs().max()) == 0.0
-    hi, lo = kern.block_fast(x, rows, side, rows_moved=False, split=True)[0]
+    hi, lo = block_fast(kern, x, rows, side, rows_moved=False, split=True)[0]
     assert hi.dtype == lo.dtype == torch.bfloat16
-    assert isinstance(kern.block_fast(x, rows, side, split=True)[0], torch.Tensor)
+    assert isinstance(block_fast(kern, x, rows, side, split=True)[0], torch.Tensor)
     torch.testing.assert_close(hi.double() + lo.double(), k.double(), rtol=2**-15, atol=1e-9)
-    unordered = kern.columns(x, cols.flip(0), kern.diagonals(x), x_eps, kern.diagonals(x_eps), gemm_dtype, basis)
+    unordered = columns(kern, x, cols.flip(0), kern.diagonals(x), x_eps, kern.diagonals(x_eps), gemm_dtype, basis)
     assert unordered.moved == 7  # moved anchors last: every column is computed, the others exactly zero
-    k2, dk2 = kern.block_fast(x, rows, unordered, rows_moved=False)
+    k2, dk2 = block_fast(kern, x, rows, unordered, rows_moved=False)
     assert float(dk2.values[:, :4].float().abs().max()) == 0.0
     torch.testing.assert_close(dk2.values[:, 4:].float(), dk.values.flip(1).float(), rtol=1e-2,
                                atol=1e-2 * float(dk.values.abs().max()))

@@ -188,8 +188,9 @@ def test_tiled_symmetrize_equals_the_mean_with_the_transpose():
 
 @pytest.mark.parametrize("volume", [False, True])
 def test_banded_perturbation_skips_work_without_changing_the_filters(monkeypatch, volume):
-    """With a perturbation on a few rows (Y), the sweep computes ``K_eps - K`` only where it can be
-    non-zero; both filters and their projections equal those of the sweep that computes it everywhere."""
+    """With a perturbation on a few rows (Y), the sweep computes ``K_eps - K`` only on the rows whose
+    patches it reaches, and the kernel does not change on the others (so skipping them is exact);
+    the perturbed filter is that of an independent pass on ``x_eps``."""
     import napari_ntk_denoise.engine.nystrom as nystrom
 
     shape = (2, 40, 12) if volume else (40, 24)
@@ -202,27 +203,25 @@ def test_banded_perturbation_skips_work_without_changing_the_filters(monkeypatch
     kern = CNNKernel(kernel_size=5) if not volume else CNNKernel(kernel_size=5, ndim=3, kernel_size_z=1)
     anchors = sample_anchors(shape, 120)
     v = torch.randn(960, 3, generator=torch.Generator().manual_seed(5))
-    if not volume:
-        # rows 18-23 reach the perturbation (rows 20-21, 5 x 5 patches): blocks end where it begins and ends
-        blocks = nystrom._row_blocks(960, 24, 384, nystrom._reach(kern, x, x_eps))
-        assert blocks == [(0, 384, False), (384, 432, False), (432, 576, True), (576, 960, False)]
     monkeypatch.setattr(nystrom, "BLOCK_BYTES", 2**15)  # several row blocks
+    main, pert = _drain(iter_nystrom(kern, x, anchors, 40, project=[v], x_eps=x_eps, project_eps=[v],
+                                     keep_basis_eps=True, gemm_dtype=torch.float32))
+    # rows 18-23 reach the perturbation (rows 20-21, 5 x 5 patches), in every plane
+    assert main.perturbed_pixels is None and pert.perturbed_pixels == 6 * int(np.prod(shape)) // shape[-2]
+    # between pixels it does not reach, the kernel does not change (the sweep takes the change only on
+    # the rows it reaches, and on the anchors it reaches as columns of their own)
+    y_of = torch.arange(960).reshape(shape)
+    unreached = torch.cat([y_of[..., :18, :].reshape(-1), y_of[..., 24:, :].reshape(-1)])
+    cols = torch.as_tensor(anchors)[torch.isin(torch.as_tensor(anchors), unreached)]
+    assert torch.equal(kern.block(x_eps.double(), unreached, cols), kern.block(x.double(), unreached, cols))
+    reached = torch.as_tensor(sorted(set(range(960)) - set(unreached.tolist())))
+    assert not torch.equal(kern.block(x_eps.double(), reached, cols), kern.block(x.double(), reached, cols))
+    solo, = _drain(iter_nystrom(kern, x_eps, anchors, 40, project=[v], gemm_dtype=torch.float32))[:1]
+    assert float((_weights(pert) - _weights(solo)).norm() / _weights(solo).norm()) < 1e-3
+    def projected(p):  # Q Q^T v: independent of how the eigenimages rotate
+        return p.filter.basis.double() @ p.projections[0].double()
 
-    def run():
-        return _drain(iter_nystrom(kern, x, anchors, 40, project=[v], x_eps=x_eps, project_eps=[v], keep_basis_eps=True,
-                                   gemm_dtype=torch.float32))
-
-    sparse = run()
-    row_blocks = nystrom._row_blocks
-    monkeypatch.setattr(nystrom, "_row_blocks", lambda *args: [(i0, i1, True) for i0, i1, _ in row_blocks(*args)])
-    dense = run()
-    for a, b in zip(sparse, dense):
-        np.testing.assert_allclose(a.filter.eigenvalues, b.filter.eigenvalues, rtol=1e-5)
-        torch.testing.assert_close(_weights(a), _weights(b), rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(a.projections[0], b.projections[0], rtol=1e-4, atol=1e-6)
-    change = _weights(sparse[1]) - _weights(sparse[0])
-    torch.testing.assert_close(change, _weights(dense[1]) - _weights(dense[0]), rtol=0.01,
-                               atol=1e-3 * float(change.abs().max()))
+    assert float((projected(pert) - projected(solo)).norm() / projected(solo).norm()) < 1e-2
 
 
 def test_core_in_any_anchor_order_has_the_exact_diagonal():

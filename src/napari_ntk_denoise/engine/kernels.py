@@ -19,7 +19,8 @@ arc-cosine (ReLU) expectations scaled by ``sigma_w^2``.
 
 A column of a deep kernel needs neighbourhoods of columns at lower layers; :class:`CNNKernel`
 evaluates any block ``K[rows, cols]`` by expanding both index sets layer by layer, so that memory
-is bounded by the block size rather than by ``d x d``.
+is bounded by the block size rather than by ``d x d``.  This recursion is the reference; the Nystrom
+sweep computes depth-2 blocks by the fused products of :mod:`.fast_blocks`.
 """
 
 from __future__ import annotations
@@ -30,9 +31,6 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-
-from .columns import ALIGN, ColumnSide, MovedColumns, SplitBlock, leading_columns, operand_t, pad_inner
-from .kernel_ops import fused_op, split_bf16
 
 __all__ = ["CNNKernel", "relu_expectations"]
 
@@ -165,7 +163,7 @@ class CNNKernel:
             rest, stride = rest // n, stride * n
         return flat
 
-    def _patches(self, x: torch.Tensor, idx: torch.Tensor | range) -> torch.Tensor:
+    def patches(self, x: torch.Tensor, idx: torch.Tensor | range) -> torch.Tensor:
         """Reflect-padded patches of ``x`` (C, H, W) or (C, Z, H, W) at flat pixels ``idx``:
         ``(n, C patch_size)``.
 
@@ -268,7 +266,7 @@ class CNNKernel:
                 sets.append(uniq)
                 maps.append(inv)
         r1, c1 = row_sets[-1], col_sets[-1]
-        sigma = self._patches(x, r1) @ self._patches(x, c1).T
+        sigma = self.patches(x, r1) @ self.patches(x, c1).T
         sigma *= self.sigma_w2 / (c * self.patch_size)
         theta = sigma
         for layer in range(1, self.depth - 1):  # builds Sigma^{layer+1}
@@ -292,180 +290,10 @@ class CNNKernel:
             out += m.index_select(0, pr[:, a]).index_select(1, pc[:, a])
         return out.div_(pr.shape[1])
 
-    def _output_factor(self) -> float:
+    def output_factor(self) -> float:
         """``k`` in ``sin t + k (pi - t) cos t``: 2 for the NTK (``V + V' o Sigma``), 1 for NNGP."""
         return 2.0 if self.kind == "ntk" else 1.0
 
-    def _norms(self, diagonals: tuple, idx: torch.Tensor) -> torch.Tensor:
+    def patch_norms(self, diagonals: tuple, idx: torch.Tensor) -> torch.Tensor:
+        """``sqrt(Sigma^1)`` of the pixels ``idx``: the norms the output layer divides by."""
         return diagonals[0][-1].reshape(-1)[idx].clamp_min(0).sqrt()
-
-    def patch_basis(self, x: torch.Tensor, idx: torch.Tensor, q: int = 16) -> torch.Tensor:
-        """Leading ``q`` principal directions (uncentred) of the patches at ``idx``: ``(C r^2, q)``.
-
-        The float32 part of the Gram products has ``q`` inner terms, and fewer terms cost less;
-        ``tests/test_kernels.py`` bounds the kernel's error against float64 at the default ``q``."""
-        p = self._patches(x, idx).double()
-        _, vec = torch.linalg.eigh(p.T @ p)
-        return vec[:, -min(q, vec.shape[1]) :].to(x.dtype)
-
-    def columns(
-        self,
-        x: torch.Tensor,
-        cols: torch.Tensor,
-        diagonals: tuple,
-        x_eps: torch.Tensor | None = None,
-        diagonals_eps: tuple | None = None,
-        gemm_dtype: torch.dtype = torch.float32,
-        basis: torch.Tensor | None = None,
-    ) -> "ColumnSide":
-        """Everything about the columns (anchors) that :meth:`block_fast` reuses for every row block.
-
-        Parameters
-        ----------
-        x, x_eps : torch.Tensor
-            Input image ``(C, H, W)`` (or volume ``(C, Z, H, W)``) and, for Monte-Carlo SURE, its perturbed version.
-        cols : torch.Tensor
-            Flat column indices.
-        diagonals, diagonals_eps : tuple
-            :meth:`diagonals` of ``x`` and ``x_eps``.
-        gemm_dtype : torch.dtype
-            Precision of the patch Gram products (``L = 2``).  bfloat16 rounds the *output* of a
-            product to 8 bits, too coarse for patch angles, so with a ``basis`` of principal
-            directions (:meth:`patch_basis`) the principal part ``(p V)(q V)^T`` runs in float32
-            and only the small residual in ``gemm_dtype``.
-        basis : torch.Tensor, optional
-            Principal directions for the low-precision split.
-        """
-        side = ColumnSide(cols, diagonals, x_eps, diagonals_eps, gemm_dtype, basis)
-        if self.depth > 2:
-            return side
-        pc = self._patches(x, cols)
-        pad = -len(cols) % ALIGN  # zero columns (zero norm: zero kernel) keep the blocks' rows aligned
-        side.scale = self.sigma_w2 / (x.shape[0] * self.patch_size)
-        side.norms = F.pad(self._norms(diagonals, cols), (0, pad))
-        if basis is not None:
-            principal = pc @ basis
-            pc_low = pc - principal @ basis.T
-            side.principal_t = F.pad(principal, (0, 0, 0, pad)).T.contiguous()
-        else:
-            pc_low = pc
-            side.principal_t = pc.new_zeros(0, len(cols) + pad)
-        side.low = operand_t(pc_low.to(gemm_dtype))
-        if x_eps is not None:
-            dpc = self._patches(x_eps, cols) - pc
-            side.norms_eps = F.pad(self._norms(diagonals_eps, cols), (0, pad))
-            side.patches = side.low if basis is None else operand_t(pc.to(gemm_dtype))  # P_S in gemm_dtype
-            # columns whose patches the perturbation reaches lie among the first `moved`: the only
-            # columns where P_{d,S} (and, for rows it misses, K_eps - K) is not zero
-            reached = torch.nonzero((dpc != 0).any(1)).flatten()
-            side.moved = int(reached[-1]) + 1 if len(reached) else 0
-            side.delta_moved = pad_inner(dpc[: side.moved].to(gemm_dtype)).T.contiguous()
-        return side
-
-    def block_fast(
-        self, x: torch.Tensor, rows: torch.Tensor | range, side: "ColumnSide", padded: bool = False,
-        rows_moved: bool = True, split: bool = False,
-    ) -> tuple["torch.Tensor | SplitBlock", "torch.Tensor | MovedColumns | None"]:
-        """``K[rows, cols]`` and, with a perturbed input, ``K_eps - K`` computed stably.
-
-        The perturbed Gram is ``G + dG`` with ``dG = P_d P_S^T + P_eps P_{d,S}^T``
-        (``P_d = P_eps - P``) computed on its own, so that the difference of the two kernels keeps
-        its precision however the products round; its second term is computed on the first
-        ``side.moved`` columns only (elsewhere ``P_{d,S}`` is zero).  The arc-cosine output layer,
-        with the float32 principal part of the Gram, is one fused op (:func:`fused_op`: C on a
-        CPU); pixels that are both a row and a column get their exact diagonal
-        (:meth:`_exact_self_pairs`).  Deeper kernels use :meth:`block` in float64 for both inputs.
-        ``rows`` must be sorted (a ``range`` of whole image rows is fastest).  With ``padded``,
-        depth-2 blocks keep the zero columns that pad the width to a multiple of 32 (aligned
-        operands for the products that follow).  With a workspace on ``side``
-        (:meth:`ColumnSide.reuse_buffers`) the blocks returned are views of buffers that the next
-        call overwrites.  ``rows_moved=False`` promises that the perturbation misses every row's
-        patch: then ``K_eps - K`` is zero outside the columns whose patches it reaches, and only the
-        first ``side.moved`` columns, which hold those, are computed (as :class:`MovedColumns`).
-        With ``split``, blocks without ``K_eps - K`` on all columns come as two bfloat16 parts
-        :class:`SplitBlock` (for :class:`~napari_ntk_denoise.engine.nystrom._SplitProduct`), written by the
-        fused op itself rather than by another pass over the block.
-        """
-        cols, x_eps = side.cols, side.x_eps
-        row_set = rows
-        if isinstance(rows, range):
-            rows = torch.arange(rows.start, rows.stop, rows.step, device=x.device)
-        if self.depth > 2:  # float64: self-pairs (cos t = 1) sit at every layer of the recursion
-            k = self.block(x.double(), rows, cols)
-            if x_eps is None:
-                return k.to(x.dtype), None
-            return k.to(x.dtype), (self.block(x_eps.double(), rows, cols) - k).to(x.dtype)
-        pr = self._patches(x, row_set)
-        n, width = len(rows), side.width
-        # principal part in float32 (its product is fused into the output op), the rest in low precision
-        ar = pr @ side.basis if side.basis is not None else pr.new_zeros(n, 0)
-        low = torch.addmm(pr, ar, side.basis.T, alpha=-1) if side.basis is not None else pr
-        g_low = torch.mm(side.operand("lhs", low), side.low,
-                         out=side.buffer("g_low", (n, width), side.gemm_dtype, x.device))
-        nr = self._norms(side.diagonals, rows)
-        factor = self._output_factor()
-        m = width if padded else len(cols)
-        single = x_eps is None or not rows_moved
-        if split and single:
-            k = SplitBlock(*(side.buffer(f"k_{part}", (n, width), torch.bfloat16, x.device) for part in ("hi", "lo")))
-        else:
-            k = (side.buffer("k", (n, width), x.dtype, x.device),)
-        if single:
-            fused_op("single_split" if split else "single")(*k, ar, side.principal_t, g_low, nr, side.norms, side.scale,
-                                                          factor, self.sigma_w2)
-            k, _ = self._exact_self_pairs(leading_columns(k, m), None, rows, cols, side.diagonals, None)
-            return k, None if x_eps is None else self._moved_columns(pr, nr, ar, g_low, side)
-        pre = self._patches(x_eps, row_set)
-        # dG = P_d P_S^T + P_eps P_{d,S}^T, the second term on the moved columns only
-        dg = torch.mm(side.operand("lhs_pair", pre - pr), side.patches,
-                      out=side.buffer("dg", (n, width), side.gemm_dtype, x.device))
-        dg_moved = torch.mm(side.operand("lhs_eps", pre), side.delta_moved,
-                            out=side.buffer("dg_moved", (n, side.moved), side.gemm_dtype, x.device))
-        nre = self._norms(side.diagonals_eps, rows)
-        dk = side.buffer("dk", (n, width), side.gemm_dtype, x.device)
-        fused_op("pair")(*k, dk, ar, side.principal_t, g_low, dg, dg_moved, nr, side.norms, nre, side.norms_eps,
-                       side.scale, factor, self.sigma_w2)
-        return self._exact_self_pairs(leading_columns(k, m), dk[:, :m], rows, cols, side.diagonals, side.diagonals_eps)
-
-    def _moved_columns(self, pr, nr, ar, g_low, side: "ColumnSide") -> "MovedColumns":
-        """``K_eps - K`` on the first ``side.moved`` columns (those whose patches the perturbation
-        may reach), for rows whose patches it misses: ``dG = P P_{d,S}^T`` there (exact zeros
-        elsewhere, and no self-pairs: a row that is a moved column would have a moved patch itself)."""
-        n, mv = len(nr), side.moved
-        cols = torch.arange(mv, device=pr.device)
-        if not mv:
-            return MovedColumns(torch.zeros(n, 0, dtype=side.gemm_dtype, device=pr.device), cols)
-        dg_moved = torch.mm(side.operand("lhs_moved", pr), side.delta_moved,
-                            out=side.buffer("dg_moved", (n, mv), side.gemm_dtype, pr.device))
-        k = side.buffer("k_moved", (n, mv), pr.dtype, pr.device)
-        dk = side.buffer("dk_moved", (n, mv), side.gemm_dtype, pr.device)
-        # contiguous copies, a zero P_d P_S^T and a distinct row-norm tensor (equal: the rows did not
-        # move): the op then matches the full blocks' compiled variant; slices, an empty operand or an
-        # alias would compile another.  It also recomputes K on these columns (into k_moved, unused),
-        # which costs less than one more op would
-        g_low = side.buffer("g_low_moved", (n, mv), g_low.dtype, pr.device).copy_(side.moved_part(g_low, 1))
-        zero = side.buffer("dg_zero", (n, mv), side.gemm_dtype, pr.device).zero_()
-        pt = side.moved_part(side.principal_t, 1).contiguous()
-        fused_op("pair")(k, dk, ar, pt, g_low, zero, dg_moved, nr, side.moved_part(side.norms, 0), nr.clone(),
-                       side.moved_part(side.norms_eps, 0), side.scale, self._output_factor(), self.sigma_w2)
-        return MovedColumns(dk, cols)
-
-    @staticmethod
-    def _exact_self_pairs(k, dk, rows, cols, diagonals, diagonals_eps):
-        """Overwrite entries where a row pixel is a column pixel with the exact diagonal.
-
-        There ``cos t = 1`` exactly, but a rounded Gram gives ``1 - delta`` and ``sin t`` has an
-        infinite slope at 1, so float32 noise would otherwise dominate ``K_eps - K``.
-        ``rows`` must be sorted.  Every column is written (its own value where it is no row), so
-        that no data-dependent branch or index set stalls a GPU.
-        """
-        pos = torch.searchsorted(rows, cols).clamp(max=len(rows) - 1)
-        hit = rows[pos] == cols
-        ci = torch.arange(len(cols), device=cols.device)
-        kd = diagonals[2].reshape(-1)[cols].to(torch.float32)
-        for part, value in zip(k, split_bf16(kd)) if isinstance(k, SplitBlock) else ((k, kd.to(k.dtype)),):
-            part[pos, ci] = torch.where(hit, value, part[pos, ci])
-        if dk is not None:
-            dkd = (diagonals_eps[2].reshape(-1)[cols].to(torch.float32) - kd).to(dk.dtype)
-            dk[pos, ci] = torch.where(hit, dkd, dk[pos, ci])
-        return k, dk

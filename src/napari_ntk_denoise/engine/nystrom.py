@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from ._input import cpu_flags
-from .columns import ColumnSide, MovedColumns, SplitBlock
 from .events import Progress
+from .fast_blocks import ColumnSide, MovedColumns, SplitBlock, block_fast, columns, patch_basis
 from .kernel_ops import fused_op
 from .kernels import CNNKernel
 from .twicing import twicing_factors, twicing_output
@@ -117,10 +117,10 @@ def _kernel_rows(
     rows_moved: bool = True, split: bool = False,
 ) -> tuple[torch.Tensor | SplitBlock, torch.Tensor | MovedColumns | None]:
     """``K[rows, anchors]`` (and ``K_eps - K``) over the anchor chunks described by ``sides``;
-    ``padded``, ``rows_moved`` and ``split`` as in :meth:`CNNKernel.block_fast` (single chunk only)."""
+    ``padded``, ``rows_moved`` and ``split`` as in :func:`.fast_blocks.block_fast` (single chunk only)."""
     if len(sides) == 1:
-        return kernel.block_fast(x, rows, sides[0], padded, rows_moved, split)
-    parts = [kernel.block_fast(x, rows, side) for side in sides]
+        return block_fast(kernel, x, rows, sides[0], padded, rows_moved, split)
+    parts = [block_fast(kernel, x, rows, side) for side in sides]
     k = torch.cat([p[0] for p in parts], dim=1)
     return k, None if parts[0][1] is None else torch.cat([p[1] for p in parts], dim=1)
 
@@ -150,7 +150,7 @@ def _row_blocks(d: int, w: int, n_rows: int, reach: torch.Tensor | None) -> list
 
 def _column_sides(kernel, x, s, diags, chunk, x_eps=None, diags_eps=None, gemm_dtype=torch.float32, basis=None):
     """One :class:`ColumnSide` per chunk of ``chunk`` anchors."""
-    return [kernel.columns(x, s[j : j + chunk], diags, x_eps, diags_eps, gemm_dtype, basis)
+    return [columns(kernel, x, s[j : j + chunk], diags, x_eps, diags_eps, gemm_dtype, basis)
             for j in range(0, len(s), chunk)]
 
 
@@ -355,16 +355,22 @@ class LowRankFilter:
 
 @dataclass
 class NystromPass:
-    """Result of one Nyström pass: the filter and projections ``Q^T v`` of requested images."""
+    """Result of one Nyström pass: the filter and projections ``Q^T v`` of requested images.
+
+    ``perturbed_pixels`` (the perturbed pass only) counts the pixels whose kernel rows were
+    computed with the perturbation; the others are those it cannot reach, which share the
+    unperturbed rows.
+    """
 
     filter: LowRankFilter
     projections: list[torch.Tensor]
+    perturbed_pixels: int | None = None
 
 
 def _core(sides: list[ColumnSide], kernel: CNNKernel, x: torch.Tensor, n_rows: int) -> torch.Tensor:
     """Anchor cores ``[K[S, S]]`` (and ``K_eps[S, S]``) stacked ``(1 or 2, m, m)``, computed as the
     sweep computes the rows of ``K[:, S]`` (``sides``), symmetrised.  Rows go in sorted pixel order
-    (:meth:`CNNKernel.block_fast` needs it for the exact self-pairs) and are put back in anchor order."""
+    (:func:`.fast_blocks.block_fast` needs it for the exact self-pairs) and are put back in anchor order."""
     s = torch.cat([side.cols for side in sides])
     order = torch.argsort(s)
     paired = sides[0].x_eps is not None
@@ -480,7 +486,7 @@ def iter_nystrom(
     blocks = _row_blocks(d, w, n_rows, reach)
     total = len(blocks) + 1
     yield Progress(stage, 0, total, "anchor kernel")
-    basis = kernel.patch_basis(x, s) if gemm_dtype not in (torch.float32, torch.float64) else None
+    basis = patch_basis(kernel, x, s) if gemm_dtype not in (torch.float32, torch.float64) else None
     sides = _column_sides(kernel, x, s, diags, chunk, x_eps, diags_eps, gemm_dtype, basis)
     sweep = _Sweep.prepare(sides, kernel, x, n_rows, rank, seed, gemm_dtype, (project, keep_basis),
                            (project_eps, keep_basis_eps) if x_eps is not None else None)
@@ -490,7 +496,11 @@ def iter_nystrom(
         yield Progress(stage, b + 2, total, f"kernel rows {i1}/{d}")
     main, pert = sweep.main, sweep.pert
     first = main.finish(shape, anchors, n_rows)
-    return first, None if pert is None else pert.finish(shape, anchors, n_rows)
+    if pert is None:
+        return first, None
+    second = pert.finish(shape, anchors, n_rows)
+    second.perturbed_pixels = sum(i1 - i0 for i0, i1, moved in blocks if moved)
+    return first, second
 
 
 @dataclass

@@ -136,6 +136,7 @@ def iter_stage(
     """
     cfg, ts = prob.setup.config, prob.ts
     main, pert, proj = yield from _fit(prob, kern, anchors, guide, stage, part, keep_basis_eps=pilot)
+    perturbed_pixels = None if pert is None else pert.perturbed_pixels
     lam = main.filter.normalized_eigenvalues
     curve = mse = coeffs_eps = None
     if prob.reference is not None:
@@ -152,7 +153,7 @@ def iter_stage(
     if guide is not None and cfg.stop in ("sure", "oracle"):
         blend, curve, mse = _blend(prob, guide, lam, proj, curve, mse)
     result = StageResult(filter=main.filter, coeffs=proj["y"], t=_best_step(prob, curve, mse), sure=curve, mse=mse,
-                         blend=blend)
+                         blend=blend, perturbed_pixels=perturbed_pixels)
     estimate = pilot_estimate(result, pert, coeffs_eps, curve, ts, PILOT_STEP[kern.kind]) if pilot else None
     return StageFit(result, estimate)
 

@@ -63,6 +63,9 @@ class StageResult:
     blend : PilotBlend or None
         The guided stage's average with its pilot; ``sure``, ``mse`` and ``t`` are then those of
         the average.
+    perturbed_pixels : int or None
+        Pixels whose kernel rows the Monte-Carlo SURE pass computed on the perturbed input (the
+        rest share the unperturbed rows); None without a perturbed pass of its own.
     """
 
     filter: LowRankFilter
@@ -71,6 +74,7 @@ class StageResult:
     sure: SureCurve | None = None
     mse: np.ndarray | None = None
     blend: PilotBlend | None = None
+    perturbed_pixels: int | None = None
 
     def output(self, t: float) -> torch.Tensor:
         """``z(t)`` as ``(d, C)`` (averaged with the pilot when the stage has a :class:`PilotBlend`)."""
