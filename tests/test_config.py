@@ -34,6 +34,8 @@ def test_command_line_defaults_are_the_engines():
     (dict(fraction=1.5), "fraction must be in"),
     (dict(stop="never"), "stop must be"),
     (dict(guided_kernel="rbf"), "guided_kernel must be"),
+    (dict(guided_stage_share=0.0), "guided_stage_share must be in"),
+    (dict(guided_pilot_share=1.5), "guided_pilot_share must be in"),
     (dict(input="video"), "input must be"),
     (dict(kernel_size=4), "kernel_size must be a positive odd integer"),
     (dict(kernel_size_z=3), "kernel_size_z needs ndim=3"),

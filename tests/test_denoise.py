@@ -13,6 +13,7 @@ import torch
 from conftest import smooth_image
 from napari_ntk_denoise import Progress, TwicingStep, denoise_ntk, iter_denoise_ntk, iter_filter, low_rank_filter
 from napari_ntk_denoise.engine import _input
+from napari_ntk_denoise.engine.config import DEFAULT_OPTIONS
 from napari_ntk_denoise.engine.events import drain
 from napari_ntk_denoise.engine.stopping import estimate_noise_sigma, psnr
 from napari_ntk_denoise.engine.twicing import twicing_factors
@@ -115,7 +116,8 @@ def test_guided_two_stages_with_sure():
 def test_guided_kernel_type_serves_both_stages():
     """Both stages of the guided filter use ``guided_kernel`` (NNGP by default; ``None``: ``kernel``):
     stage 1 is the unguided filter of that kernel, stage 2 its Nystrom filter on the pilot, the mean
-    of stage 1's estimate and that of the same kernel's filter on a second anchor draw."""
+    of stage 1's estimate and that of the same kernel's filter on a second anchor draw; the second
+    draw and stage 2 have their shares of stage 1's anchors."""
     from napari_ntk_denoise.engine.events import drain
     from napari_ntk_denoise.engine.kernels import CNNKernel
     from napari_ntk_denoise.engine.nystrom import iter_nystrom, sample_anchors
@@ -133,14 +135,17 @@ def test_guided_kernel_type_serves_both_stages():
         assert result.params["t_pilot"] == [t_pilot, t_pilot] and 1 <= t_pilot <= result.stages[0].t
         kern = CNNKernel(kernel_size=FAST["kernel_size"], kind=kind)
         m, rank = result.params["n_anchors"], result.params["rank"]
+        m_pilot = max(int(m * DEFAULT_OPTIONS["guided_pilot_share"]), 2 * rank)
+        m_stage = max(int(m * DEFAULT_OPTIONS["guided_stage_share"]), 2 * rank)
+        assert 0 < m_pilot < m and 0 < m_stage < m and len(result.stages[1].filter.anchors) == m_stage
         y = torch.from_numpy(noisy).float()
-        anchors = sample_anchors(noisy.shape, m, 1)
-        second = drain(iter_nystrom(kern, y[None], anchors, rank, project=[y.reshape(-1, 1)]))[0]
+        anchors = sample_anchors(noisy.shape, m_pilot, 1)
+        second = drain(iter_nystrom(kern, y[None], anchors, min(rank, m_pilot), project=[y.reshape(-1, 1)]))[0]
         f = twicing_factors(second.filter.normalized_eigenvalues, t_pilot)
         pilot = (result.render(t_pilot, stage=0) + twicing_output(second.filter.basis, second.projections[0], f)
                  .reshape(noisy.shape).numpy()) / 2
-        expected = drain(iter_nystrom(kern, torch.from_numpy(pilot[None]).float(), sample_anchors(noisy.shape, m, 0),
-                                      rank))[0].filter
+        expected = drain(iter_nystrom(kern, torch.from_numpy(pilot[None]).float(),
+                                      sample_anchors(noisy.shape, m_stage, 0), min(rank, m_stage)))[0].filter
         # float32 sums: the pilot's last bits move the trailing eigenvalues by ~1e-7 of the leading one
         top = float(expected.eigenvalues[0])
         np.testing.assert_allclose(result.stages[1].filter.eigenvalues, expected.eigenvalues, rtol=1e-4,

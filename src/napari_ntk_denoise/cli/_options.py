@@ -65,6 +65,10 @@ def add_ntk_options(p: argparse.ArgumentParser) -> None:
                    help="second stage with the kernel of the first estimate, averaged with it (weight by SURE)")
     p.add_argument("--guided-kernel", choices=("nngp", "ntk"), default=d["guided_kernel"],
                    help=f"kernel type of both guided stages (default {d['guided_kernel']})")
+    for name, what in (("pilot", "the pilot's second anchor draw"), ("stage", "the guided stage")):
+        key = f"guided_{name}_share"
+        p.add_argument(f"--guided-{name}-share", type=float, default=d[key], metavar="S",
+                       help=f"anchors of {what}, as a share of the first stage's (default {d[key]})")
     p.add_argument("--stop", type=stop_value, default=d["stop"],
                    help=f"'sure', 'oracle' (needs --reference) or N (default {d['stop']})")
     p.add_argument("--depth", type=int, default=d["depth"], help=f"weight layers of the CNN (default {d['depth']})")
@@ -126,7 +130,8 @@ def ntk_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """
     return dict(depth=args.depth, kernel_size=args.kernel_size, kernel=args.kernel, input=args.input,
                 fraction=args.fraction, rank=args.rank, stop=args.stop, guided=args.guided,
-                guided_kernel=args.guided_kernel, device=args.device, seed=args.seed)
+                guided_kernel=args.guided_kernel, guided_pilot_share=args.guided_pilot_share,
+                guided_stage_share=args.guided_stage_share, device=args.device, seed=args.seed)
 
 
 def tile_side(args: argparse.Namespace) -> int:

@@ -56,14 +56,31 @@ class NystromConfig:
 @dataclass(frozen=True)
 class GuidedConfig:
     """The guided filter: a second stage whose kernel is computed from a first estimate (the
-    pilot), with ``kernel`` for both of its stages (``None``: the first stage's)."""
+    pilot), with ``kernel`` for both of its stages (``None``: the first stage's).
+
+    The pilot is the mean of the first stage and of a second draw of anchors, ``pilot_share`` as
+    many as the first stage's; the guided stage has ``stage_share`` as many.  The guided kernel,
+    computed from a smooth pilot, needs fewer anchors than the first (``bench-ntk --datasets``
+    measures the shares against the full anchor sets), but never fewer than twice the rank, below
+    which the Nyström eigenimages lose their accuracy.
+    """
 
     enabled: bool = False
     kernel: Kind | None = "nngp"
+    pilot_share: float = 0.5
+    stage_share: float = 0.5
 
     def __post_init__(self) -> None:
         if self.kernel not in (None, "ntk", "nngp"):
             raise ValueError(f"guided_kernel must be 'ntk', 'nngp' or None, got {self.kernel!r}")
+        for name in ("pilot_share", "stage_share"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"guided_{name} must be in (0, 1], got {getattr(self, name)}")
+
+    def anchors(self, m: int, share: float, rank: int) -> int:
+        """Anchors of a guided run: ``share`` of the first stage's ``m``, but at least ``2 rank``
+        (and at most ``m``)."""
+        return max(1, min(m, max(int(m * share), 2 * rank)))
 
 
 def _check_stop(stop: Stop) -> None:
@@ -88,7 +105,8 @@ class FilterConfig:
     stop : {"sure", "oracle"} or int
         Monte-Carlo SURE, the PSNR-optimal step given a reference, or a fixed number of steps.
     guided : GuidedConfig
-        Flat options ``guided`` (on or off) and ``guided_kernel``.
+        Flat options ``guided`` (on or off), ``guided_kernel``, ``guided_pilot_share`` and
+        ``guided_stage_share``.
     input : {"image", "noise"}
         Kernel computed from the noisy image, or from i.i.d. noise (the deep image prior's input).
     noise_channels : int
@@ -136,7 +154,9 @@ class FilterConfig:
                          ndim=3 if opts["volume"] else 2, kernel_size_z=opts["kernel_size_z"])
         return cls(architecture=arch,
                    nystrom=NystromConfig(opts["fraction"], opts["n_anchors"], opts["rank"]),
-                   stop=opts["stop"], guided=GuidedConfig(bool(opts["guided"]), opts["guided_kernel"]),
+                   stop=opts["stop"], guided=GuidedConfig(bool(opts["guided"]), opts["guided_kernel"],
+                                                           float(opts["guided_pilot_share"]),
+                                                           float(opts["guided_stage_share"])),
                    input=opts["input"], noise_channels=int(opts["noise_channels"]),
                    noise_blur=float(opts["noise_blur"]), seed=int(opts["seed"]))
 
@@ -146,7 +166,8 @@ class FilterConfig:
         return dict(depth=a.depth, kernel_size=a.kernel_size, kernel=a.kind, volume=a.ndim == 3,
                     kernel_size_z=a.kernel_size_z, fraction=self.nystrom.fraction, n_anchors=self.nystrom.n_anchors,
                     rank=self.nystrom.rank, stop=self.stop, guided=self.guided.enabled,
-                    guided_kernel=self.guided.kernel, input=self.input, noise_channels=self.noise_channels,
+                    guided_kernel=self.guided.kernel, guided_pilot_share=self.guided.pilot_share,
+                    guided_stage_share=self.guided.stage_share, input=self.input, noise_channels=self.noise_channels,
                     noise_blur=self.noise_blur, seed=self.seed)
 
     def replace(self, **options: Any) -> FilterConfig:

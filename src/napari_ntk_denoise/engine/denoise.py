@@ -143,7 +143,7 @@ def iter_denoise_ntk(
     run = _Run(prob, {"setup": time.perf_counter() - t0}, stream_steps)
     guide = yield from run.first_stage()
     if guide is not None:
-        yield from run.stage(guide=guide, stage="guided kernel (3/3)", part=(2, 3), label="guided ", phase="stage2")
+        yield from run.guided_stage(guide)
     res = run.result(channel_axis, t0)
     for doubt in res.params["stop_warnings"]:
         warnings.warn(f"doubtful stop at t = {res.t}: {doubt}", DoubtfulStopWarning, stacklevel=2)
@@ -190,11 +190,19 @@ class _Run:
                                       pilot=self.cfg.guided.enabled)
         if first is None:
             return None
-        other = sample_anchors(self.prob.setup.y.shape[:-1], len(self.prob.setup.anchors), self.cfg.seed + 1)
+        g, st = self.cfg.guided, self.prob.setup
+        other = sample_anchors(st.y.shape[:-1], g.anchors(len(st.anchors), g.pilot_share, st.rank), self.cfg.seed + 1)
         second = yield from self.stage(anchors=other, stage=f"pilot kernel (2/{n})", part=(1, n), label="pilot ",
                                        phase="pilot", pilot=True)
         self.t_pilot = [first.t, second.t]
         return PilotEstimate.mean(first, second)
+
+    def guided_stage(self, guide: Guide) -> Generator[Progress | TwicingStep, None, None]:
+        """The guided stage, on its share of the first stage's anchors."""
+        g, st = self.cfg.guided, self.prob.setup
+        anchors = sample_anchors(st.y.shape[:-1], g.anchors(len(st.anchors), g.stage_share, st.rank), self.cfg.seed)
+        yield from self.stage(anchors=anchors, guide=guide, stage="guided kernel (3/3)", part=(2, 3), label="guided ",
+                              phase="stage2")
 
     def _keep(self, result: StageResult, label: str) -> None:
         self.stages.append(result)

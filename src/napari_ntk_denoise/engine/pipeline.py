@@ -77,8 +77,8 @@ def _fit(
     paired = cfg.stop == "sure" and not (cfg.input == "noise" and guide is None)  # does the kernel depend on y?
     x_eps = prob.image_input(prob.y_eps if guide is None else guide.p_eps) if paired else None
     main, pert = yield from forward_progress(iter_nystrom(  # fractions of the whole run, not of this stage
-        kern, x, anchors, st.rank, project=list(named.values()), stage=stage, seed=cfg.seed, x_eps=x_eps,
-        project_eps=[prob.y_eps, prob.probe], keep_basis_eps=keep_basis_eps,
+        kern, x, anchors, min(st.rank, len(anchors)), project=list(named.values()), stage=stage, seed=cfg.seed,
+        x_eps=x_eps, project_eps=[prob.y_eps, prob.probe], keep_basis_eps=keep_basis_eps,
     ), "", part=part)
     return main, pert, dict(zip(named, main.projections))
 
