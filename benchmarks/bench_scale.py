@@ -8,6 +8,8 @@ Sections (all by default; pick with ``--only``):
 ``stack``  a synthetic ``Z x N x N`` stack (default 32 x 512 x 512), same noise, plane by plane.
 ``volume`` the same stack with 3-D patches (r = 5, r_z = 3, volume tiles of 16 x 128 x 128) next to
            planes with the same in-plane kernel (r = 5).
+``tiles``  the synthetic plane (estimated noise) and the 2-D FMD planes in tiles of 512, 384 and
+           256 (and 256 with half the anchor fraction): time against PSNR.
 ``fmd``    every plane of the FMD samples in ``../shared/data/fmd_samples`` (a single raw frame
            against the 50-frame average) through the same generalized Anscombe transform: NTK
            plain and guided, scikit-image's non-local means and BM3D (the ``bm3d`` package),
@@ -18,7 +20,7 @@ Peak RSS is that of the whole process so far (sections run in order).
 
 Usage::
 
-    python benchmarks/bench_scale.py [--only plane,stack,volume,fmd] [--size 2048] [--stack-shape 32,512,512]
+    python benchmarks/bench_scale.py [--only plane,stack,volume,tiles,fmd] [--size 2048] [--stack-shape 32,512,512]
                                      [--crop 512] [--device cpu|cuda] [--curves sure.png]
 """
 
@@ -86,6 +88,9 @@ PLANE_RUNS = [
      dict(noise_model="poisson-gaussian", noise=PoissonGaussian(GAIN, READ_NOISE))),
     ("NTK, Poisson-Gaussian (estimated), tiles of 512", dict(noise_model="poisson-gaussian")),
 ]
+#: tilings of the ``tiles`` section: label, denoise_stack options
+TILE_RUNS = [(f"tiles of {t}" + (", fraction 0.01" if f else ""), dict(tile=t, **({"fraction": f} if f else {})))
+             for t, f in ((512, None), (384, None), (256, None), (256, 0.01))]
 VOLUME_RUNS = [  # 3-D patches against planes with the same in-plane kernel size
     ("NTK 2-D patches 5x5, Poisson-Gaussian (estimated), tiles of 512",
      dict(noise_model="poisson-gaussian", kernel_size=5)),
@@ -106,6 +111,27 @@ def synthetic(shape: tuple[int, ...], axes: str, device: str | None, runs: list[
     for label, kw in runs:
         out, sec = timed(denoise_stack, noisy, axes=axes, device=device, **{"tile": 512, **kw})
         print(f"| {label} | {sec:.1f} | {peak_rss_gb():.2f} | {psnr(np.clip(out, 0, PEAK), clean, PEAK):.2f} |")
+    print()
+
+
+def tiles(size: int, device: str | None) -> None:
+    """Tile sizes on the synthetic plane and on the single FMD planes, Poisson-Gaussian (estimated)."""
+    synthetic((size, size), "YX", device, [(f"NTK, Poisson-Gaussian (estimated), {label}",
+                                            dict(noise_model="poisson-gaussian", **kw)) for label, kw in TILE_RUNS])
+    planes = [p for p in fmd_planes() if not p[0].startswith("3D") or p[0].endswith("[0]")]
+    print(f"## FMD planes ({len(planes)}: the 2-D samples, the widefield channels apart, the first plane of "
+          "the 3-D stack), Poisson-Gaussian (estimated)\n")
+    print("| tiling | mean PSNR (dB) | total wall time (s) |")
+    print("|---|---|---|")
+    for label, kw in TILE_RUNS:
+        scores, t0 = [], time.perf_counter()
+        for _, noisy, gt in planes:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DoubtfulStopWarning)
+                out = denoise_stack(noisy.astype(np.float32), axes="YX", noise_model="poisson-gaussian",
+                                    device=device, **kw)
+            scores.append(psnr(np.clip(out, 0, 255), gt, 255))
+        print(f"| {label} | {np.mean(scores):.2f} | {time.perf_counter() - t0:.1f} |")
     print()
 
 
@@ -223,6 +249,8 @@ def main() -> None:
         synthetic(stack_shape, "ZYX", args.device, PLANE_RUNS)
     if "volume" in sections:
         synthetic(stack_shape, "ZYX", args.device, VOLUME_RUNS)
+    if "tiles" in sections:
+        tiles(args.size, args.device)
     if "fmd" in sections:
         fmd(args.crop, args.device, args.curves)
 
