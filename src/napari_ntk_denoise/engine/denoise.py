@@ -190,8 +190,7 @@ class _Run:
                                       pilot=self.cfg.guided.enabled)
         if first is None:
             return None
-        g, st = self.cfg.guided, self.prob.setup
-        other = sample_anchors(st.y.shape[:-1], g.anchors(len(st.anchors), g.pilot_share, st.rank), self.cfg.seed + 1)
+        other = self._share_of_anchors(self.cfg.guided.pilot_share, self.cfg.seed + 1)
         second = yield from self.stage(anchors=other, stage=f"pilot kernel (2/{n})", part=(1, n), label="pilot ",
                                        phase="pilot", pilot=True)
         self.t_pilot = [first.t, second.t]
@@ -199,10 +198,15 @@ class _Run:
 
     def guided_stage(self, guide: Guide) -> Generator[Progress | TwicingStep, None, None]:
         """The guided stage, on its share of the first stage's anchors."""
-        g, st = self.cfg.guided, self.prob.setup
-        anchors = sample_anchors(st.y.shape[:-1], g.anchors(len(st.anchors), g.stage_share, st.rank), self.cfg.seed)
+        anchors = self._share_of_anchors(self.cfg.guided.stage_share, self.cfg.seed)
         yield from self.stage(anchors=anchors, guide=guide, stage="guided kernel (3/3)", part=(2, 3), label="guided ",
                               phase="stage2")
+
+    def _share_of_anchors(self, share: float, seed: int) -> np.ndarray:
+        """A draw of ``share`` of the first stage's anchors
+        (:meth:`~napari_ntk_denoise.engine.config.GuidedConfig.anchors`)."""
+        st = self.prob.setup
+        return sample_anchors(st.y.shape[:-1], self.cfg.guided.anchors(len(st.anchors), share, st.rank), seed)
 
     def _keep(self, result: StageResult, label: str) -> None:
         self.stages.append(result)

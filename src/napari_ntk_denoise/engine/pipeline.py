@@ -22,7 +22,7 @@ from .kernels import CNNKernel
 from .nystrom import NystromPass, iter_nystrom
 from .problem import Problem
 from .results import PilotBlend, StageResult
-from .stopping import ORACLE, SURE, FixedStep, PilotTerms, SureCurve, mc_sure_curve, mse_curve, pilot_blend
+from .stopping import ORACLE, FixedStep, PilotTerms, SureCurve, mc_sure_curve, mse_curve, pilot_blend
 from .twicing import twicing_factors, twicing_output
 
 __all__ = ["Guide", "PilotEstimate", "StageFit", "iter_stage", "pilot_estimate"]
@@ -77,8 +77,8 @@ def _fit(
     paired = cfg.stop == "sure" and not (cfg.input == "noise" and guide is None)  # does the kernel depend on y?
     x_eps = prob.image_input(prob.y_eps if guide is None else guide.p_eps) if paired else None
     main, pert = yield from forward_progress(iter_nystrom(  # fractions of the whole run, not of this stage
-        kern, x, anchors, min(st.rank, len(anchors)), project=list(named.values()), stage=stage, seed=cfg.seed,
-        x_eps=x_eps, project_eps=[prob.y_eps, prob.probe], keep_basis_eps=keep_basis_eps,
+        kern, x, anchors, st.rank, project=list(named.values()), stage=stage, seed=cfg.seed, x_eps=x_eps,
+        project_eps=[prob.y_eps, prob.probe], keep_basis_eps=keep_basis_eps,
     ), "", part=part)
     return main, pert, dict(zip(named, main.projections))
 
@@ -97,7 +97,7 @@ def _blend(prob: Problem, guide: Guide, lam: np.ndarray, proj: dict, curve: Sure
 def _best_step(prob: Problem, curve: SureCurve | None, mse: np.ndarray | None) -> int:
     stop = prob.setup.config.stop
     if stop == "sure":
-        return SURE.choose(prob.ts, curve.sure)
+        return curve.best_t
     if stop == "oracle":
         return ORACLE.choose(prob.ts, mse)
     return FixedStep(stop).choose(prob.ts, None)
