@@ -8,16 +8,20 @@ call without a reference (the default call, as in napari), peak RSS, PSNR at the
 oracle step; scikit-image's ``denoise_nl_means`` timed in the same run as the baseline.
 
 ``--datasets set12,mcmaster`` adds the mean PSNR (auto-stopped and oracle, unguided and guided)
-over the images of ``../shared/data`` (sigma = 25/255, seed 0; PSNR on outputs clipped to [0, 1]).
+over the images of ``../shared/data`` (sigma = 25/255, seed 0; PSNR on outputs clipped to [0, 1]);
+with ``--tile N`` the astronaut also goes through tiles (plain and guided) and every NTK call on
+the datasets is tiled (``denoise_tiled``, tiles of at most N pixels a
+side, each with its own SURE step; no oracle there), next to the same NLM baseline.
 
 Usage::
 
-    python benchmarks/bench_ntk.py [--datasets set12,mcmaster] [--limit N] [--device cpu|cuda]
+    python benchmarks/bench_ntk.py [--datasets set12,mcmaster] [--tile N] [--limit N] [--device cpu|cuda]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import resource
 import sys
@@ -27,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_ntk_denoise import denoise_ntk
+from napari_ntk_denoise import denoise_ntk, denoise_tiled
 from napari_ntk_denoise.bench import METHODS, BenchSettings
 from napari_ntk_denoise.engine import _native
 from napari_ntk_denoise.engine.stopping import psnr
@@ -55,6 +59,13 @@ def run_ntk(noisy, clean, axis, oracle=True, **kw):
     return dict(time=elapsed, psnr=auto, oracle=oracle, t=res.t, oracle_t=oracle_t, res=res)
 
 
+def run_tiled(noisy, clean, axis, tile, **kw):
+    """One tiled call (tiles of at most ``tile`` pixels a side); no oracle step."""
+    t0 = time.perf_counter()
+    out, res = denoise_tiled(noisy, SIGMA, channel_axis=axis, tile=tile, **kw)
+    return dict(time=time.perf_counter() - t0, psnr=psnr(np.clip(out, 0, 1), clean, 1.0), oracle=np.nan, t=res.t)
+
+
 def run_nlm(noisy, clean, axis):
     """scikit-image NLM with the parameters of ``ntk-denoise bench`` (``bench.NLM_PARAMS``)."""
     t0 = time.perf_counter()
@@ -67,7 +78,7 @@ def _seconds(t: float) -> str:
     return f"{t:.3f}" if t < 1 else f"{t:.2f}"
 
 
-def astronaut(device) -> None:
+def astronaut(device, tile: int | None = None) -> None:
     clean = clean_sample("astronaut")
     noisy = add_noise(clean, SIGMA, seed=0)
     print(f"## 512x512 RGB astronaut, sigma = 25/255, default settings, MC-SURE ({device or 'auto'})\n")
@@ -84,6 +95,11 @@ def astronaut(device) -> None:
     print(f"| NTK, MC-SURE, second call (no reference) | {_seconds(second['time'])} | {peak_rss_gb():.2f} | "
           f"{second['psnr']:.2f} | {second['t']} |")
     print(f"| NTK, oracle t (same run) | | | {first['oracle']:.2f} | {first['oracle_t']} |")
+    if tile is not None:
+        for label, kw in (("NTK", {}), ("NTK guided", {"guided": True})):
+            tiled = run_tiled(noisy, clean, -1, tile, device=device, **kw)
+            print(f"| {label}, MC-SURE, tiles of {tile} (steps {min(tiled['t'])}-{max(tiled['t'])}) | "
+                  f"{_seconds(tiled['time'])} | {peak_rss_gb():.2f} | {tiled['psnr']:.2f} | |")
     print(f"| skimage denoise_nl_means (fast, 5x5/13x13, h = 0.8 sigma) | {nlm['time']:.2f} | | {nlm['psnr']:.2f} | |")
     on_cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
     backend = _native.backend() if on_cpu else None
@@ -92,7 +108,7 @@ def astronaut(device) -> None:
           f"{({k: round(v, 2) for k, v in res.timings.items()})}, fused ops: {ops}\n")
 
 
-def dataset(name: str, limit: int | None, device) -> None:
+def dataset(name: str, limit: int | None, device, tile: int | None = None) -> None:
     folder = DATA / name
     if not folder.is_dir():
         print(f"skipping {name}: {folder} not found (../shared/data beside the repository)")
@@ -104,8 +120,9 @@ def dataset(name: str, limit: int | None, device) -> None:
         clean = img.astype(np.float64) / (255.0 if img.dtype == np.uint8 else float(np.iinfo(img.dtype).max))
         axis = -1 if clean.ndim == 3 else None
         noisy = add_noise(clean, SIGMA, seed=0)
-        plain = run_ntk(noisy, clean, axis, device=device)
-        guided = run_ntk(noisy, clean, axis, device=device, guided=True)
+        run = run_ntk if tile is None else functools.partial(run_tiled, tile=tile)
+        plain = run(noisy, clean, axis, device=device)
+        guided = run(noisy, clean, axis, device=device, guided=True)
         nlm = run_nlm(noisy, clean, axis)
         rows.append((plain["psnr"], plain["oracle"], guided["psnr"], guided["oracle"], nlm["psnr"],
                      plain["time"], guided["time"]))
@@ -113,7 +130,8 @@ def dataset(name: str, limit: int | None, device) -> None:
               f"{guided['psnr']:.2f} oracle {guided['oracle']:.2f} | NLM {nlm['psnr']:.2f} | "
               f"{plain['time']:.1f} s / {guided['time']:.1f} s", flush=True)
     m = np.mean(rows, axis=0)
-    print(f"\n| {name} ({len(rows)} images) | auto (SURE) | oracle | gap |\n|---|---|---|---|")
+    tiling = "whole images" if tile is None else f"tiles of {tile}"
+    print(f"\n| {name} ({len(rows)} images, {tiling}) | auto (SURE) | oracle | gap |\n|---|---|---|---|")
     print(f"| NTK | {m[0]:.2f} | {m[1]:.2f} | {m[1] - m[0]:.2f} |")
     print(f"| NTK guided | {m[2]:.2f} | {m[3]:.2f} | {m[3] - m[2]:.2f} |")
     print(f"| guided - unguided | {m[2] - m[0]:+.2f} | {m[3] - m[1]:+.2f} | |")
@@ -124,6 +142,7 @@ def dataset(name: str, limit: int | None, device) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", default="", help="comma-separated: set12,mcmaster")
+    p.add_argument("--tile", type=int, default=None, help="tile the dataset images (tile side)")
     p.add_argument("--limit", type=int, default=None, help="images per dataset")
     p.add_argument("--device", default=None)
     p.add_argument("--skip-astronaut", action="store_true")
@@ -131,9 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, python {sys.version.split()[0]}\n")
     if not args.skip_astronaut:
-        astronaut(args.device)
+        astronaut(args.device, args.tile)
     for name in filter(None, args.datasets.split(",")):
-        dataset(name, args.limit, args.device)
+        dataset(name, args.limit, args.device, args.tile)
     return 0
 
 

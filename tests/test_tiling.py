@@ -81,11 +81,31 @@ def test_one_tile_equals_untiled(smooth_noisy):
     np.testing.assert_array_equal(img, before)
 
 
+def test_kept_filters_re_render_every_tile_at_its_own_offset(smooth_noisy):
+    """``render_offset(k)`` is the blend of every tile denoised at a fixed step ``k`` grid steps from
+    its own SURE step; at 0 it is the output; without the kept filters it is refused."""
+    _, noisy = smooth_noisy
+    out, res = denoise_tiled(noisy, 0.1, tile=48, overlap=16, keep_filters=True, **FAST)
+    np.testing.assert_allclose(res.render_offset(0), out, atol=1e-6)
+    lo, hi = res.offsets()
+    assert lo < 0 < hi and res.step_at(0) == res.t
+    steps = res.step_at(-2)
+    assert all(t <= t0 for t, t0 in zip(steps, res.t)) and steps != res.t  # smoother, where the grid allows
+    acc, wsum = np.zeros(noisy.shape), np.zeros(noisy.shape)
+    for (sl, weight), t in zip(res.filters.tiles, steps):
+        acc[sl] += weight * denoise_ntk(noisy[sl], 0.1, stop=t, **FAST)[0]
+        wsum[sl] += weight
+    np.testing.assert_allclose(res.render_offset(-2), acc / wsum, atol=1e-5)
+    with pytest.raises(ValueError, match="keep_filters"):
+        denoise_tiled(noisy, 0.1, tile=48, overlap=16, **FAST)[1].render_offset(1)
+
+
 def test_constant_stays_constant_and_colour_layout():
     img = np.full((3, 70, 60), 0.5, np.float32)
-    out, res = denoise_tiled(img, 0.05, tile=40, overlap=12, channel_axis=0, **FAST)
+    out, res = denoise_tiled(img, 0.05, tile=40, overlap=12, channel_axis=0, keep_filters=True, **FAST)
     assert out.shape == img.shape and len(res.tiles) == 3 * 2
     np.testing.assert_allclose(out, 0.5, atol=1e-4)
+    np.testing.assert_allclose(res.render_offset(1), out, atol=1e-4)  # the input's layout, as the output
 
 
 def test_progress_events(smooth_noisy):

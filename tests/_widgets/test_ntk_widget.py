@@ -269,7 +269,12 @@ def test_dask_stack_is_read_plane_by_plane_tiled_and_streamed(qtbot, viewer, ope
     meta = viewer.layers["lazy [NTK]"].metadata
     assert meta["planes"][3]["n_tiles"] == 4 and meta["planes"][3]["t"] == res.t
     assert meta["planes"][3]["stop_warnings"] == res.stop_warnings
-    assert not widget._t.enabled  # tiled planes have no single filter to re-render
+    kept = denoise_tiled(stack[3], None, tile=64, keep_filters=True, **widget._params())[1]
+    assert widget._t.enabled and (widget._t.min, widget._t.max) == kept.offsets()  # every plane has the same grid
+    widget._t.value = widget._t.min  # every tile moves from its own SURE step
+    np.testing.assert_allclose(viewer.layers["lazy [NTK]"].data[3], kept.render_offset(widget._t.min), atol=1e-6)
+    assert viewer.layers["lazy [NTK]"].metadata["planes"][3]["t_shown"] == kept.step_at(widget._t.min)
+    assert widget._t_label.value.startswith(f"tiled plane: smoothing step per tile {kept.step_at(widget._t.min)}")
 
 
 def test_poisson_gaussian_model_estimates_and_inverts(qtbot, viewer, open_widget, small) -> None:
@@ -375,7 +380,7 @@ def test_t_slider_moves_every_plane_from_its_own_stop(viewer, stack_run) -> None
     stack_run._t.value = 3
     shown = [int(p.result.t_grid[c + 3]) for p, c in zip(planes, chosen)]
     for z, (plane, t) in enumerate(zip(planes, shown)):
-        np.testing.assert_allclose(out.data[z], plane.render(t), rtol=1e-6)
+        np.testing.assert_allclose(out.data[z], plane.result.render(t), rtol=1e-6)
     assert [p["t_shown"] for p in out.metadata["planes"]] == shown and out.metadata["t_offset"] == 3
     viewer.dims.set_current_step(0, 1)
     label = stack_run._t_label.value

@@ -3,10 +3,11 @@
 The widget turns the chosen layer into engine calls, one per plane, in a worker thread: planes up
 to the tile size go to :func:`napari_ntk_denoise.iter_denoise_ntk` (twicing steps streamed into the
 output layer), larger planes to :func:`napari_ntk_denoise.iter_denoise_tiled` (per-tile progress,
-the plane shown when done).  Every plane keeps its own SURE step; the ``t`` label and the plot (SURE
+the plane shown when done, every tile's eigenimages kept within the memory budget).  Every plane keeps its own SURE step; the ``t`` label and the plot (SURE
 curve, and PSNR against a reference) show the plane on screen, orange where SURE's stop is doubtful
 (the engine's ``stop_warnings``).  Afterwards the ``t`` slider moves every plane the same number of
-grid steps from its own SURE step, re-rendering ``z(t)`` from the stored eigen-coefficients.
+grid steps from its own SURE step (a tiled plane's tiles each from theirs), re-rendering ``z(t)``
+from the stored eigen-coefficients.
 With the Poisson-Gaussian noise model every plane goes through the generalized Anscombe transform
 (parameters given or estimated from three planes).  Planes are read one at a time, so dask-backed
 (lazy) layers are never loaded whole.
@@ -29,7 +30,7 @@ from napari.utils.notifications import show_info
 from napari_ntk_denoise import NTKResult, TiledResult, TwicingStep, iter_denoise_ntk, iter_denoise_tiled
 from napari_ntk_denoise.engine.stopping import estimate_noise_sigma
 from napari_ntk_denoise.microscopy.noise_estimation import noise_report, stabilised_sigma
-from napari_ntk_denoise.microscopy.tiling import TILE_Z
+from napari_ntk_denoise.microscopy.tiling import TILE, TILE_Z, check_tiled_request
 from napari_ntk_denoise.microscopy.vst import PoissonGaussian, gat_forward, gat_inverse
 
 from ._base import ImageRunWidget
@@ -79,8 +80,8 @@ class PlaneResult:
     image : numpy.ndarray
         Denoised plane (after the inverse transform with the Poisson-Gaussian model).
     result : NTKResult or TiledResult
-        The engine's result (in the stabilised domain with the Poisson-Gaussian model); an
-        :class:`NTKResult` whose eigenimages were dropped (memory budget) has ``renderable`` False.
+        The engine's result (in the stabilised domain with the Poisson-Gaussian model); one whose
+        eigenimages were dropped (memory budget) has ``renderable`` False.
     noise : PoissonGaussian or None
         Poisson-Gaussian parameters of the run.
     renderable : bool
@@ -98,29 +99,19 @@ class PlaneResult:
         return stop_warnings(self.result)
 
     def offsets(self) -> tuple[int, int]:
-        """Lowest and highest slider offsets (grid steps from SURE's step) that stay on the ``t`` grid."""
-        assert isinstance(self.result, NTKResult)
-        chosen = self._chosen_index()
-        return -chosen, len(self.result.t_grid) - 1 - chosen
+        """Lowest and highest slider offsets (grid steps from SURE's step) that stay on the ``t`` grid
+        (of some tile, for a tiled plane)."""
+        return self.result.offsets()
 
-    def step(self, offset: int) -> int:
-        """Twicing step shown ``offset`` grid steps from SURE's step (stopping at the grid's ends);
-        SURE's step itself when the plane cannot re-render."""
-        assert isinstance(self.result, NTKResult)
-        if offset == 0 or not self.renderable:
-            return self.result.t
-        index = int(np.clip(self._chosen_index() + offset, 0, len(self.result.t_grid) - 1))
-        return int(self.result.t_grid[index])
+    def step(self, offset: int) -> int | list[int]:
+        """Twicing step shown ``offset`` grid steps from SURE's step (stopping at the grid's ends;
+        every tile's, for a tiled plane); SURE's step itself when the plane cannot re-render."""
+        return self.result.step_at(offset) if self.renderable else self.result.t
 
-    def _chosen_index(self) -> int:
-        """Position of SURE's step on the ``t`` grid."""
-        assert isinstance(self.result, NTKResult)
-        return int(np.searchsorted(self.result.t_grid, self.result.t))
-
-    def render(self, t: int) -> np.ndarray:
-        """The plane at twicing step ``t``, in data units."""
-        assert isinstance(self.result, NTKResult) and self.renderable
-        return _data_units(self.result.render(t), self.noise)
+    def render(self, offset: int) -> np.ndarray:
+        """The plane ``offset`` grid steps from SURE's step (each tile from its own), in data units."""
+        assert self.renderable
+        return _data_units(self.result.render_offset(offset), self.noise)
 
     def metadata(self) -> dict[str, Any]:
         """The engine result's metadata, with the noise model and the stop's doubts (``stop_warnings``)."""
@@ -154,8 +145,9 @@ def _denoise_plane(
         plane, ref = gat_forward(plane, noise), None
         sigma = partial(stabilised_sigma, noise=noise) if tile else stabilised_sigma(plane, noise, channel_axis)
     if tile is not None:
-        tiled = yield from iter_denoise_tiled(plane, sigma, tile=tile, channel_axis=channel_axis, **params)
-        return PlaneResult(_data_units(tiled.image, noise), tiled, noise)
+        tiled = yield from iter_denoise_tiled(plane, sigma, tile=tile, channel_axis=channel_axis, keep_filters=keep,
+                                              **params)
+        return PlaneResult(_data_units(tiled.image, noise), tiled, noise, renderable=keep)
     gen = iter_denoise_ntk(plane, sigma, channel_axis=channel_axis, reference=ref, **params)
     while True:
         try:
@@ -184,9 +176,13 @@ def _denoise_planes(
             params = {**params, "noise_blur": report.blur}
         yield PlaneEvent((), 0, noise)
     spatial = source.spatial_shape
-    eigen_bytes = 4 * math.prod(spatial) * params["rank"] * (1 + params["guided"]) * len(source.indices)
     tiled = max(spatial[-2:]) > tile or (source.volume and spatial[0] > TILE_Z)
-    keep = not tiled and eigen_bytes <= RENDER_BUDGET
+    pixels = math.prod(spatial)
+    if tiled:  # the tiles overlap: count every tile's pixels
+        grid = check_tiled_request((*spatial, 1), tile=tile, **params)
+        pixels = sum(math.prod(s.stop - s.start for s in sl) for sl, _ in grid.tiles())
+    eigen_bytes = 4 * pixels * params["rank"] * (1 + params["guided"]) * len(source.indices)
+    keep = eigen_bytes <= RENDER_BUDGET
 
     def run_plane(plane: np.ndarray, index: tuple[int, ...]) -> Generator[object, None, PlaneResult]:
         ref = None if reference is None else reference.plane(index)
@@ -242,16 +238,16 @@ class NTKFilterWidget(ImageRunWidget):
                                 "instead of each plane on its own: better when neighbouring planes are alike.")
         self._kernel_size_z = SpinBox(label="patch depth (planes)", value=engine_default("kernel_size"), min=1,
                                       max=31, step=2, visible=False, tooltip="Patch size along Z, in planes (odd).")
-        self._tile = SpinBox(label="tile size (px)", value=512, min=64, max=16384, step=64,
+        self._tile = SpinBox(label="tile size (px)", value=TILE["2d"], min=64, max=16384, step=64,
                              tooltip="Planes larger than this are denoised in overlapping tiles, each with its own "
-                             "filter and smoothing step (the step slider then does not apply). Larger tiles "
-                             "need more memory.")
+                             "filter and smoothing step: faster, and usually sharper than one filter for the whole "
+                             "plane. Larger tiles need more memory.")
         self._t = Slider(
             label="smoothing step", min=0, max=0, value=0, enabled=False,
             tooltip="Moves the result away from the automatic choice: 0 shows every plane at the step SURE "
             "chose (twicing step t), +k is k steps sharper (less smoothed), -k smoother. Each plane moves from "
-            "its own choice and stops at the ends of its range. Planes that were tiled, or whose eigenimages "
-            "were not kept (memory), stay at their choice.")
+            "its own choice (each tile of a tiled plane from its own) and stops at the ends of its range. "
+            "Planes whose eigenimages were not kept (memory) stay at their choice.")
         self._t_label = Label(value="smoothing step: run the filter first",
                               tooltip="The step shown on the plane on screen and the one SURE chose.")
         self._t_label.native.setWordWrap(True)
@@ -378,7 +374,7 @@ class NTKFilterWidget(ImageRunWidget):
         self._results = results
         for index, res in results.items():
             plane_filter = not (self._run_params["guided"] or self._run_params["volume"] or res.noise)
-            if res.renderable and plane_filter:
+            if res.renderable and plane_filter and isinstance(res.result, NTKResult):
                 filters.put(self._source.layer, index, self._run_params, res.result.filter)  # as the Inspector's
         self._reset_slider()
         self._show(self._metadata())
@@ -422,8 +418,7 @@ class NTKFilterWidget(ImageRunWidget):
         offset = self._offset()
 
         def plane_meta(res: PlaneResult) -> dict[str, Any]:
-            shown = {"t_shown": res.step(offset)} if isinstance(res.result, NTKResult) else {}
-            return {**res.metadata(), **shown}
+            return {**res.metadata(), "t_shown": res.step(offset)}
 
         if list(self._results) == [()]:
             return {**plane_meta(self._results[()]), "t_offset": offset}
@@ -437,7 +432,7 @@ class NTKFilterWidget(ImageRunWidget):
             return
         for index, res in self._results.items():
             if res.renderable:
-                self._source.store(self._out, index, res.render(res.step(offset)))
+                self._source.store(self._out, index, res.render(offset))
         self._show(self._metadata())
         self._update_plot()
 
@@ -457,11 +452,12 @@ class NTKFilterWidget(ImageRunWidget):
             self._set_label("smoothing step: the plane on screen is not done yet", [])
             return
         res, doubts = plane.result, plane.stop_warnings
-        if not isinstance(res, NTKResult):
-            self._set_label(f"tiled plane: smoothing step per tile {res.t} (σ = {res.sigma:.4g})", doubts)
-            return
         t = plane.step(self._offset())
         kept = "" if plane.renderable else "; eigenimages not kept (memory), so the slider cannot move it"
+        if not isinstance(res, NTKResult):
+            self._set_label(f"tiled plane: smoothing step per tile {t}   (chosen by SURE: {res.t}; "
+                            f"σ = {res.sigma:.4g}{kept})", doubts)
+            return
         self._set_label(f"smoothing step t = {t}   (chosen by SURE: {res.t}; σ = {res.sigma:.4g}{kept})", doubts)
         if res.sure is not None:
             with np.errstate(divide="ignore", invalid="ignore"):

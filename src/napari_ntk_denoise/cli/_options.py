@@ -18,14 +18,12 @@ from ..engine.config import DEFAULT_OPTIONS
 from ..engine.events import Progress
 from ..microscopy.noise_estimation import NoiseReport
 from ..microscopy.stacks import stack_noise_report
+from ..microscopy.tiling import TILE
 from ..microscopy.vst import PoissonGaussian
 from ._progress import ProgressBar
 
-__all__ = ["DEFAULT_TILE", "add_ntk_options", "add_stack_options", "noise_from_args", "ntk_kwargs",
+__all__ = ["add_ntk_options", "add_stack_options", "noise_from_args", "ntk_kwargs",
            "progress_handler", "stack_kwargs", "stop_value", "tile_side"]
-
-#: tile side along Y and X by kind of patches (as in the napari widget)
-DEFAULT_TILE = {"2d": 512, "3d": 128}
 
 #: prefixes of progress stages that name the only plane, volume or tile (they tell nothing)
 _ONLY_UNIT = re.compile(r"^(?:(?:plane|volume|tile) 1/1: )+")
@@ -109,7 +107,7 @@ def add_stack_options(p: argparse.ArgumentParser, *, axes_required: bool) -> Non
                    help="2d: every Y-X plane on its own; 3d: Z-Y-X volumes with 3-D patches (needs Z)")
     p.add_argument("--kernel-size-z", type=int, default=None, help="patch depth along Z with --patches 3d")
     p.add_argument("--tile", type=int, default=None,
-                   help=f"tile side along Y, X (default {DEFAULT_TILE['2d']}, {DEFAULT_TILE['3d']} with 3d)")
+                   help=f"tile side along Y, X (default {TILE['2d']}, {TILE['3d']} with 3d)")
     p.add_argument("--overlap", type=int, default=None, help="tile overlap (default twice the receptive field)")
     p.add_argument("--tile-z", type=int, default=None, help="tile side along Z with --patches 3d (default 16)")
     p.add_argument("--overlap-z", type=int, default=None,
@@ -146,7 +144,7 @@ def tile_side(args: argparse.Namespace) -> int:
     -------
     int
     """
-    return DEFAULT_TILE[args.patches] if args.tile is None else args.tile
+    return TILE[args.patches] if args.tile is None else args.tile
 
 
 def _tiling_kwargs(args: argparse.Namespace) -> dict[str, Any]:

@@ -136,6 +136,22 @@ class NTKResult:
         m = self.stages[-1].mse if self.stages else None
         return None if m is None else 10 * np.log10(self.data_range**2 / np.maximum(m, 1e-300))
 
+    def offsets(self) -> tuple[int, int]:
+        """Lowest and highest offsets from the chosen step, in grid steps, that stay on :attr:`t_grid`."""
+        chosen = int(np.searchsorted(self.t_grid, self.t))
+        return -chosen, len(self.t_grid) - 1 - chosen
+
+    def step_at(self, offset: int) -> int:
+        """The step ``offset`` grid steps from the chosen one (stopping at the grid's ends)."""
+        if offset == 0:
+            return self.t
+        index = int(np.clip(np.searchsorted(self.t_grid, self.t) + offset, 0, len(self.t_grid) - 1))
+        return int(self.t_grid[index])
+
+    def render_offset(self, offset: int) -> np.ndarray:
+        """:meth:`render` at :meth:`step_at` ``offset``."""
+        return self.render(self.step_at(offset))
+
     def render(self, t: float, stage: int = -1) -> np.ndarray:
         """``z(t)`` of a stage in the input's layout, from stored coefficients (no recomputation);
         a constant image at any step."""

@@ -25,7 +25,7 @@ import numpy as np
 from ..engine.events import Progress, drain, forward_progress
 from ..engine.stopping import estimate_noise_sigma
 from .noise_estimation import NoiseReport, noise_report, stabilised_sigma
-from .tiling import TileGrid, TileSigma, check_tiled_request, iter_denoise_tile, iter_denoise_tiled
+from .tiling import TILE, TileGrid, TileSigma, check_tiled_request, iter_denoise_tile, iter_denoise_tiled
 from .vst import PoissonGaussian, gat_forward, gat_inverse
 
 __all__ = ["AXES", "StackOptions", "check_axes", "plane_order", "estimate_stack_noise", "estimate_stack_sigma",
@@ -150,7 +150,7 @@ class StackOptions:
         ``"2d"``: every Y-X plane on its own; ``"3d"``: every Z-Y-X volume with the kernel of 3-D
         patches (``kernel_size_z`` sets their depth; needs a ``Z`` axis).
     tile : int, optional
-        Longest tile side along Y and X (default 512 for planes, 128 for volumes, whose tiles are
+        Longest tile side along Y and X (default 256 for planes, 128 for volumes, whose tiles are
         also cut along Z at ``tile_z = 16``); see
         :func:`~napari_ntk_denoise.microscopy.tiling.iter_denoise_tiled` for ``overlap``,
         ``tile_z`` and ``overlap_z``.
@@ -216,7 +216,7 @@ def _plan(array: Any, sigma: float | None, options: dict[str, Any]) -> _Plan:
     shape = tuple(array.shape[i] for i in order[n_loop:])
     colour = channels == "colour" and "C" in ax
     volume = patches == "3d"
-    tiling = dict(kwargs, tile=(128 if volume else 512) if tile is None else tile, volume=volume)
+    tiling = dict(kwargs, tile=TILE[patches] if tile is None else tile, volume=volume)
     grid = check_tiled_request(shape if colour else shape + (1,), **tiling)
     if noise_model == "poisson-gaussian" and not isinstance(noise, PoissonGaussian):
         report = stack_noise_report(array, ax) if noise is None else noise

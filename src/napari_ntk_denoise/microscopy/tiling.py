@@ -10,6 +10,7 @@ so there are no seams.  The same layout serves the lazy dask path of :mod:`napar
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Generator
@@ -18,7 +19,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from ..engine._input import check_memory, prepare_image, resolve_device
+from ..engine._input import ImageLayout, check_memory, prepare_image, resolve_device
 from ..engine.config import FilterConfig
 from ..engine.denoise import NTKResult, iter_denoise_ntk
 from ..engine.events import Progress, TwicingStep, drain, forward_progress
@@ -26,9 +27,12 @@ from ..engine.nystrom import estimate_bytes
 from ..engine.stopping import estimate_noise_sigma
 
 __all__ = [
-    "TiledResult", "TileGrid", "tile_cores", "blend_window", "check_tiled_request", "iter_denoise_tiled",
-    "denoise_tiled",
+    "TILE", "TILE_Z", "TiledResult", "TileFilters", "TileGrid", "tile_cores", "blend_window", "check_tiled_request",
+    "iter_denoise_tiled", "denoise_tiled",
 ]
+
+#: default longest tile side along Y and X, for planes ("2d") and for volumes ("3d")
+TILE = {"2d": 256, "3d": 128}
 
 #: default side of volume tiles along Z (``volume=True``)
 TILE_Z = 16
@@ -56,6 +60,8 @@ class TiledResult:
         Noise level of every tile.
     stop_warnings : list of str
         Why a tile's SURE stop is doubtful (``"tile k: reason"``), empty when every stop holds.
+    filters : TileFilters or None
+        Every tile's filter, to re-render other steps (``keep_filters=True``).
     """
 
     image: np.ndarray
@@ -66,12 +72,85 @@ class TiledResult:
     overlap: tuple[int, ...] = ()
     tile_sigma: list[float] = field(default_factory=list)
     stop_warnings: list[str] = field(default_factory=list)
+    filters: TileFilters | None = field(default=None, repr=False)
+
+    def offsets(self) -> tuple[int, int]:
+        """Lowest and highest offsets (grid steps from each tile's chosen step) that move some tile."""
+        return self._filters().offsets()
+
+    def step_at(self, offset: int) -> list[int]:
+        """Every tile's step ``offset`` grid steps from its chosen one."""
+        return [res.step_at(offset) for res in self._filters().results]
+
+    def render_offset(self, offset: int) -> np.ndarray:
+        """The blended image with every tile ``offset`` grid steps from its chosen step."""
+        return self._filters().render(offset)
+
+    def _filters(self) -> TileFilters:
+        if self.filters is None:
+            raise ValueError("the tiles' filters were not kept: denoise with keep_filters=True to re-render")
+        return self.filters
 
     def metadata(self) -> dict[str, Any]:
         """JSON-friendly summary."""
         return {"method": "ntk-nystrom-twicing-tiled", "sigma": self.sigma, "sigma_estimated": self.sigma_estimated,
                 "n_tiles": len(self.tiles), "t": list(self.t), "overlap": list(self.overlap),
                 "tile_sigma": list(self.tile_sigma), "stop_warnings": list(self.stop_warnings)}
+
+
+class _Blend:
+    """Tile outputs blended into an image ``(..., C)`` with their weights (which sum to one)."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.acc = np.zeros(shape)
+        self.wsum = np.zeros((*shape[:-1], 1))
+
+    def add(self, sl: tuple[slice, ...], weight: np.ndarray, z: np.ndarray) -> None:
+        self.acc[sl] += weight[..., None] * z
+        self.wsum[sl] += weight[..., None]
+
+    def result(self) -> np.ndarray:
+        return self.acc / self.wsum
+
+
+@dataclass(frozen=True)
+class TileFilters:
+    """Every tile's result with its eigenimages, to re-render a tiled image at other steps.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        The prepared image's shape ``(..., C)``.
+    tiles : list of tuple
+        ``(slices, blending weights)`` of every tile.
+    results : list of NTKResult
+        Every tile's result (the final stage's eigenimages kept).
+    layout : ImageLayout
+        The input's layout, to restore.
+    """
+
+    shape: tuple[int, ...]
+    tiles: list[tuple[tuple[slice, ...], np.ndarray]]
+    results: list[NTKResult]
+    layout: ImageLayout
+
+    def offsets(self) -> tuple[int, int]:
+        """Lowest and highest offsets from the tiles' chosen steps that move some tile."""
+        spans = [res.offsets() for res in self.results]
+        return min(lo for lo, _ in spans), max(hi for _, hi in spans)
+
+    def render(self, offset: int) -> np.ndarray:
+        """The blended image, every tile ``offset`` grid steps from its own chosen step."""
+        blend = _Blend(self.shape)
+        for (sl, weight), res in zip(self.tiles, self.results):
+            blend.add(sl, weight, res.render_offset(offset))
+        return self.layout.restore(blend.result())
+
+
+def _renderable(res: NTKResult) -> NTKResult:
+    """A tile's result with only the final stage's eigenimages (the ones :meth:`NTKResult.render` uses)."""
+    stages = [dataclasses.replace(st, filter=dataclasses.replace(st.filter, basis=None)) for st in res.stages[:-1]]
+    return dataclasses.replace(res, stages=stages + res.stages[-1:])
 
 
 def tile_cores(n: int, tile: int, halo: int) -> list[int]:
@@ -153,7 +232,7 @@ def blend_window(length: int, ramp_before: int, ramp_after: int) -> np.ndarray:
 def check_tiled_request(
     shape: tuple[int, ...],
     *,
-    tile: int = 512,
+    tile: int = TILE["2d"],
     overlap: int | None = None,
     tile_z: int = TILE_Z,
     overlap_z: int | None = None,
@@ -236,12 +315,13 @@ def iter_denoise_tiled(
     image: np.ndarray,
     sigma: TileSigma = None,
     *,
-    tile: int = 512,
+    tile: int = TILE["2d"],
     overlap: int | None = None,
     tile_z: int = TILE_Z,
     overlap_z: int | None = None,
     channel_axis: int | None = None,
     device: str | None = None,
+    keep_filters: bool = False,
     **options: Any,
 ) -> Generator[Progress, None, TiledResult]:
     """Denoise a (large) image in overlapping tiles, streaming progress.
@@ -266,6 +346,10 @@ def iter_denoise_tiled(
         Colour axis (one filter for all channels of a tile).
     device : str, optional
         As for :func:`~napari_ntk_denoise.engine.denoise.iter_denoise_ntk`.
+    keep_filters : bool
+        Keep every tile's eigenimages in :attr:`TiledResult.filters`, so that
+        :meth:`TiledResult.render_offset` can show other steps (memory: one ``d x k`` block per
+        tile).
     **options
         The filter's options (:class:`~napari_ntk_denoise.engine.config.FilterConfig`), as for
         :func:`~napari_ntk_denoise.engine.denoise.iter_denoise_ntk`; ``volume`` for a Z stack.
@@ -303,22 +387,23 @@ def iter_denoise_tiled(
     sigma_estimated = sigma is None
     if sigma is None:
         sigma = estimate_noise_sigma(image, channel_axis)
-    acc = np.zeros(y.shape)
-    wsum = np.zeros((*y.shape[:-1], 1))
+    blend = _Blend(y.shape)
     tiles = grid.tiles()
-    steps, sigmas, doubts = [], [], []
+    steps, sigmas, doubts, kept = [], [], [], []
     for k, (sl, weight) in enumerate(tiles):
         gen = iter_denoise_tile(y[sl], sigma, -1, device=device, **options)
         res = yield from forward_progress(gen, f"tile {k + 1}/{len(tiles)}: ", part=(k, len(tiles)))
-        acc[sl] += weight[..., None] * res.image
-        wsum[sl] += weight[..., None]
+        blend.add(sl, weight, res.image)
+        if keep_filters:
+            kept.append(_renderable(res))
         steps.append(res.t)
         sigmas.append(res.sigma)
         doubts += [f"tile {k + 1}: {w}" for w in res.params.get("stop_warnings", ())]
         yield Progress("tiles", k + 1, len(tiles), f"tile {k + 1}/{len(tiles)}: t = {res.t}")
-    return TiledResult(image=layout.restore(acc / wsum), sigma=float(np.sqrt(np.mean(np.square(sigmas)))),
+    filters = TileFilters(y.shape, tiles, kept, layout) if keep_filters else None
+    return TiledResult(image=layout.restore(blend.result()), sigma=float(np.sqrt(np.mean(np.square(sigmas)))),
                        sigma_estimated=sigma_estimated, tiles=[sl for sl, _ in tiles], t=steps, overlap=grid.overlap,
-                       tile_sigma=sigmas, stop_warnings=doubts)
+                       tile_sigma=sigmas, stop_warnings=doubts, filters=filters)
 
 
 def denoise_tiled(image: np.ndarray, sigma: float | None = None, **kwargs: Any) -> tuple[np.ndarray, TiledResult]:
