@@ -1,15 +1,15 @@
 """NTK Filter widget: closed-form NTK denoising of an image layer, streamed as it computes.
 
-The widget turns the chosen layer into engine calls, one per plane, in a worker thread: planes up
-to the tile size go to :func:`napari_ntk_denoise.iter_denoise_ntk` (twicing steps streamed into the
+The widget turns the chosen layer into engine calls, one per plane, in a worker thread: planes up to
+the tile size go to :func:`napari_ntk_denoise.iter_denoise_ntk` (twicing steps streamed into the
 output layer), larger planes to :func:`napari_ntk_denoise.iter_denoise_tiled` (per-tile progress,
-the plane shown when done, every tile's eigenimages kept within the memory budget).  Every plane keeps its own SURE step; the ``t`` label and the plot (SURE
-curve, and PSNR against a reference) show the plane on screen, orange where SURE's stop is doubtful
-(the engine's ``stop_warnings``).  Afterwards the ``t`` slider moves every plane the same number of
-grid steps from its own SURE step (a tiled plane's tiles each from theirs), re-rendering ``z(t)``
-from the stored eigen-coefficients.
+the plane shown when done, every tile's eigenimages kept within the memory budget). Every plane
+keeps its own SURE step; the ``t`` label and the plot (SURE curve, and PSNR against a reference)
+show the plane on screen, orange where SURE's stop is doubtful (the engine's ``stop_warnings``).
+Afterwards the ``t`` slider moves every plane the same number of grid steps from its own SURE step
+(a tiled plane's tiles each from theirs), re-rendering ``z(t)`` from the stored eigen-coefficients.
 With the Poisson-Gaussian noise model every plane goes through the generalized Anscombe transform
-(parameters given or estimated from three planes).  Planes are read one at a time, so dask-backed
+(parameters given or estimated from three planes). Planes are read one at a time, so dask-backed
 (lazy) layers are never loaded whole.
 """
 
