@@ -347,9 +347,7 @@ def iter_denoise_tiled(
     device : str, optional
         As for :func:`~napari_ntk_denoise.engine.denoise.iter_denoise_ntk`.
     keep_filters : bool
-        Keep every tile's eigenimages in :attr:`TiledResult.filters`, so that
-        :meth:`TiledResult.render_offset` can show other steps (memory: one ``d x k`` block per
-        tile).
+        Keep every tile's eigenimages (one ``d x k`` block each) for :meth:`TiledResult.render_offset`.
     **options
         The filter's options (:class:`~napari_ntk_denoise.engine.config.FilterConfig`), as for
         :func:`~napari_ntk_denoise.engine.denoise.iter_denoise_ntk`; ``volume`` for a Z stack.
