@@ -67,6 +67,8 @@ def add_ntk_options(p: argparse.ArgumentParser) -> None:
         key = f"guided_{name}_share"
         p.add_argument(f"--guided-{name}-share", type=float, default=d[key], metavar="S",
                        help=f"anchors of {what}, as a share of the first stage's (default {d[key]})")
+    p.add_argument("--guided-pilot-draws", type=int, choices=(1, 2), default=d["guided_pilot_draws"],
+                   help="anchor draws averaged into the pilot (default 1; 2 costs one more run)")
     p.add_argument("--stop", type=stop_value, default=d["stop"],
                    help=f"'sure', 'oracle' (needs --reference) or N (default {d['stop']})")
     p.add_argument("--depth", type=int, default=d["depth"], help=f"weight layers of the CNN (default {d['depth']})")
@@ -129,7 +131,8 @@ def ntk_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return dict(depth=args.depth, kernel_size=args.kernel_size, kernel=args.kernel, input=args.input,
                 fraction=args.fraction, rank=args.rank, stop=args.stop, guided=args.guided,
                 guided_kernel=args.guided_kernel, guided_pilot_share=args.guided_pilot_share,
-                guided_stage_share=args.guided_stage_share, device=args.device, seed=args.seed)
+                guided_stage_share=args.guided_stage_share, guided_pilot_draws=args.guided_pilot_draws,
+                device=args.device, seed=args.seed)
 
 
 def tile_side(args: argparse.Namespace) -> int:

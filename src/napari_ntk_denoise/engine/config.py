@@ -58,8 +58,9 @@ class GuidedConfig:
     """The guided filter: a second stage whose kernel is computed from a first estimate (the
     pilot), with ``kernel`` for both of its stages (``None``: the first stage's).
 
-    The pilot is the mean of the first stage and of a second draw of anchors, ``pilot_share`` as
-    many as the first stage's; the guided stage has ``stage_share`` as many.  The guided kernel,
+    The pilot is the first stage's estimate, or with ``pilot_draws=2`` its mean with that of a
+    second draw of anchors, ``pilot_share`` as many as the first stage's (which averages out part
+    of the Nyström error at the cost of one more run); the guided stage has ``stage_share`` as many.  The guided kernel,
     computed from a smooth pilot, needs fewer anchors than the first (``bench-ntk --datasets``
     measures the shares against the full anchor sets), but never fewer than twice the rank, below
     which the Nyström eigenimages lose their accuracy.
@@ -69,10 +70,13 @@ class GuidedConfig:
     kernel: Kind | None = "nngp"
     pilot_share: float = 0.5
     stage_share: float = 0.5
+    pilot_draws: int = 1
 
     def __post_init__(self) -> None:
         if self.kernel not in (None, "ntk", "nngp"):
             raise ValueError(f"guided_kernel must be 'ntk', 'nngp' or None, got {self.kernel!r}")
+        if self.pilot_draws not in (1, 2) or isinstance(self.pilot_draws, bool):
+            raise ValueError(f"guided_pilot_draws must be 1 or 2, got {self.pilot_draws!r}")
         for name in ("pilot_share", "stage_share"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"guided_{name} must be in (0, 1], got {getattr(self, name)}")
@@ -105,8 +109,8 @@ class FilterConfig:
     stop : {"sure", "oracle"} or int
         Monte-Carlo SURE, the PSNR-optimal step given a reference, or a fixed number of steps.
     guided : GuidedConfig
-        Flat options ``guided`` (on or off), ``guided_kernel``, ``guided_pilot_share`` and
-        ``guided_stage_share``.
+        Flat options ``guided`` (on or off), ``guided_kernel``, ``guided_pilot_share``,
+        ``guided_stage_share`` and ``guided_pilot_draws``.
     input : {"image", "noise"}
         Kernel computed from the noisy image, or from i.i.d. noise (the deep image prior's input).
     noise_channels : int
@@ -156,7 +160,8 @@ class FilterConfig:
                    nystrom=NystromConfig(opts["fraction"], opts["n_anchors"], opts["rank"]),
                    stop=opts["stop"], guided=GuidedConfig(bool(opts["guided"]), opts["guided_kernel"],
                                                            float(opts["guided_pilot_share"]),
-                                                           float(opts["guided_stage_share"])),
+                                                           float(opts["guided_stage_share"]),
+                                                           int(opts["guided_pilot_draws"])),
                    input=opts["input"], noise_channels=int(opts["noise_channels"]),
                    noise_blur=float(opts["noise_blur"]), seed=int(opts["seed"]))
 
@@ -167,7 +172,8 @@ class FilterConfig:
                     kernel_size_z=a.kernel_size_z, fraction=self.nystrom.fraction, n_anchors=self.nystrom.n_anchors,
                     rank=self.nystrom.rank, stop=self.stop, guided=self.guided.enabled,
                     guided_kernel=self.guided.kernel, guided_pilot_share=self.guided.pilot_share,
-                    guided_stage_share=self.guided.stage_share, input=self.input, noise_channels=self.noise_channels,
+                    guided_stage_share=self.guided.stage_share, guided_pilot_draws=self.guided.pilot_draws,
+                    input=self.input, noise_channels=self.noise_channels,
                     noise_blur=self.noise_blur, seed=self.seed)
 
     def replace(self, **options: Any) -> FilterConfig:
@@ -183,8 +189,8 @@ class FilterConfig:
 
     @property
     def runs(self) -> int:
-        """Nyström pipeline runs: one, or three when guided (two pilot draws, the guided stage)."""
-        return 3 if self.guided.enabled else 1
+        """Nyström pipeline runs: one, or when guided the pilot's draws and the guided stage."""
+        return 1 + self.guided.pilot_draws if self.guided.enabled else 1
 
     @property
     def memory_passes(self) -> int:

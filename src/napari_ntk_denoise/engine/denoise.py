@@ -97,11 +97,12 @@ def iter_denoise_ntk(
         * ``stop``: ``"sure"`` (Monte-Carlo SURE: one more pipeline run on ``y + eps b``, with the
           noise's smaller spread near clipping bounds, ``params["clip_bounds"]``), ``"oracle"``
           (the PSNR-optimal step given a ``reference``, the paper's protocol) or a fixed step.
-        * ``guided``: two stages, the kernel of the second computed from a pilot (the mean of
-          two first-stage estimates on two anchor draws, at a fraction of their step,
-          :data:`~napari_ntk_denoise.engine.config.PILOT_STEP`); the output is ``a p + (1 - a) z(t)``,
-          the pilot weight ``a`` chosen for every ``t`` by the same stopping rule (``a = 0`` with
-          a fixed step).  ``guided_kernel``: the kernel type of both guided stages.
+        * ``guided``: two stages, the kernel of the second computed from a pilot (the first
+          stage's estimate at a fraction of its step,
+          :data:`~napari_ntk_denoise.engine.config.PILOT_STEP`, averaged with a second anchor
+          draw's with ``guided_pilot_draws=2``); the output is ``a p + (1 - a) z(t)``, the pilot
+          weight ``a`` chosen for every ``t`` by the same stopping rule (``a = 0`` with a fixed
+          step).  ``guided_kernel``: the kernel type of both guided stages.
         * ``input``: kernel from the noisy ``"image"`` or from i.i.d. ``"noise"`` (the deep image
           prior's input) with ``noise_channels``.
         * ``noise_blur``: spatially correlated noise, white noise blurred by a Gaussian of this
@@ -120,7 +121,7 @@ def iter_denoise_ntk(
     -----
     Cost is dominated by the kernel columns: ``O(d m r^2 C + d m k)`` per pipeline run, with
     ``d`` pixels, ``m`` anchors, ``k = rank``; memory ``O(d k + m^2)``.  ``stop="sure"`` doubles the
-    runs, ``guided=True`` triples them (two first-stage anchor draws, then the guided stage).
+    runs, ``guided=True`` doubles them again (the guided stage; a second pilot draw triples them).
 
     References
     ----------
@@ -184,23 +185,26 @@ class _Run:
         return fit.pilot
 
     def first_stage(self) -> Generator[Progress | TwicingStep, None, Guide | None]:
-        """Stage 1, and with the guided filter the pilot of the guided stage (a second draw)."""
+        """Stage 1, and with the guided filter the pilot of the guided stage (with a second draw)."""
         n = self.cfg.runs
         first = yield from self.stage(stage=f"kernel (1/{n})", part=(0, n), label="", phase="stage1",
                                       pilot=self.cfg.guided.enabled)
         if first is None:
             return None
-        other = self._share_of_anchors(self.cfg.guided.pilot_share, self.cfg.seed + 1)
-        second = yield from self.stage(anchors=other, stage=f"pilot kernel (2/{n})", part=(1, n), label="pilot ",
-                                       phase="pilot", pilot=True)
-        self.t_pilot = [first.t, second.t]
-        return PilotEstimate.mean(first, second)
+        draws = [first]
+        if self.cfg.guided.pilot_draws == 2:
+            other = self._share_of_anchors(self.cfg.guided.pilot_share, self.cfg.seed + 1)
+            draws.append((yield from self.stage(anchors=other, stage=f"pilot kernel (2/{n})", part=(1, n),
+                                                label="pilot ", phase="pilot", pilot=True)))
+        self.t_pilot = [d.t for d in draws]
+        return PilotEstimate.mean(*draws)
 
     def guided_stage(self, guide: Guide) -> Generator[Progress | TwicingStep, None, None]:
         """The guided stage, on its share of the first stage's anchors."""
         anchors = self._share_of_anchors(self.cfg.guided.stage_share, self.cfg.seed)
-        yield from self.stage(anchors=anchors, guide=guide, stage="guided kernel (3/3)", part=(2, 3), label="guided ",
-                              phase="stage2")
+        n = self.cfg.runs
+        yield from self.stage(anchors=anchors, guide=guide, stage=f"guided kernel ({n}/{n})", part=(n - 1, n),
+                              label="guided ", phase="stage2")
 
     def _share_of_anchors(self, share: float, seed: int) -> np.ndarray:
         """A draw of ``share`` of the first stage's anchors

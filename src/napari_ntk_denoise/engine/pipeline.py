@@ -48,10 +48,11 @@ class PilotEstimate:
     divergence: float | None
 
     @staticmethod
-    def mean(a: PilotEstimate, b: PilotEstimate) -> Guide:
-        """The pilot: the mean of two draws' estimates (less Nyström noise in the guide)."""
-        return Guide((a.z + b.z) / 2, None if a.z_eps is None else (a.z_eps + b.z_eps) / 2,
-                     None if a.divergence is None else (a.divergence + b.divergence) / 2)
+    def mean(*draws: PilotEstimate) -> Guide:
+        """The pilot: the mean of the draws' estimates (more draws, less Nyström noise in the guide)."""
+        first, n = draws[0], len(draws)
+        return Guide(sum(d.z for d in draws) / n, None if first.z_eps is None else sum(d.z_eps for d in draws) / n,
+                     None if first.divergence is None else sum(d.divergence for d in draws) / n)
 
 
 @dataclass

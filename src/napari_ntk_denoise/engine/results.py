@@ -23,9 +23,9 @@ class PilotBlend:
     Attributes
     ----------
     pilot : torch.Tensor or None
-        The pilot ``p``, ``(d, C)``: the mean of two first-stage estimates, the first stage's output
-        and that of the same filter on a second anchor draw, each at its ``params["t_pilot"]``
-        step (``None`` once dropped to save memory).
+        The pilot ``p``, ``(d, C)``: the first stage's output at its ``params["t_pilot"]`` step,
+        or its mean with that of the same filter on a second anchor draw (``None`` once dropped
+        to save memory).
     t : numpy.ndarray
         Steps of the grid.
     weight : numpy.ndarray
