@@ -38,25 +38,26 @@ def _scene(shape: tuple[int, ...], seed: int = 0, sigma: float = 0.1) -> np.ndar
 
 
 def _ntk(image: np.ndarray, **kw) -> tuple[np.ndarray, float]:
-    out, res = denoise_ntk(image, 0.1, kernel_size=5, fraction=0.1, **kw)
+    out, res = denoise_ntk(image, 0.1, kernel_size=5, fraction=0.1, **{"guided": False, **kw})
     return out, res.t
 
 
 def _volume() -> tuple[np.ndarray, float]:
     vol = np.moveaxis(_scene((32, 32, 8), seed=5), -1, 0)
-    out, res = denoise_ntk(vol, 0.1, kernel_size=5, kernel_size_z=3, volume=True, fraction=0.05)
+    out, res = denoise_ntk(vol, 0.1, kernel_size=5, kernel_size_z=3, volume=True, fraction=0.05,
+                           guided=False)
     return out, res.t
 
 
 def _tiled() -> tuple[np.ndarray, float]:
-    out, res = denoise_tiled(_scene((96, 96), seed=3), 0.1, tile=64, kernel_size=5, fraction=0.1)
+    out, res = denoise_tiled(_scene((96, 96), seed=3), 0.1, tile=64, kernel_size=5, fraction=0.1, guided=False)
     return out, float(np.mean(res.t))
 
 
 def _stack() -> tuple[np.ndarray, float]:
     counts = np.random.default_rng(4).poisson(40 * _scene((2, 48, 48), sigma=0.0).clip(0.05))
     out = denoise_stack(counts.astype(np.float32), axes="TYX", noise_model="poisson-gaussian", kernel_size=5,
-                        fraction=0.1)
+                        fraction=0.1, guided=False)
     return out, 0.0
 
 
@@ -69,10 +70,10 @@ def _dip_gd() -> tuple[np.ndarray, float]:
 CASES: dict[str, Callable[[], tuple[np.ndarray, float]]] = {
     "gray": lambda: _ntk(_scene((48, 48))),
     "rgb": lambda: _ntk(_scene((48, 48, 3), seed=1), channel_axis=-1),
-    "guided": lambda: _ntk(_scene((48, 48), seed=2), guided=True),
+    "guided": lambda: _ntk(_scene((48, 48), seed=2), guided=True, guided_pilot_draws=2),
     "noise_input": lambda: _ntk(_scene((48, 48)), input="noise"),
     "fixed_step": lambda: _ntk(_scene((48, 48)), stop=7),
-    "guided_oracle": lambda: _ntk(_scene((48, 48), seed=2), guided=True, stop="oracle",
+    "guided_oracle": lambda: _ntk(_scene((48, 48), seed=2), guided=True, guided_pilot_draws=2, stop="oracle",
                                   reference=_scene((48, 48), sigma=0.0)),
     "noise_blur": lambda: _ntk(_scene((64, 64), seed=7), noise_blur=1.0, kernel="nngp", depth=3),
     "volume": _volume,

@@ -118,7 +118,7 @@ def synthetic(shape: tuple[int, ...], axes: str, device: str | None, runs: list[
         print(f"| skimage NLM (BM3D: {scores['bm3d']:.2f}) after the same GAT, estimated noise | {sec:.1f} | "
               f"{peak_rss_gb():.2f} | {scores['nlm']:.2f} |")
     for label, kw in runs:
-        out, sec = timed(denoise_stack, noisy, axes=axes, device=device, **{"tile": 512, **kw})
+        out, sec = timed(denoise_stack, noisy, axes=axes, device=device, **{"tile": 512, "guided": False, **kw})
         print(f"| {label} | {sec:.1f} | {peak_rss_gb():.2f} | {psnr(np.clip(out, 0, PEAK), clean, PEAK):.2f} |")
     print()
 
@@ -139,7 +139,7 @@ def tiles(size: int, device: str | None) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DoubtfulStopWarning)
                 out = denoise_stack(noisy.astype(np.float32), axes="YX", noise_model="poisson-gaussian",
-                                    device=device, **kw)
+                                    device=device, guided=False, **kw)
             scores.append(psnr(np.clip(out, 0, 255), gt, 255))
         print(f"| {label} | {np.mean(scores):.2f} | {time.perf_counter() - t0:.1f} |")
     t0 = time.perf_counter()

@@ -15,7 +15,7 @@ from napari_ntk_denoise.engine.events import Progress
 from napari_ntk_denoise.io.imageio import read_image
 from napari_ntk_denoise.microscopy.stacks import denoise_stack
 
-FAST = ["--kernel-size", "5", "--fraction", "0.1", "--rank", "32", "--quiet"]
+FAST = ["--kernel-size", "5", "--fraction", "0.1", "--rank", "32", "--no-guided", "--quiet"]
 
 
 def _noisy(scale, dtype, channels=None, seed=0):
@@ -55,13 +55,25 @@ def test_tiff_keeps_dtype_and_range(tmp_path, capsys, dtype, scale):
     assert "(estimated)" in capsys.readouterr().out
 
 
+def test_the_guided_filter_is_the_default_and_no_guided_turns_it_off(tmp_path):
+    noisy, _ = _noisy(1.0, np.float32)
+    tifffile.imwrite(tmp_path / "n.tif", noisy)
+    fast = [a for a in FAST if a != "--no-guided"]
+    for name, extra in (("default", []), ("plain", ["--no-guided"])):
+        assert cli.main(["denoise", str(tmp_path / "n.tif"), "-o", str(tmp_path / f"{name}.tif"), "--sigma", "0.1",
+                         *fast, *extra]) == 0
+    for name, guided in (("default", True), ("plain", False)):
+        expected = denoise_stack(noisy, 0.1, axes="YX", kernel_size=5, fraction=0.1, rank=32, guided=guided)
+        np.testing.assert_allclose(tifffile.imread(tmp_path / f"{name}.tif"), expected, atol=1e-5)
+
+
 def test_guided_kernel_option_reaches_the_guided_stage(tmp_path):
     noisy, _ = _noisy(1.0, np.float32)
     tifffile.imwrite(tmp_path / "n.tif", noisy)
     outs = {}
     for kind in ("nngp", "ntk"):
-        args = ["denoise", str(tmp_path / "n.tif"), "-o", str(tmp_path / f"{kind}.tif"), "--sigma", "0.1", "--guided",
-                "--guided-kernel", kind, "--stop", "20", *FAST]
+        args = ["denoise", str(tmp_path / "n.tif"), "-o", str(tmp_path / f"{kind}.tif"), "--sigma", "0.1",
+                "--guided-kernel", kind, "--stop", "20", *FAST, "--guided"]  # --guided after FAST's --no-guided
         assert cli.main(args) == 0
         outs[kind] = tifffile.imread(tmp_path / f"{kind}.tif")
     assert not np.allclose(outs["nngp"], outs["ntk"], atol=1e-4)
@@ -123,7 +135,7 @@ def test_3d_patches_on_a_zyx_tif(tmp_path, capsys):
             "--kernel-size-z", "3", "--tile", "64", *FAST]
     assert cli.main(args) == 0  # axes guessed: ZYX
     expected = denoise_stack(noisy, 0.1, axes="ZYX", patches="3d", kernel_size_z=3, kernel_size=5, fraction=0.1,
-                             rank=32, tile=64)
+                             rank=32, tile=64, guided=False)
     np.testing.assert_allclose(tifffile.imread(tmp_path / "o.tif"), expected, atol=1e-5)
     flat = ["denoise", str(tmp_path / "z.tif"), "-o", str(tmp_path / "o.tif"), "--kernel-size-z", "3", *FAST]
     assert cli.main(flat) == 1

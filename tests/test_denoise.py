@@ -18,7 +18,7 @@ from napari_ntk_denoise.engine.events import drain
 from napari_ntk_denoise.engine.stopping import estimate_noise_sigma, psnr
 from napari_ntk_denoise.engine.twicing import twicing_factors
 
-FAST = dict(kernel_size=5, fraction=0.1, rank=48)
+FAST = dict(kernel_size=5, fraction=0.1, rank=48, guided=False)  # the one-stage filter unless a test asks
 
 
 def _noisy(shape=(32, 32), channels=None, sigma=0.1, seed=0):
@@ -107,10 +107,21 @@ def test_oracle_and_fixed_stops():
 
 def test_guided_two_stages_with_sure():
     noisy, clean = _noisy(channels=3)
-    out, res = denoise_ntk(noisy, 0.1, channel_axis=-1, guided=True, reference=clean, **FAST)
+    out, res = denoise_ntk(noisy, 0.1, channel_axis=-1, reference=clean, **{**FAST, "guided": True})
     assert len(res.stages) == 2 and res.stages[1].sure is not None
     assert res.metadata()["t_stage1"] == res.stages[0].t
     assert psnr(out, clean, 1) > psnr(noisy, clean, 1) + 3
+
+
+def test_the_default_filter_is_guided_with_a_one_draw_pilot():
+    """Without options the filter has two stages and its pilot is stage 1's estimate; ``guided=False``
+    gives the one-stage filter (with the NNGP kernel, the default's stage 1)."""
+    noisy, _ = _noisy()
+    fast = {k: v for k, v in FAST.items() if k != "guided"}
+    _, res = denoise_ntk(noisy, 0.1, **fast)
+    _, plain = denoise_ntk(noisy, 0.1, guided=False, kernel="nngp", **fast)
+    assert len(res.stages) == 2 and len(res.params["t_pilot"]) == 1 and res.params["guided"]
+    assert len(plain.stages) == 1 and plain.t == res.stages[0].t
 
 
 @pytest.mark.parametrize("draws", [1, 2])
@@ -125,8 +136,9 @@ def test_guided_kernel_type_serves_both_stages(draws):
     from napari_ntk_denoise.engine.twicing import twicing_factors, twicing_output
 
     noisy, _ = _noisy()
-    _, res = denoise_ntk(noisy, 0.1, guided=True, guided_pilot_draws=draws, stop=5, **FAST)
-    _, same = denoise_ntk(noisy, 0.1, guided=True, guided_pilot_draws=draws, guided_kernel=None, stop=5, **FAST)
+    _, res = denoise_ntk(noisy, 0.1, guided_pilot_draws=draws, stop=5, **{**FAST, "guided": True})
+    _, same = denoise_ntk(noisy, 0.1, guided_pilot_draws=draws, guided_kernel=None, stop=5,
+                          **{**FAST, "guided": True})
     assert res.params["guided_kernel"] == "nngp" and same.params["guided_kernel"] == "ntk"
     for result, kind in ((res, "nngp"), (same, "ntk")):
         plain = low_rank_filter(noisy, kernel=kind, **FAST)
@@ -163,7 +175,7 @@ def test_guided_output_is_the_best_average_with_the_pilot(stop):
     MSE)."""
     noisy, clean = _noisy(channels=3)
     n = noisy.size
-    _, res = denoise_ntk(noisy, 0.1, channel_axis=-1, guided=True, stop=stop, reference=clean, **FAST)
+    _, res = denoise_ntk(noisy, 0.1, channel_axis=-1, stop=stop, reference=clean, **{**FAST, "guided": True})
     s1, s2 = res.stages
     t_pilot = res.params["t_pilot"][0]
     assert set(res.params["t_pilot"]) <= set(res.t_grid) and 0.63 < t_pilot / s1.t < 0.77
@@ -207,7 +219,7 @@ def test_guided_noise_input_sure_tracks_the_error():
     """Noise input, guided: stage 1's filter is shared by both runs, the perturbed guide is still
     formed, and stage 2's Monte-Carlo SURE follows the true MSE over every t."""
     noisy, clean = _noisy()
-    _, res = denoise_ntk(noisy, 0.1, input="noise", guided=True, reference=clean, **FAST)
+    _, res = denoise_ntk(noisy, 0.1, input="noise", reference=clean, **{**FAST, "guided": True})
     stage = res.stages[1]
     # one probe draw on 1024 values: SURE's error is a fraction of the noise variance, whatever the CPU's rounding
     np.testing.assert_allclose(stage.sure.sure, stage.mse, rtol=0, atol=0.3 * 0.1**2)
@@ -261,7 +273,7 @@ def test_sure_on_clipped_data_stops_near_the_oracle(monkeypatch):
 
     clean = np.clip(2.5 * smooth_image((64, 64)) - 0.8, 0, 1)  # a fifth of the noisy values clipped
     noisy = np.clip(clean + 0.1 * np.random.default_rng(0).standard_normal(clean.shape), 0, 1).astype(np.float32)
-    kw = dict(reference=clean, kernel_size=5, fraction=0.05, rank=64)
+    kw = dict(reference=clean, kernel_size=5, fraction=0.05, rank=64, guided=False)
     out, res = denoise_ntk(noisy, 0.1, **kw)
     assert res.params["clip_bounds"] == [0.0, 1.0]
     gap = res.psnr.max() - psnr(out, clean, 1)
@@ -282,7 +294,7 @@ def test_banded_sure_probe_stops_near_the_oracle(monkeypatch):
     for period in (problem.PROBE_PERIOD, 1000):  # banded, then dense (the image has < 4 periods of rows)
         monkeypatch.setattr(problem, "PROBE_PERIOD", period)
         problem.sure_probe.cache_clear()
-        out, res = denoise_ntk(noisy, 0.1, reference=clean, kernel_size=5, fraction=0.05, rank=64)
+        out, res = denoise_ntk(noisy, 0.1, reference=clean, kernel_size=5, fraction=0.05, rank=64, guided=False)
         assert res.psnr.max() - psnr(out, clean, 1) < 0.2
         chosen.append(psnr(out, clean, 1))
         share = res.stages[0].perturbed_pixels / noisy.size  # rows computed on the perturbed input

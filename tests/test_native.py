@@ -134,10 +134,10 @@ def test_denoising_with_the_native_ops_matches_the_torch_ops(backend, monkeypatc
 
     clean = clean_sample("camera")[::2, ::4]  # 256 rows: the banded probe
     noisy = add_noise(clean, 25 / 255, seed=1)
-    out_c, res_c = denoise_ntk(noisy, 25 / 255)
+    out_c, res_c = denoise_ntk(noisy, 25 / 255, guided=False)
     monkeypatch.setattr(_native, "op", lambda name: None)
     monkeypatch.setenv("NTK_DENOISE_COMPILE", "0")  # eager: the compiled op is tested against it elsewhere
-    out_t, res_t = denoise_ntk(noisy, 25 / 255)
+    out_t, res_t = denoise_ntk(noisy, 25 / 255, guided=False)
     grid = list(res_c.t_grid)
     assert abs(grid.index(res_c.t) - grid.index(res_t.t)) <= 1
     assert abs(psnr(np.clip(out_c, 0, 1), clean, 1.0) - psnr(np.clip(out_t, 0, 1), clean, 1.0)) < 0.01

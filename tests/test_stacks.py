@@ -15,7 +15,7 @@ from napari_ntk_denoise.cli.stacks import add_parser
 from napari_ntk_denoise.microscopy.stacks import check_axes, denoise_stack, estimate_stack_noise, estimate_stack_sigma
 from napari_ntk_denoise.microscopy.vst import PoissonGaussian
 
-FAST = dict(kernel_size=5, fraction=0.1, rank=32, tile=64)
+FAST = dict(kernel_size=5, fraction=0.1, rank=32, tile=64, guided=False)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_planes_are_independent(zstack):
     out = denoise_stack(noisy, 0.1, axes="ZYX", **FAST)
     assert out.shape == noisy.shape and out.dtype == np.float32
     np.testing.assert_array_equal(noisy, before)
-    single, _ = denoise_ntk(noisy[1], 0.1, kernel_size=5, fraction=0.1, rank=32)
+    single, _ = denoise_ntk(noisy[1], 0.1, kernel_size=5, fraction=0.1, rank=32, guided=False)
     np.testing.assert_allclose(out[1], single, atol=1e-5)
     # the axis order only moves data around
     moved = denoise_stack(np.moveaxis(noisy, 0, -1), 0.1, axes="YXZ", **FAST)
@@ -49,7 +49,7 @@ def test_planes_are_independent(zstack):
 def test_channels_colour_or_independent(zstack):
     _, noisy = zstack
     colour = denoise_stack(noisy, 0.1, axes="CYX", channels="colour", **FAST)
-    ref, _ = denoise_ntk(noisy, 0.1, channel_axis=0, kernel_size=5, fraction=0.1, rank=32)
+    ref, _ = denoise_ntk(noisy, 0.1, channel_axis=0, kernel_size=5, fraction=0.1, rank=32, guided=False)
     np.testing.assert_allclose(colour, ref, atol=1e-5)
     independent = denoise_stack(noisy, 0.1, axes="CYX", channels="independent", **FAST)
     np.testing.assert_allclose(independent, denoise_stack(noisy, 0.1, axes="ZYX", **FAST), atol=1e-6)
@@ -178,7 +178,7 @@ def run_stack_cli(argv: list[str]) -> int:
     return args.func(args)
 
 
-CLI_FAST = ["--kernel-size", "5", "--fraction", "0.1", "--rank", "32", "--tile", "64", "--quiet"]
+CLI_FAST = ["--kernel-size", "5", "--fraction", "0.1", "--rank", "32", "--tile", "64", "--no-guided", "--quiet"]
 
 
 def test_cli_tiff_to_zarr_and_back(zstack, tmp_path):

@@ -10,7 +10,7 @@ from napari_ntk_denoise import denoise_ntk
 from napari_ntk_denoise.engine.events import Progress
 from napari_ntk_denoise.microscopy.tiling import TileGrid, blend_window, denoise_tiled, iter_denoise_tiled, tile_cores
 
-FAST = dict(kernel_size=5, fraction=0.1, rank=48)
+FAST = dict(kernel_size=5, fraction=0.1, rank=48, guided=False)
 N = 96
 
 

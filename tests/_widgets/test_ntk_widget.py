@@ -58,6 +58,12 @@ def test_run_streams_into_one_layer_updated_in_place(qtbot, viewer, ntk, camera_
     assert psnr(clean, np.clip(out.data, 0, 1), data_range=1) > psnr(clean, noisy, data_range=1) + 2
 
 
+def test_the_guided_filter_is_the_default(open_widget) -> None:
+    """A fresh NTK Filter dock has the two-stage filter ticked, its kernel control shown, as the engine."""
+    widget = open_widget("NTK Filter")
+    assert widget._guided.value and widget._params()["guided"] and not widget._guided_kernel.native.isHidden()
+
+
 def test_guided_stage_kernel_is_chosen_with_the_guided_stage(qtbot, viewer, ntk) -> None:
     """The guided kernel control shows with the guided stage and reaches the engine and the metadata."""
     assert ntk._guided_kernel.native.isHidden() and ntk._guided_kernel.value == "nngp"
@@ -350,6 +356,7 @@ def stack_run(qtbot, viewer, open_widget):
     widget = open_widget("NTK Filter")
     controls = widget._filter_controls
     controls.kernel_size.value, controls.fraction.value, controls.rank.value = 5, 0.1, 32
+    widget._guided.value = False
     widget._image.value = viewer.layers["zstack"]
     worker = widget.run()
     with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):

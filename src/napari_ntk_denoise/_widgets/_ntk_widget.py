@@ -212,11 +212,13 @@ class NTKFilterWidget(ImageRunWidget):
         )
         self._sigma.native.setSpecialValueText("auto")
         self._filter_controls = FilterControls()
-        self._guided = CheckBox(value=False, text="two-stage (guided) filter",
+        self._guided = CheckBox(value=engine_default("guided"), text="two-stage (guided) filter",
                                 tooltip="Filter once, build a second filter from that first estimate, filter "
-                                "again and average the two (weight chosen by SURE). Sharper, about 3x slower.")
+                                "again and average the two (weight chosen by SURE): sharper, about twice as slow. "
+                                "Untick it for the one-stage filter.")
         self._guided_kernel = ComboBox(
-            label="second-stage kernel", choices=KERNEL_CHOICES, value=engine_default("guided_kernel"), visible=False,
+            label="second-stage kernel", choices=KERNEL_CHOICES, value=engine_default("guided_kernel"),
+            visible=engine_default("guided"),
             tooltip="Kernel of the two-stage filter's runs; the last-layer (NNGP) kernel gains more.")
         self._noise_model = ComboBox(
             label="noise model", choices=(("Gaussian", "gaussian"), ("photon counts (Poisson-Gaussian)",

@@ -59,8 +59,9 @@ def add_ntk_options(p: argparse.ArgumentParser) -> None:
     """
     p.add_argument("--sigma", type=float, default=None, help="noise level in the image's units (estimated if omitted)")
     d = DEFAULT_OPTIONS
-    p.add_argument("--guided", action="store_true",
-                   help="second stage with the kernel of the first estimate, averaged with it (weight by SURE)")
+    p.add_argument("--guided", action=argparse.BooleanOptionalAction, default=d["guided"],
+                   help="second stage with the kernel of the first estimate, averaged with it (weight by SURE; "
+                   "on by default, --no-guided for the one-stage filter)")
     p.add_argument("--guided-kernel", choices=("nngp", "ntk"), default=d["guided_kernel"],
                    help=f"kernel type of both guided stages (default {d['guided_kernel']})")
     for name, what in (("pilot", "the pilot's second anchor draw"), ("stage", "the guided stage")):

@@ -66,7 +66,7 @@ class GuidedConfig:
     which the Nyström eigenimages lose their accuracy.
     """
 
-    enabled: bool = False
+    enabled: bool = True
     kernel: Kind | None = "nngp"
     pilot_share: float = 0.5
     stage_share: float = 0.5
