@@ -7,7 +7,8 @@ import pytest
 
 import napari_ntk_denoise.microscopy.tiling as tiling
 from napari_ntk_denoise import denoise_ntk
-from napari_ntk_denoise.engine.events import Progress
+from napari_ntk_denoise.engine.denoise import iter_denoise_ntk
+from napari_ntk_denoise.engine.events import Progress, drain
 from napari_ntk_denoise.microscopy.tiling import TileGrid, blend_window, denoise_tiled, iter_denoise_tiled, tile_cores
 
 FAST = dict(kernel_size=5, fraction=0.1, rank=48, guided=False)
@@ -81,11 +82,13 @@ def test_one_tile_equals_untiled(smooth_noisy):
     np.testing.assert_array_equal(img, before)
 
 
-def test_kept_filters_re_render_every_tile_at_its_own_offset(smooth_noisy):
+@pytest.mark.parametrize("guided", [False, True])
+def test_kept_filters_re_render_every_tile_at_its_own_offset(smooth_noisy, guided):
     """``render_offset(k)`` is the blend of every tile denoised at a fixed step ``k`` grid steps from
     its own SURE step; at 0 it is the output; without the kept filters it is refused."""
     _, noisy = smooth_noisy
-    out, res = denoise_tiled(noisy, 0.1, tile=48, overlap=16, keep_filters=True, **FAST)
+    opts = {**FAST, "guided": guided}
+    out, res = denoise_tiled(noisy, 0.1, tile=48, overlap=16, keep_filters=True, **opts)
     np.testing.assert_allclose(res.render_offset(0), out, atol=1e-6)
     lo, hi = res.offsets()
     assert lo < 0 < hi and res.step_at(0) == res.t
@@ -93,7 +96,7 @@ def test_kept_filters_re_render_every_tile_at_its_own_offset(smooth_noisy):
     assert all(t <= t0 for t, t0 in zip(steps, res.t)) and steps != res.t  # smoother, where the grid allows
     acc, wsum = np.zeros(noisy.shape), np.zeros(noisy.shape)
     for (sl, weight), t in zip(res.filters.tiles, steps):
-        acc[sl] += weight * denoise_ntk(noisy[sl], 0.1, stop=t, **FAST)[0]
+        acc[sl] += weight * drain(iter_denoise_ntk(noisy[sl], 0.1, stream_steps=0, **opts)).render(t)
         wsum[sl] += weight
     np.testing.assert_allclose(res.render_offset(-2), acc / wsum, atol=1e-5)
     with pytest.raises(ValueError, match="keep_filters"):
@@ -106,6 +109,16 @@ def test_constant_stays_constant_and_colour_layout():
     assert out.shape == img.shape and len(res.tiles) == 3 * 2
     np.testing.assert_allclose(out, 0.5, atol=1e-4)
     np.testing.assert_allclose(res.render_offset(1), out, atol=1e-4)  # the input's layout, as the output
+    assert res.offsets() == (0, 0) and res.step_at(-3) == res.t  # constant tiles have no step to move
+
+
+def test_kept_filters_keep_a_colour_layout(smooth_noisy):
+    """A colour image with its channels first re-renders in that layout, as its tiles do."""
+    _, noisy = smooth_noisy
+    rgb = np.stack([noisy, noisy[::-1], noisy[:, ::-1]]).astype(np.float32)
+    out, res = denoise_tiled(rgb, 0.1, tile=48, overlap=16, channel_axis=0, keep_filters=True, **FAST)
+    np.testing.assert_allclose(res.render_offset(0), out, atol=1e-6)
+    assert res.render_offset(-2).shape == rgb.shape and not np.allclose(res.render_offset(-2), out, atol=1e-3)
 
 
 def test_progress_events(smooth_noisy):

@@ -8,7 +8,7 @@ import pytest
 from napari.utils.notifications import notification_manager
 from skimage.metrics import peak_signal_noise_ratio as psnr
 
-from napari_ntk_denoise import TwicingStep, iter_denoise_ntk
+from napari_ntk_denoise import TiledResult, TwicingStep, iter_denoise_ntk
 from napari_ntk_denoise._widgets import _ntk_widget
 
 TIMEOUT = 120_000  # ms; a 32 x 32 run takes about a second, the machine may be shared
@@ -276,7 +276,10 @@ def test_dask_stack_is_read_plane_by_plane_tiled_and_streamed(qtbot, viewer, ope
     assert meta["planes"][3]["n_tiles"] == 4 and meta["planes"][3]["t"] == res.t
     assert meta["planes"][3]["stop_warnings"] == res.stop_warnings
     kept = denoise_tiled(stack[3], None, tile=64, keep_filters=True, **widget._params())[1]
-    assert widget._t.enabled and (widget._t.min, widget._t.max) == kept.offsets()  # every plane has the same grid
+    spans = [res.offsets() for res in widget._results.values()]
+    assert widget._t.enabled
+    assert (widget._t.min, widget._t.max) == (min(lo for lo, _ in spans), max(hi for _, hi in spans))
+    assert all(isinstance(res.result, TiledResult) for res in widget._results.values())
     widget._t.value = widget._t.min  # every tile moves from its own SURE step
     np.testing.assert_allclose(viewer.layers["lazy [NTK]"].data[3], kept.render_offset(widget._t.min), atol=1e-6)
     assert viewer.layers["lazy [NTK]"].metadata["planes"][3]["t_shown"] == kept.step_at(widget._t.min)

@@ -64,7 +64,8 @@ class FilterControls:
         self.kernel = ComboBox(
             label="kernel", choices=KERNEL_CHOICES, value=engine_default("kernel"),
             tooltip="Which network's filter: every layer trained (the neural tangent kernel, NTK) or only the "
-            "output layer (NNGP, paper eq. 12). NTK keeps edges a little better.")
+            "output layer (NNGP, paper eq. 12). NTK keeps edges a little better. The two-stage filter "
+            "uses its second-stage kernel instead, in both stages.")
         self.fraction = FloatSpinBox(
             label="sampled pixels", value=engine_default("fraction"), min=0.001, max=1.0, step=0.005,
             tooltip="Fraction of pixels whose similarities to every pixel are computed (the Nyström anchors). "

@@ -177,11 +177,12 @@ def _denoise_planes(
         yield PlaneEvent((), 0, noise)
     spatial = source.spatial_shape
     tiled = max(spatial[-2:]) > tile or (source.volume and spatial[0] > TILE_Z)
-    pixels = math.prod(spatial)
-    if tiled:  # the tiles overlap: count every tile's pixels
+    pixels, stages = math.prod(spatial), 1 + params["guided"]
+    if tiled:  # the tiles overlap: count every tile's pixels; a tile keeps its final stage only
         grid = check_tiled_request((*spatial, 1), tile=tile, **params)
-        pixels = sum(math.prod(s.stop - s.start for s in sl) for sl, _ in grid.tiles())
-    eigen_bytes = 4 * pixels * params["rank"] * (1 + params["guided"]) * len(source.indices)
+        pixels = math.prod(sum(sl.stop - sl.start for sl, _ in grid.axis_tiles(a)) for a in range(len(spatial)))
+        stages = 1
+    eigen_bytes = 4 * pixels * params["rank"] * stages * len(source.indices)
     keep = eigen_bytes <= RENDER_BUDGET
 
     def run_plane(plane: np.ndarray, index: tuple[int, ...]) -> Generator[object, None, PlaneResult]:
@@ -382,6 +383,9 @@ class NTKFilterWidget(ImageRunWidget):
         self._show(self._metadata())
         self._update_plot()
         self._tell_doubts()
+        if self._reference.value is not None and not all(isinstance(r.result, NTKResult) for r in results.values()):
+            show_info("NTK filter: tiled planes have no PSNR curve against the reference; set the tile size to "
+                      "the image size to see it.")
 
     def _reset_slider(self) -> None:
         """Slider at 0 (every plane at its SURE step), spanning the offsets of the planes that re-render."""

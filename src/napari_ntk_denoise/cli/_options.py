@@ -64,7 +64,8 @@ def add_ntk_options(p: argparse.ArgumentParser) -> None:
                    "on by default, --no-guided for the one-stage filter)")
     p.add_argument("--guided-kernel", choices=("nngp", "ntk"), default=d["guided_kernel"],
                    help=f"kernel type of both guided stages (default {d['guided_kernel']})")
-    for name, what in (("pilot", "the pilot's second anchor draw"), ("stage", "the guided stage")):
+    for name, what in (("pilot", "the pilot's second anchor draw (with --guided-pilot-draws 2)"),
+                       ("stage", "the guided stage")):
         key = f"guided_{name}_share"
         p.add_argument(f"--guided-{name}-share", type=float, default=d[key], metavar="S",
                        help=f"anchors of {what}, as a share of the first stage's (default {d[key]})")

@@ -161,7 +161,7 @@ class FilterConfig:
                    stop=opts["stop"], guided=GuidedConfig(bool(opts["guided"]), opts["guided_kernel"],
                                                            float(opts["guided_pilot_share"]),
                                                            float(opts["guided_stage_share"]),
-                                                           int(opts["guided_pilot_draws"])),
+                                                           opts["guided_pilot_draws"]),
                    input=opts["input"], noise_channels=int(opts["noise_channels"]),
                    noise_blur=float(opts["noise_blur"]), seed=int(opts["seed"]))
 

@@ -233,7 +233,7 @@ class _Run:
                       rank=prob.setup.rank, stop=cfg.stop, guided=cfg.guided.enabled, device=str(prob.setup.device),
                       seed=cfg.seed, clip_bounds=list(prob.bounds), stop_warnings=self.doubts)
         if cfg.guided.enabled:
-            params.update(guided_kernel=self.kern.kind, t_pilot=self.t_pilot)
+            params.update(guided_kernel=self.kern.kind, t_pilot=self.t_pilot, guided_pilot_draws=cfg.guided.pilot_draws)
         if a.ndim == 3:
             params.update(volume=True, kernel_size_z=a.sizes[0])
         if cfg.noise_blur > 0:

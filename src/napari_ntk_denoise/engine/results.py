@@ -137,13 +137,16 @@ class NTKResult:
         return None if m is None else 10 * np.log10(self.data_range**2 / np.maximum(m, 1e-300))
 
     def offsets(self) -> tuple[int, int]:
-        """Lowest and highest offsets from the chosen step, in grid steps, that stay on :attr:`t_grid`."""
+        """Lowest and highest offsets from the chosen step, in grid steps, that stay on :attr:`t_grid`
+        (none for a constant image, which has no step to move)."""
+        if not self.stages:
+            return 0, 0
         chosen = int(np.searchsorted(self.t_grid, self.t))
         return -chosen, len(self.t_grid) - 1 - chosen
 
     def step_at(self, offset: int) -> int:
         """The step ``offset`` grid steps from the chosen one (stopping at the grid's ends)."""
-        if offset == 0:
+        if offset == 0 or not self.stages:
             return self.t
         index = int(np.clip(np.searchsorted(self.t_grid, self.t) + offset, 0, len(self.t_grid) - 1))
         return int(self.t_grid[index])

@@ -5,7 +5,8 @@ The NTK filter of a ``d``-pixel image needs ``O(d k)`` memory and ``O(d m)`` ker
 is cut into *cores* that partition it; a tile is its core widened by half the overlap on each inner
 side, and tile outputs are blended with raised-cosine weights over the overlaps (which sum to one),
 so there are no seams.  The same layout serves the lazy dask path of :mod:`napari_ntk_denoise.microscopy.stacks`
-(chunks = cores, halo = half the overlap).  Peak memory is that of one tile's filter plus the output.
+(chunks = cores, halo = half the overlap).  Peak memory is that of one tile's filter plus the output
+(plus every tile's eigenimages, in host memory, with ``keep_filters``).
 """
 
 from __future__ import annotations
@@ -148,9 +149,14 @@ class TileFilters:
 
 
 def _renderable(res: NTKResult) -> NTKResult:
-    """A tile's result with only the final stage's eigenimages (the ones :meth:`NTKResult.render` uses)."""
+    """A tile's result with only the final stage's eigenimages (the ones :meth:`NTKResult.render` uses),
+    in host memory, so that kept tiles do not take the device memory the next tile's filter needs."""
     stages = [dataclasses.replace(st, filter=dataclasses.replace(st.filter, basis=None)) for st in res.stages[:-1]]
-    return dataclasses.replace(res, stages=stages + res.stages[-1:])
+    for st in res.stages[-1:]:
+        blend = st.blend and dataclasses.replace(st.blend, pilot=st.blend.pilot.cpu())
+        stages.append(dataclasses.replace(st, filter=dataclasses.replace(st.filter, basis=st.filter.basis.cpu()),
+                                          coeffs=st.coeffs.cpu(), blend=blend))
+    return dataclasses.replace(res, stages=stages)
 
 
 def tile_cores(n: int, tile: int, halo: int) -> list[int]:
@@ -347,7 +353,8 @@ def iter_denoise_tiled(
     device : str, optional
         As for :func:`~napari_ntk_denoise.engine.denoise.iter_denoise_ntk`.
     keep_filters : bool
-        Keep every tile's eigenimages (one ``d x k`` block each) for :meth:`TiledResult.render_offset`.
+        Keep every tile's eigenimages for :meth:`TiledResult.render_offset`: one ``d x k`` float32
+        block per tile in host memory, beyond what the memory guard checks.
     **options
         The filter's options (:class:`~napari_ntk_denoise.engine.config.FilterConfig`), as for
         :func:`~napari_ntk_denoise.engine.denoise.iter_denoise_ntk`; ``volume`` for a Z stack.
