@@ -43,9 +43,11 @@ def test_tile_grid_covers_with_overlap():
     assert w.min() > 0 and w[16:48].min() == 1
     np.testing.assert_allclose(w[48:] + w[:16], 1.0)  # a falling ramp and the next tile's rising ramp
     weights = np.zeros((100, 90))
-    for sl, weight in TileGrid((tile_cores(100, 40, 6), tile_cores(90, 40, 6)), (6, 6)).tiles():
+    grid = TileGrid((tile_cores(100, 40, 6), tile_cores(90, 40, 6)), (6, 6))
+    for sl, weight in grid.tiles():
         weights[sl] += weight
     np.testing.assert_allclose(weights, 1.0)  # the windows of a grid are a partition of unity
+    assert grid.tile_pixels == sum(weight.size for _, weight in grid.tiles()) > weights.size
 
 
 def test_no_seams(smooth_noisy):

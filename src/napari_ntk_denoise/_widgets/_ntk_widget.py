@@ -127,14 +127,6 @@ def _data_units(image: np.ndarray, noise: PoissonGaussian | None) -> np.ndarray:
     return image if noise is None else gat_inverse(image, noise).astype(np.float32)
 
 
-def _without_eigenimages(result: NTKResult) -> NTKResult:
-    """A copy of ``result`` without the ``d x k`` eigenimages and the guided stage's pilot image
-    (curves, steps, weights and metadata kept)."""
-    stages = [dataclasses.replace(st, filter=dataclasses.replace(st.filter, basis=None),
-                                  blend=st.blend and dataclasses.replace(st.blend, pilot=None)) for st in result.stages]
-    return dataclasses.replace(result, stages=stages)
-
-
 def _denoise_plane(
     plane: np.ndarray, ref: np.ndarray | None, sigma: float | None, noise: PoissonGaussian | None,
     tile: int | None, keep: bool, channel_axis: int | None, params: dict[str, Any],
@@ -158,7 +150,7 @@ def _denoise_plane(
         if isinstance(event, TwicingStep):
             event = dataclasses.replace(event, image=_data_units(event.image, noise))
         yield event
-    return PlaneResult(_data_units(res.image, noise), res if keep else _without_eigenimages(res), noise,
+    return PlaneResult(_data_units(res.image, noise), res if keep else res.without_eigenimages(), noise,
                        renderable=keep)
 
 
@@ -179,9 +171,7 @@ def _denoise_planes(
     tiled = max(spatial[-2:]) > tile or (source.volume and spatial[0] > TILE_Z)
     pixels, stages = math.prod(spatial), 1 + params["guided"]
     if tiled:  # the tiles overlap: count every tile's pixels; a tile keeps its final stage only
-        grid = check_tiled_request((*spatial, 1), tile=tile, **params)
-        pixels = math.prod(sum(sl.stop - sl.start for sl, _ in grid.axis_tiles(a)) for a in range(len(spatial)))
-        stages = 1
+        pixels, stages = check_tiled_request((*spatial, 1), tile=tile, **params).tile_pixels, 1
     eigen_bytes = 4 * pixels * params["rank"] * stages * len(source.indices)
     keep = eigen_bytes <= RENDER_BUDGET
 

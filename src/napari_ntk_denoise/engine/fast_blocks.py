@@ -28,7 +28,7 @@ class SplitBlock(NamedTuple):
     lo: torch.Tensor
 
 
-def _leading_columns(k: tuple, m: int) -> "torch.Tensor | SplitBlock":
+def _leading_columns(k: tuple, m: int) -> torch.Tensor | SplitBlock:
     """The first ``m`` columns of a block given as ``(k,)`` or as a :class:`SplitBlock`."""
     return SplitBlock(k.hi[:, :m], k.lo[:, :m]) if isinstance(k, SplitBlock) else k[0][:, :m]
 
@@ -71,7 +71,7 @@ class ColumnSide:
         :func:`~napari_ntk_denoise.engine.nystrom.iter_nystrom` orders the anchors)."""
         return t.narrow(dim, 0, self.moved)
 
-    def reuse_buffers(self) -> "ColumnSide":
+    def reuse_buffers(self) -> ColumnSide:
         """Let :func:`block_fast` write every block into the same buffers.
 
         A sweep over row blocks otherwise allocates and frees hundreds of megabytes per block; on a
@@ -129,7 +129,6 @@ def patch_basis(kernel: CNNKernel, x: torch.Tensor, idx: torch.Tensor, q: int = 
     return vec[:, -min(q, vec.shape[1]) :].to(x.dtype)
 
 
-
 def columns(
     kernel: CNNKernel,
     x: torch.Tensor,
@@ -139,7 +138,7 @@ def columns(
     diagonals_eps: tuple | None = None,
     gemm_dtype: torch.dtype = torch.float32,
     basis: torch.Tensor | None = None,
-) -> "ColumnSide":
+) -> ColumnSide:
     """Everything about the columns (anchors) that :func:`block_fast` reuses for every row block.
 
     Parameters
@@ -185,11 +184,10 @@ def columns(
     return side
 
 
-
 def block_fast(
-    kernel: CNNKernel, x: torch.Tensor, rows: torch.Tensor | range, side: "ColumnSide", padded: bool = False,
+    kernel: CNNKernel, x: torch.Tensor, rows: torch.Tensor | range, side: ColumnSide, padded: bool = False,
     rows_moved: bool = True, split: bool = False,
-) -> tuple["torch.Tensor | SplitBlock", "torch.Tensor | MovedColumns | None"]:
+) -> tuple[torch.Tensor | SplitBlock, torch.Tensor | MovedColumns | None]:
     """``K[rows, cols]`` and, with a perturbed input, ``K_eps - K`` computed stably.
 
     The perturbed Gram is ``G + dG`` with ``dG = P_d P_S^T + P_eps P_{d,S}^T``
@@ -252,8 +250,7 @@ def block_fast(
     return _exact_self_pairs(_leading_columns(k, m), dk[:, :m], rows, cols, side.diagonals, side.diagonals_eps)
 
 
-
-def _moved_columns(kernel: CNNKernel, pr, nr, ar, g_low, side: "ColumnSide") -> "MovedColumns":
+def _moved_columns(kernel: CNNKernel, pr, nr, ar, g_low, side: ColumnSide) -> MovedColumns:
     """``K_eps - K`` on the first ``side.moved`` columns (those whose patches the perturbation
     may reach), for rows whose patches it misses: ``dG = P P_{d,S}^T`` there (exact zeros
     elsewhere, and no self-pairs: a row that is a moved column would have a moved patch itself)."""
@@ -275,7 +272,6 @@ def _moved_columns(kernel: CNNKernel, pr, nr, ar, g_low, side: "ColumnSide") -> 
     fused_op("pair")(k, dk, ar, pt, g_low, zero, dg_moved, nr, side.moved_part(side.norms, 0), nr.clone(),
                    side.moved_part(side.norms_eps, 0), side.scale, kernel.output_factor(), kernel.sigma_w2)
     return MovedColumns(dk, cols)
-
 
 
 def _exact_self_pairs(k, dk, rows, cols, diagonals, diagonals_eps):

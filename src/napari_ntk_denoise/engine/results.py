@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,19 +142,37 @@ class NTKResult:
         (none for a constant image, which has no step to move)."""
         if not self.stages:
             return 0, 0
-        chosen = int(np.searchsorted(self.t_grid, self.t))
+        chosen = self._chosen_index()
         return -chosen, len(self.t_grid) - 1 - chosen
 
     def step_at(self, offset: int) -> int:
         """The step ``offset`` grid steps from the chosen one (stopping at the grid's ends)."""
         if offset == 0 or not self.stages:
             return self.t
-        index = int(np.clip(np.searchsorted(self.t_grid, self.t) + offset, 0, len(self.t_grid) - 1))
-        return int(self.t_grid[index])
+        return int(self.t_grid[int(np.clip(self._chosen_index() + offset, 0, len(self.t_grid) - 1))])
+
+    def _chosen_index(self) -> int:
+        return int(np.searchsorted(self.t_grid, self.t))
 
     def render_offset(self, offset: int) -> np.ndarray:
         """:meth:`render` at :meth:`step_at` ``offset``."""
         return self.render(self.step_at(offset))
+
+    def without_eigenimages(self, keep_final: bool = False) -> NTKResult:
+        """A copy without the ``d x k`` eigenimages and pilot images (curves, steps, weights and
+        metadata kept); with ``keep_final`` the final stage keeps them, in host memory, which is
+        all :meth:`render` needs."""
+        def bare(st: StageResult) -> StageResult:
+            return dataclasses.replace(st, filter=dataclasses.replace(st.filter, basis=None),
+                                       blend=st.blend and dataclasses.replace(st.blend, pilot=None))
+
+        def on_host(st: StageResult) -> StageResult:
+            return dataclasses.replace(st, filter=dataclasses.replace(st.filter, basis=st.filter.basis.cpu()),
+                                       coeffs=st.coeffs.cpu(),
+                                       blend=st.blend and dataclasses.replace(st.blend, pilot=st.blend.pilot.cpu()))
+
+        final = [on_host(st) if keep_final else bare(st) for st in self.stages[-1:]]
+        return dataclasses.replace(self, stages=[bare(st) for st in self.stages[:-1]] + final)
 
     def render(self, t: float, stage: int = -1) -> np.ndarray:
         """``z(t)`` of a stage in the input's layout, from stored coefficients (no recomputation);

@@ -11,7 +11,6 @@ so there are no seams.  The same layout serves the lazy dask path of :mod:`napar
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from collections.abc import Callable, Generator
@@ -148,17 +147,6 @@ class TileFilters:
         return self.layout.restore(blend.result())
 
 
-def _renderable(res: NTKResult) -> NTKResult:
-    """A tile's result with only the final stage's eigenimages (the ones :meth:`NTKResult.render` uses),
-    in host memory, so that kept tiles do not take the device memory the next tile's filter needs."""
-    stages = [dataclasses.replace(st, filter=dataclasses.replace(st.filter, basis=None)) for st in res.stages[:-1]]
-    for st in res.stages[-1:]:
-        blend = st.blend and dataclasses.replace(st.blend, pilot=st.blend.pilot.cpu())
-        stages.append(dataclasses.replace(st, filter=dataclasses.replace(st.filter, basis=st.filter.basis.cpu()),
-                                          coeffs=st.coeffs.cpu(), blend=blend))
-    return dataclasses.replace(res, stages=stages)
-
-
 def tile_cores(n: int, tile: int, halo: int) -> list[int]:
     """Boundaries ``0 = b_0 < ... < b_K = n`` of the fewest cores whose tiles fit in ``tile`` pixels.
 
@@ -210,6 +198,11 @@ class TileGrid:
         """Blending weights of the tile with per-axis index ``location`` (outer product of the axes')."""
         spans = [self.axis_tiles(a)[i] for a, i in enumerate(location)]
         return functools.reduce(np.multiply.outer, [blend_window(sl.stop - sl.start, *ramps) for sl, ramps in spans])
+
+    @property
+    def tile_pixels(self) -> int:
+        """Pixels of all tiles together (the overlaps counted once per tile)."""
+        return math.prod(sum(sl.stop - sl.start for sl, _ in self.axis_tiles(a)) for a in range(len(self.cores)))
 
     def tiles(self) -> list[tuple[tuple[slice, ...], np.ndarray]]:
         """Every tile's slices and blending weights, in C order of the per-axis indices."""
@@ -399,8 +392,8 @@ def iter_denoise_tiled(
         gen = iter_denoise_tile(y[sl], sigma, -1, device=device, **options)
         res = yield from forward_progress(gen, f"tile {k + 1}/{len(tiles)}: ", part=(k, len(tiles)))
         blend.add(sl, weight, res.image)
-        if keep_filters:
-            kept.append(_renderable(res))
+        if keep_filters:  # the final stage in host memory: the next tile's filter needs the device's
+            kept.append(res.without_eigenimages(keep_final=True))
         steps.append(res.t)
         sigmas.append(res.sigma)
         doubts += [f"tile {k + 1}: {w}" for w in res.params.get("stop_warnings", ())]
