@@ -144,3 +144,34 @@ def test_stopping_rule_per_method(folder, stop, expected):
         steps, values = run.curves["a"][r.method]
         assert r.oracle_psnr == np.nanmax(values) >= values[list(steps).index(r.t)]
     assert ("best iteration" in bench.markdown_table(run.records)) == (stop == "sure")
+
+
+def test_figure4_trains_the_ntk_autoencoder_from_noise_at_each_width(folder, tmp_path, monkeypatch):
+    """``--figure4``: GD and Adam on one network design per width, weight changes recorded and plotted."""
+    trained = []
+    real = bench.train_dip
+
+    def recording(noisy, **kw):
+        result = real(noisy, **kw)
+        p = result.params
+        trained.append((p["optimizer"], p["arch"], p["input"], p["style"], p["width"]))
+        return result
+
+    monkeypatch.setattr(bench, "train_dip", recording)
+    out = tmp_path / "fig4.json"
+    rc, err = _bench(["--images", str(folder), "--limit", "1", "--figure4", "--widths", "2,8", "--max-iters", "4",
+                      "--every", "2", "--crop", "32", "--json", str(out)])
+    assert rc == 0 and "c=8" in err
+    assert trained == [(o, "ae", "noise", "ntk", c) for c in (2, 8) for o in ("gd", "adam")]
+    results = json.loads(out.read_text())["results"]
+    assert [(r["method"], r["width"]) for r in results] == [("gd", 2), ("adam", 2), ("gd", 8), ("adam", 8)]
+    assert all(r["weight_change_l2"] > 0 and r["weight_change_max"] > 0 for r in results)
+    table = out.with_suffix(".md").read_text()
+    assert "| image | noisy | gd c=2 | adam c=2 | gd c=8 | adam c=8 |" in table and "‖w − w⁰‖₂" in table
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert out.with_name("fig4_figure4.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_figure4_and_figure6_exclude_each_other(folder, tmp_path):
+    with pytest.raises(SystemExit):
+        _bench(["--images", str(folder), "--figure4", "--figure6", "--json", str(tmp_path / "x.json")])

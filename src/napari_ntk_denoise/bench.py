@@ -1,4 +1,4 @@
-"""Benchmark against the paper's Table 1 and Figure 6, with NLM and BM3D baselines (Qt-free).
+"""Benchmark against the paper's Table 1 and Figures 4 and 6, with NLM and BM3D baselines (Qt-free).
 
 Protocol (``shared/data/README.md``, the paper's and the deep image prior's): the clean image is
 scaled to ``[0, 1]`` (integer images by their dtype's maximum), optionally centre-cropped,
@@ -14,9 +14,10 @@ clean image is used to stop: the Nyström rows and image-input DIP rows stop by 
 noise-input DIP rows by the residual on held-out pixels, and the DIP rows also record the
 best PSNR over their iterations (``oracle_psnr``) from the same run.
 
-:func:`iter_bench` and :func:`iter_figure6` yield :class:`Record` and :class:`Skip` events and
-return a :class:`BenchRun`; :func:`markdown_table`, :func:`write_json`, :func:`plot_curves` and
-:func:`plot_figure6` turn it into files (matplotlib is imported only by the plots).
+:func:`iter_bench`, :func:`iter_figure4` and :func:`iter_figure6` yield :class:`Record` (and
+:class:`Skip`) events and return a :class:`BenchRun`; :func:`markdown_table`, :func:`write_json`,
+:func:`plot_curves`, :func:`plot_figure4` and :func:`plot_figure6` turn it into files (matplotlib
+is imported only by the plots).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
@@ -43,9 +44,9 @@ from .io.imageio import guess_channel_axis, read_image, to_unit
 from .io.samples import add_noise
 
 __all__ = [
-    "BASELINES", "FIGURE6_DEPTHS", "IMAGE_SUFFIXES", "METHODS", "NLM_PARAMS", "BenchRun", "BenchSettings", "Outcome",
-    "Record", "Skip", "iter_bench", "iter_figure6", "list_images", "load_clean", "machine_info", "markdown_table",
-    "plot_curves", "plot_figure6", "write_json",
+    "BASELINES", "FIGURE4_WIDTHS", "FIGURE6_DEPTHS", "IMAGE_SUFFIXES", "METHODS", "NLM_PARAMS", "BenchRun",
+    "BenchSettings", "Outcome", "Record", "Skip", "iter_bench", "iter_figure4", "iter_figure6", "list_images",
+    "load_clean", "machine_info", "markdown_table", "plot_curves", "plot_figure4", "plot_figure6", "write_json",
 ]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
@@ -54,6 +55,8 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 NLM_PARAMS = {"patch_size": 5, "patch_distance": 6, "h_over_sigma": 0.8, "fast_mode": True}
 #: Figure 6: depth L -> kernel size r with receptive field (r - 1)(L - 1) + 1 = 13
 FIGURE6_DEPTHS = {2: 13, 3: 7, 4: 5, 7: 3}
+#: Figure 4: hidden channels of the autoencoder
+FIGURE4_WIDTHS = (8, 16, 32, 64, 128)
 
 Stop = Literal["oracle", "sure"]
 
@@ -121,7 +124,8 @@ class Outcome:
     curve : tuple of numpy.ndarray, optional
         ``(steps, psnr)``: PSNR over twicing steps or training iterations.
     extra : dict
-        More fields of the :class:`Record` (a DIP run's ``oracle_psnr``, ``oracle_t``).
+        More fields of the :class:`Record` (a DIP run's ``oracle_psnr``, ``oracle_t`` and weight
+        changes).
     """
 
     image: np.ndarray
@@ -144,15 +148,18 @@ def _nystrom(input: str, guided: bool) -> Method:
     return run
 
 
-def _dip(optimizer: str, arch: str, input: str, **net: int) -> Method:
+def _dip(optimizer: str, arch: str, input: str, **net: Any) -> Method:
     def run(noisy: np.ndarray, clean: np.ndarray, axis: int | None, s: BenchSettings) -> Outcome:
-        criterion = resolve_criterion("auto", s.stop == "oracle", input, default_style(arch, optimizer))
+        style = net.get("style", default_style(arch, optimizer))
+        criterion = resolve_criterion("auto", s.stop == "oracle", input, style)
         res = train_dip(noisy, channel_axis=axis, arch=arch, optimizer=optimizer, input=input, width=s.width,
                         iterations=s.max_iters, every=min(s.every, s.max_iters), reference=clean,
                         sigma=s.sigma_unit, criterion=criterion, device=s.device or "auto", seed=s.seed, **net)
         stop = "oracle" if criterion == "psnr" else criterion
         best = int(np.nanargmax(res.psnr))
-        extra = {"oracle_psnr": float(res.psnr[best]), "oracle_t": int(res.iterations[best])}
+        extra = {"oracle_psnr": float(res.psnr[best]), "oracle_t": int(res.iterations[best]),
+                 "weight_change_l2": float(res.weight_change_l2[-1]),
+                 "weight_change_max": float(res.weight_change_max[-1])}
         return Outcome(res.image, res.best_iteration, stop, str(res.params["device"]), (res.iterations, res.psnr),
                        extra)
 
@@ -206,6 +213,9 @@ class Record:
     kernel_size: int | None = None
     oracle_psnr: float | None = None
     oracle_t: int | None = None
+    width: int | None = None
+    weight_change_l2: float | None = None
+    weight_change_max: float | None = None
 
 
 @dataclass(frozen=True)
@@ -218,7 +228,7 @@ class Skip:
 
 @dataclass
 class BenchRun:
-    """Outcome of :func:`iter_bench` or :func:`iter_figure6`.
+    """Outcome of :func:`iter_bench`, :func:`iter_figure4` or :func:`iter_figure6`.
 
     Attributes
     ----------
@@ -342,6 +352,22 @@ def iter_bench(
     return run
 
 
+Case = tuple[BenchSettings, str, Method, dict[str, int]]
+
+
+def _iter_sweep(paths: Sequence[str | Path], settings: BenchSettings, meta: dict[str, Any],
+                cases: Sequence[Case]) -> Generator[Record, None, BenchRun]:
+    """Score every case ``(settings, method name, method, record fields)`` on every image."""
+    run = BenchRun(settings=asdict(settings) | meta | {"images": [Path(p).name for p in paths]})
+    for path in paths:
+        noisy, clean, axis = _noisy_pair(Path(path), settings)
+        for s, method, fn, fields in cases:
+            rec, _ = _score(method, fn, Path(path).stem, noisy, clean, axis, s, **fields)
+            run.records.append(rec)
+            yield rec
+    return run
+
+
 def iter_figure6(
     paths: Sequence[str | Path], settings: BenchSettings, depths: dict[int, int] | None = None,
     optimizers: Sequence[str] = ("gd", "adam"),
@@ -363,21 +389,42 @@ def iter_figure6(
     BenchRun
     """
     depths = dict(FIGURE6_DEPTHS if depths is None else depths)
-    run = BenchRun(settings=asdict(settings) | {"figure6": {str(k): v for k, v in depths.items()},
-                                               "optimizers": list(optimizers),
-                                               "images": [Path(p).name for p in paths]})
-    for path in paths:
-        noisy, clean, axis = _noisy_pair(Path(path), settings)
-        name = Path(path).stem
-        for depth, r in depths.items():
-            s = BenchSettings(**(asdict(settings) | {"ntk": settings.ntk | {"depth": depth, "kernel_size": r}}))
-            rows = {"nystrom": _nystrom("image", False)}
-            rows |= {o: _dip(o, "vanilla", "image", depth=depth, kernel_size=r) for o in optimizers}
-            for m, fn in rows.items():
-                rec, _ = _score(m, fn, name, noisy, clean, axis, s, depth=depth, kernel_size=r)
-                run.records.append(rec)
-                yield rec
-    return run
+    cases: list[Case] = []
+    for depth, r in depths.items():
+        s = replace(settings, ntk=settings.ntk | {"depth": depth, "kernel_size": r})
+        fields = {"depth": depth, "kernel_size": r}
+        cases.append((s, "nystrom", _nystrom("image", False), fields))
+        cases += [(s, o, _dip(o, "vanilla", "image", depth=depth, kernel_size=r), fields) for o in optimizers]
+    meta = {"figure6": {str(k): v for k, v in depths.items()}, "optimizers": list(optimizers)}
+    return (yield from _iter_sweep(paths, settings, meta, cases))
+
+
+def iter_figure4(
+    paths: Sequence[str | Path], settings: BenchSettings, widths: Sequence[int] | None = None,
+    optimizers: Sequence[str] = ("gd", "adam"),
+) -> Generator[Record, None, BenchRun]:
+    """The paper's Figure 4: the autoencoder with noise input at several widths, GD and Adam.
+
+    Both optimisers train the same network, the autoencoder in the NTK style (bias-free ReLU, He
+    initialisation, linear output), for ``settings.max_iters`` iterations, so that their weight
+    changes compare; ``settings.width`` is overridden by each of ``widths`` (default
+    :data:`FIGURE4_WIDTHS`).  Each record carries the PSNR (stopped by ``settings.stop``) and the
+    change of the weights after the last iteration.
+
+    Yields
+    ------
+    Record
+        Methods ``"gd"`` and ``"adam"``, with ``width``, ``weight_change_l2`` and
+        ``weight_change_max`` set.
+
+    Returns
+    -------
+    BenchRun
+    """
+    widths = tuple(FIGURE4_WIDTHS if widths is None else widths)
+    cases: list[Case] = [(replace(settings, width=c), o, _dip(o, "ae", "noise", style="ntk"), {"width": c})
+                         for c in widths for o in optimizers]
+    return (yield from _iter_sweep(paths, settings, {"figure4": list(widths), "optimizers": list(optimizers)}, cases))
 
 
 def _version(dist: str) -> str | None:
@@ -417,22 +464,28 @@ def _table(rows: list[str], columns: list[str], cell: Callable[[str, str], str],
     return lines
 
 
+def _column(r: Record) -> str:
+    return r.method + ("" if r.depth is None else f" L={r.depth}") + ("" if r.width is None else f" c={r.width}")
+
+
 def markdown_table(records: Sequence[Record]) -> str:
     """PSNR (dB) per image and method, the noisy input's, the means and the seconds per image.
 
-    Figure-6 records (with a depth) get one column per method and depth (``nystrom L=2``...).
+    Figure-6 records (with a depth) get one column per method and depth (``nystrom L=2``...), and
+    Figure-4 records (with a width) one per method and width (``adam c=64``...); DIP records add
+    the mean weight changes.
     """
-    def col(r: Record) -> str:
-        return r.method if r.depth is None else f"{r.method} L={r.depth}"
-
-    columns = list(dict.fromkeys(col(r) for r in records))
+    columns = list(dict.fromkeys(_column(r) for r in records))
     images = list(dict.fromkeys(r.image for r in records))
-    by = {(r.image, col(r)): r for r in records}
+    by = {(r.image, _column(r)): r for r in records}
     noisy = {r.image: r.noisy_psnr for r in records}
 
-    def mean(c: str, key: str) -> str:
-        vals = [v for r in records if col(r) == c and (v := getattr(r, key)) is not None]
-        return f"{np.mean(vals):.2f}" if vals else ""
+    def mean(c: str, key: str, fmt: str = ".2f") -> str:
+        vals = [v for r in records if _column(r) == c and (v := getattr(r, key)) is not None]
+        return f"{np.mean(vals):{fmt}}" if vals else ""
+
+    def row(head: str, key: str, fmt: str = ".2f") -> str:
+        return f"| {head} | | " + " | ".join(mean(c, key, fmt) for c in columns) + " |"
 
     lines = _table(images, ["noisy", *columns],
                    lambda i, c: f"{noisy[i]:.2f}" if c == "noisy" else
@@ -440,9 +493,12 @@ def markdown_table(records: Sequence[Record]) -> str:
     lines.append("| **mean PSNR** | " + f"{np.mean(list(noisy.values())):.2f} | " +
                  " | ".join(f"**{mean(c, 'psnr')}**" for c in columns) + " |")
     if any(r.oracle_psnr is not None and r.stop != "oracle" for r in records):
-        lines.append("| mean PSNR, best iteration | | " + " | ".join(mean(c, "oracle_psnr") for c in columns) + " |")
-    lines.append("| mean SSIM | | " + " | ".join(mean(c, "ssim") for c in columns) + " |")
-    lines.append("| seconds / image | | " + " | ".join(mean(c, "seconds") for c in columns) + " |")
+        lines.append(row("mean PSNR, best iteration", "oracle_psnr"))
+    lines.append(row("mean SSIM", "ssim"))
+    if any(r.weight_change_l2 is not None for r in records):
+        lines += [row("mean ‖w − w⁰‖₂, last iteration", "weight_change_l2", ".3g"),
+                  row("mean max \\|Δw\\| of hidden layers", "weight_change_max", ".3g")]
+    lines.append(row("seconds / image", "seconds"))
     return "\n".join(lines) + "\n"
 
 
@@ -491,6 +547,39 @@ def plot_figure6(path: str | Path, records: Sequence[Record]) -> None:
     ax.set_ylabel("mean PSNR (dB)")
     ax.grid(True, alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
+    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
+
+
+def plot_figure4(path: str | Path, records: Sequence[Record]) -> None:
+    """PSNR and the two weight changes against width, mean and range over images (the paper's Figure 4).
+
+    The weight-change legends carry the fitted log-log slope (eqs. 8 and 21: gradient descent
+    ``-1/2`` and ``-3/2``, Adam ``0`` and ``-1``).
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    keys = [("psnr", "PSNR (dB)"), ("weight_change_l2", "‖w − w⁰‖₂"), ("weight_change_max", "mean max |Δw|, hidden")]
+    for method in dict.fromkeys(r.method for r in records):
+        widths = sorted({r.width for r in records if r.method == method})
+        for ax, (key, label) in zip(axes, keys):
+            vals = [[getattr(r, key) for r in records if r.method == method and r.width == c] for c in widths]
+            mid = np.array([np.mean(v) for v in vals])
+            err = np.array([mid - [min(v) for v in vals], [max(v) for v in vals] - mid])
+            name = method if key == "psnr" else f"{method} (slope {_loglog_slope(widths, mid):.2f})"
+            ax.errorbar(widths, mid, yerr=err, fmt="-o", ms=3, capsize=3, label=name)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("linear" if key == "psnr" else "log")
+            ax.set_xlabel("channels c")
+            ax.set_ylabel(label)
+            ax.grid(True, alpha=0.3)
+    for ax in axes:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
