@@ -74,7 +74,7 @@ def test_architectures_keep_size_and_list_preactivations(arch, shape):
     assert out.shape == (1, 2, *shape)
     assert pre[-1] is out
     assert pre[-2].shape == (1, 8, *shape)  # last hidden layer, full resolution
-    hidden = {"vanilla": 1, "unet": 8, "ae": 8, "skip": 11}[arch]  # skip: + three 1x1 skip layers
+    hidden = {"vanilla": 1, "unet": 8, "ae": 8, "skip": 10}[arch]  # skip: + two 1x1 skip layers
     assert len(pre) == hidden + 1 == len(effective_weights(net))
 
 
@@ -105,10 +105,10 @@ def _local_share(net: torch.nn.Module, size: int = 32, radius: int = 3) -> float
 def test_unet_full_resolution_skip_is_a_short_path():
     """The U-Net's skips carry fine detail: its output leans on the input near each pixel far more
     than the autoencoder's (whose every path goes through the downsampled levels), and dropping the
-    full-resolution skip (as image input does) removes most of that short path."""
+    full-resolution skip (the default) removes most of that short path."""
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    unet, ae = build_network("unet", 1, 1, 8, generator=gen()), build_network("ae", 1, 1, 8, generator=gen())
-    short = build_network("unet", 1, 1, 8, full_resolution_skip=False, generator=gen())
+    unet = build_network("unet", 1, 1, 8, full_resolution_skip=True, generator=gen())
+    short, ae = build_network("unet", 1, 1, 8, generator=gen()), build_network("ae", 1, 1, 8, generator=gen())
     full, no_full, none = _local_share(unet), _local_share(short), _local_share(ae)
     assert full > 1.5 * no_full and no_full > 1.5 * none
 

@@ -13,7 +13,8 @@ diagnostics of :mod:`napari_ntk_denoise.dip.diagnostics` read.
   stride-2 down stages and three bilinear up stages, 3 x 3 convolutions and the same width at
   every level.  The U-Net concatenates the encoder features to the decoder's, the autoencoder
   (AE) has no skips, and the DIP "skip" network of Ulyanov et al. concatenates a 1 x 1-convolved,
-  narrow (4-channel) copy of them.  Two designs: ``style="ntk"``, the bias-free ReLU networks of
+  narrow (4-channel) copy of them; by default neither has the skip of the full-resolution level,
+  a short path that fits the noise.  Two designs: ``style="ntk"``, the bias-free ReLU networks of
   the paper's analysis (He initialisation, linear output), and ``style="dip"``, the design of the
   reference DIP code (biases, batch normalisation, LeakyReLU, sigmoid output).
 """
@@ -108,9 +109,10 @@ class EncoderDecoder(nn.Module):
         convolution with a bias and followed by batch normalisation and a LeakyReLU (slope 0.2),
         and a sigmoid output for data scaled to ``[0, 1]``.
     full_resolution_skip : bool
-        Keep the skip of the full-resolution level.  Without it the shortest input-output path
-        goes through the half-resolution level: with the noisy image as input, a full-resolution
-        skip is a short path with a 7 x 7 receptive field that fits the noise at once.
+        Keep the skip of the full-resolution level (off by default).  Without it the shortest
+        input-output path goes through the half-resolution level; with it there is a short path
+        with a 7 x 7 receptive field, which copies the noise of an image input at once and, from
+        noise input, fits the noise sooner than the deep path has denoised.
     generator : torch.Generator, optional
         Source of the initial weights.
 
@@ -131,7 +133,7 @@ class EncoderDecoder(nn.Module):
         kernel_size: int = 3,
         stages: int = 3,
         style: Style = "ntk",
-        full_resolution_skip: bool = True,
+        full_resolution_skip: bool = False,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -152,7 +154,7 @@ class EncoderDecoder(nn.Module):
         self.down = nn.ModuleList(layer(width, width, stride=2) for _ in range(stages))
         extra = {"concat": width, "none": 0, "conv": skip_channels}[skip]
         if skip == "conv":
-            self.skips = nn.ModuleList(layer(width, skip_channels, 1) for _ in range(stages))
+            self.skips = nn.ModuleDict({str(lv): layer(width, skip_channels, 1) for lv in self.skip_levels})
         self.up = nn.ModuleList(
             layer(width + (extra if stages - 1 - s in self.skip_levels else 0), width) for s in range(stages)
         )
@@ -183,7 +185,7 @@ class EncoderDecoder(nn.Module):
             feat = levels[level]
             h = F.interpolate(h, size=feat.shape[-2:], mode="bilinear", align_corners=False)
             if level in self.skip_levels:
-                h = torch.cat([h, feat if self.skip == "concat" else apply(self.skips[level], feat)], 1)
+                h = torch.cat([h, feat if self.skip == "concat" else apply(self.skips[str(level)], feat)], 1)
             h = apply(module, h)
         h = apply(self.last, h)
         out = self.out(h)
@@ -243,7 +245,7 @@ def build_network(
     kernel_size: int | None = None,
     depth: int = 2,
     style: Style = "ntk",
-    full_resolution_skip: bool = True,
+    full_resolution_skip: bool = False,
     generator: torch.Generator | None = None,
 ) -> nn.Module:
     """Build one of the DIP architectures.
@@ -264,7 +266,8 @@ def build_network(
         Design of the encoder-decoders (:class:`EncoderDecoder`); the vanilla CNN is always in
         its NTK parameterisation.
     full_resolution_skip : bool
-        Whether a U-Net or skip network keeps its full-resolution skip (:class:`EncoderDecoder`).
+        Whether a U-Net or skip network keeps its full-resolution skip (:class:`EncoderDecoder`;
+        off by default).
     generator : torch.Generator, optional
         Source of the initial weights, for reproducible runs.
 

@@ -216,7 +216,7 @@ def prepare_run(
     else:
         x = torch.randn(1, cfg.noise_channels, h, w, generator=input_gen)
     net = build_network(cfg.arch, x.shape[1], channels, cfg.width, kernel_size=cfg.kernel_size, depth=cfg.depth,
-                        style=cfg.style, full_resolution_skip=not image_input, generator=weights_gen)
+                        style=cfg.style, generator=weights_gen)
     probe, epsilon = None, 0.0
     if image_input:
         estimated = sigma is None
