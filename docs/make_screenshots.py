@@ -61,16 +61,17 @@ def _tile(viewer: napari.Viewer, columns: int = 2, gap: int = 8) -> None:
             cells[-1].append(layer)
         elif layer.visible:
             cells.append([layer])
-    h, w = (max(cell[0].data.shape[-k] for cell in cells) + gap for k in (2, 1))
+    shapes = [cell[0].data.shape[:-1] if getattr(cell[0], "rgb", False) else cell[0].data.shape for cell in cells]
+    h, w = (max(shape[-k] for shape in shapes) + gap for k in (2, 1))
     for i, cell in enumerate(cells):
         offset = ((i // columns) * h, (i % columns) * w)
         for layer in cell:
             layer.translate = (0,) * (layer.ndim - 2) + offset
 
 
-def _save(viewer: napari.Viewer, name: str) -> None:
+def _save(viewer: napari.Viewer, name: str, columns: int = 2) -> None:
     """Show the visible layers side by side and save the whole window."""
-    _tile(viewer)
+    _tile(viewer, columns)
     viewer.reset_view()
     QApplication.instance().processEvents()
     path = OUT / f"{name}.png"
@@ -123,8 +124,9 @@ def dip_training(size: int, iterations: int) -> None:
     print(f"DIP: {psnr(np.clip(dip.data, 0, 1), clean, 1.0):.2f} dB at iteration {dip.metadata['best_iteration']} "
           f"(by {dip.metadata['criterion']}); NTK filter: {psnr(np.clip(ntk, 0, 1), clean, 1.0):.2f} dB; "
           f"noisy: {psnr(noisy, clean, 1.0):.2f} dB")
+    widget._image.value = viewer.layers["astronaut (noisy)"]  # the new layer took the selection
     widget._plots.setCurrentIndex(0)  # loss and held-out residual, the marker at the kept iteration
-    _save(viewer, "dip_training")
+    _save(viewer, "dip_training", columns=3)
 
 
 def main() -> None:
