@@ -352,11 +352,11 @@ def iter_bench(
     return run
 
 
-Case = tuple[BenchSettings, str, Method, dict[str, int]]
+_Case = tuple[BenchSettings, str, Method, dict[str, int]]
 
 
 def _iter_sweep(paths: Sequence[str | Path], settings: BenchSettings, meta: dict[str, Any],
-                cases: Sequence[Case]) -> Generator[Record, None, BenchRun]:
+                cases: Sequence[_Case]) -> Generator[Record, None, BenchRun]:
     """Score every case ``(settings, method name, method, record fields)`` on every image."""
     run = BenchRun(settings=asdict(settings) | meta | {"images": [Path(p).name for p in paths]})
     for path in paths:
@@ -389,7 +389,7 @@ def iter_figure6(
     BenchRun
     """
     depths = dict(FIGURE6_DEPTHS if depths is None else depths)
-    cases: list[Case] = []
+    cases: list[_Case] = []
     for depth, r in depths.items():
         s = replace(settings, ntk=settings.ntk | {"depth": depth, "kernel_size": r})
         fields = {"depth": depth, "kernel_size": r}
@@ -422,7 +422,7 @@ def iter_figure4(
     BenchRun
     """
     widths = tuple(FIGURE4_WIDTHS if widths is None else widths)
-    cases: list[Case] = [(replace(settings, width=c), o, _dip(o, "ae", "noise", style="ntk"), {"width": c})
+    cases: list[_Case] = [(replace(settings, width=c), o, _dip(o, "ae", "noise", style="ntk"), {"width": c})
                          for c in widths for o in optimizers]
     return (yield from _iter_sweep(paths, settings, {"figure4": list(widths), "optimizers": list(optimizers)}, cases))
 
@@ -573,12 +573,12 @@ def plot_figure4(path: str | Path, records: Sequence[Record]) -> None:
             err = np.array([mid - [min(v) for v in vals], [max(v) for v in vals] - mid])
             name = method if key == "psnr" else f"{method} (slope {_loglog_slope(widths, mid):.2f})"
             ax.errorbar(widths, mid, yerr=err, fmt="-o", ms=3, capsize=3, label=name)
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("linear" if key == "psnr" else "log")
-            ax.set_xlabel("channels c")
-            ax.set_ylabel(label)
-            ax.grid(True, alpha=0.3)
-    for ax in axes:
+    for ax, (key, label) in zip(axes, keys):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("linear" if key == "psnr" else "log")
+        ax.set_xlabel("channels c")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

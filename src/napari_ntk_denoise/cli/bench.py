@@ -54,7 +54,10 @@ def _positive(text: str) -> int:
 
 
 def _widths(text: str) -> tuple[int, ...]:
-    return tuple(_positive(w) for w in text.split(",") if w.strip())
+    widths = tuple(_positive(w) for w in text.split(",") if w.strip())
+    if not widths:
+        raise argparse.ArgumentTypeError("needs at least one width")
+    return widths
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
