@@ -242,7 +242,7 @@ def test_core_in_any_anchor_order_has_the_exact_diagonal():
     torch.testing.assert_close(shuffled[1].diagonal(), de[2].reshape(-1)[s[perm]], rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("m", [200, 2100])  # exact eigh, and randomised subspace iteration above 2048
+@pytest.mark.parametrize("m", [80, 200, 2100])  # exact, float32 subspace, randomised above 2048
 def test_core_keeps_every_eigenpair_float32_resolves(m):
     """Eigenimages are kept down to ``lambda_1 eps`` (float32 ``eps``): a fast-decaying spectrum
     such as the guided stage's keeps its 1e-6 tail, and what lies below float32's resolution goes."""
@@ -256,3 +256,26 @@ def test_core_keeps_every_eigenpair_float32_resolves(m):
     (_, kept, proj), = _core_projections(cores, 64, seed=0)
     assert proj.shape == (m, 40)
     torch.testing.assert_close(kept, lam[:40], rtol=0.05, atol=0)
+
+
+
+def test_subspace_eigen_solve_keeps_the_filters_and_their_paired_change(monkeypatch):
+    """The anchor cores' eigen-solve on a float32 subspace (``OVERSAMPLE`` vectors beyond the rank)
+    gives the filters of the exact float64 solve, and the same change between the filter and its
+    perturbed twin, which is what Monte-Carlo SURE reads."""
+    from napari_ntk_denoise.engine import nystrom
+
+    x = _x((32, 32), channels=3)
+    x_eps = x + 1e-3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    anchors = sample_anchors((32, 32), 400)
+    runs = []
+    for oversample in (nystrom.OVERSAMPLE, 400):  # 400: the subspace is every vector, the solve exact
+        monkeypatch.setattr(nystrom, "OVERSAMPLE", oversample)
+        main, pert = _drain(iter_nystrom(CNNKernel(kernel_size=5), x, anchors, 64, x_eps=x_eps, keep_basis_eps=True,
+                                         gemm_dtype=torch.float32))
+        runs.append((_weights(main), _weights(pert)))
+    (w_sub, p_sub), (w_exact, p_exact) = runs
+    assert float((w_sub - w_exact).norm() / w_exact.norm()) < 1e-5
+    change = p_exact - w_exact
+    assert float(change.norm() / w_exact.norm()) > 1e-4  # the perturbation is seen at all
+    assert float(((p_sub - w_sub) - change).norm() / change.norm()) < 1e-2

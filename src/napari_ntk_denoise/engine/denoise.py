@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ._heap import keeps_freed_memory
 from ._input import prepare_image
 from .config import FilterConfig
 from .events import Progress, TwicingStep, drain
@@ -57,6 +58,7 @@ def low_rank_filter(image: np.ndarray, **kwargs: Any) -> LowRankFilter:
     return drain(iter_filter(image, **kwargs))
 
 
+@keeps_freed_memory
 def iter_denoise_ntk(
     image: np.ndarray,
     sigma: float | None = None,
@@ -146,8 +148,8 @@ def iter_denoise_ntk(
     if guide is not None:
         yield from run.guided_stage(guide)
     res = run.result(channel_axis, t0)
-    for doubt in res.params["stop_warnings"]:
-        warnings.warn(f"doubtful stop at t = {res.t}: {doubt}", DoubtfulStopWarning, stacklevel=2)
+    for doubt in res.params["stop_warnings"]:  # attributed to the caller of next(), past the decorator
+        warnings.warn(f"doubtful stop at t = {res.t}: {doubt}", DoubtfulStopWarning, stacklevel=3)
     return res
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._heap import keeps_freed_memory
 from ._input import cpu_flags
 from .events import Progress
 from .fast_blocks import ColumnSide, MovedColumns, SplitBlock, block_fast, columns, patch_basis
@@ -32,6 +33,8 @@ __all__ = ["LowRankFilter", "sample_anchors", "iter_nystrom", "NystromPass", "es
 BLOCK_BYTES = 48 * 2**20
 #: the same on a GPU, where fewer and larger blocks keep the kernel launches few
 GPU_BLOCK_BYTES = 512 * 2**20
+#: vectors beyond the rank in the subspace of the anchor cores' eigen-solve
+OVERSAMPLE = 32
 
 
 def block_bytes(device: torch.device | str = "cpu") -> int:
@@ -248,26 +251,33 @@ class _Accumulator:
 
 
 def _top_eigh(mat: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` eigenpairs of symmetric PSD matrices ``(..., n, n)`` (descending), exact or
-    randomised.
+    """Top-``k`` eigenpairs of symmetric PSD matrices ``(..., n, n)`` (descending), by Rayleigh-Ritz
+    in float64 on a subspace of ``k + 32`` vectors shared by the whole batch.
 
-    Matrices up to 2048 are decomposed exactly in float64; larger ones by randomised subspace
-    iteration (Halko, Martinsson & Tropp 2011, alg. 4.4) with ``k + 32`` vectors and three power
-    steps, then Rayleigh-Ritz in float64.  The start block is ``k + 32`` columns of the matrix
+    Up to 2048 the subspace is the leading eigenvectors of the first matrix, decomposed in float32
+    (its entries are float32 already; the full float64 decomposition costs about four times as
+    much); larger matrices get it by randomised subspace iteration (Halko, Martinsson & Tropp
+    2011, alg. 4.4) with three power steps.  The start block is ``k + 32`` columns of the matrix
     picked at random (for a PSD matrix with a decaying spectrum they span its leading eigenspace
     about as well as a Gaussian sketch, without drawing ``n (k + 32)`` random numbers), and the
     iterates are orthonormalised by CholeskyQR (CholeskyQR2 for the last), which is matrix products
-    only (fast on a GPU).
-    A batch of matrices shares the start columns and runs as batched products.
+    only (fast on a GPU).  Sharing the subspace keeps the eigenpairs of a matrix and of its
+    perturbed twin (Monte-Carlo SURE) a smooth function of both, so their difference is the
+    perturbation's; below ``k + 32`` rows the decomposition is exact.
     """
-    n = mat.shape[-1]
-    if n <= 2048:
+    n, width = mat.shape[-1], k + OVERSAMPLE
+    if n <= width:
         lam, vec = torch.linalg.eigh(mat.double())
         return lam.flip(-1)[..., :k], vec.flip(-1)[..., :k]
-    pick = np.sort(np.random.default_rng(seed).choice(n, min(n, k + 32), replace=False))
-    q = _orthonormalize(mat[..., torch.as_tensor(pick, device=mat.device)], passes=1)
-    for step in range(3):  # the iterates need only be well conditioned; the last one, orthonormal
-        q = _orthonormalize(mat @ q, passes=2 if step == 2 else 1)
+    if n <= 2048:
+        first = mat if mat.ndim == 2 else mat.reshape(-1, n, n)[0]
+        q = _orthonormalize(torch.linalg.eigh(first.float())[1][:, -width:].double(), passes=2)
+        mat = mat.double()
+    else:
+        pick = np.sort(np.random.default_rng(seed).choice(n, width, replace=False))
+        q = _orthonormalize(mat[..., torch.as_tensor(pick, device=mat.device)], passes=1)
+        for step in range(3):  # the iterates need only be well conditioned; the last one, orthonormal
+            q = _orthonormalize(mat @ q, passes=2 if step == 2 else 1)
     q64 = q.double()
     small = q64.mT @ (mat @ q).double()
     lam, vec = torch.linalg.eigh((small + small.mT) / 2)
@@ -417,6 +427,7 @@ def _core_projections(cores: torch.Tensor, rank: int, seed: int) -> list[tuple]:
     return out
 
 
+@keeps_freed_memory
 def iter_nystrom(
     kernel: CNNKernel,
     x: torch.Tensor,

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..engine._heap import keeps_freed_memory
 from ..engine.events import Progress, drain, forward_progress
 from ..engine.stopping import estimate_noise_sigma
 from .noise_estimation import NoiseReport, noise_report, stabilised_sigma
@@ -228,6 +229,7 @@ def _plan(array: Any, sigma: float | None, options: dict[str, Any]) -> _Plan:
     return _Plan(ax, order, n_loop, colour, sigma, noise, tiling, grid)
 
 
+@keeps_freed_memory
 def iter_denoise_stack(
     array: np.ndarray, sigma: float | None = None, **options: Any,
 ) -> Generator[Progress, None, np.ndarray]:

@@ -19,6 +19,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from ..engine._heap import keeps_freed_memory
 from ..engine._input import ImageLayout, check_memory, prepare_image, resolve_device
 from ..engine.config import FilterConfig
 from ..engine.denoise import NTKResult, iter_denoise_ntk
@@ -310,6 +311,7 @@ def iter_denoise_tile(
     return iter_denoise_ntk(tile, sigma, channel_axis=channel_axis, **{"stream_steps": 0, **kwargs})
 
 
+@keeps_freed_memory
 def iter_denoise_tiled(
     image: np.ndarray,
     sigma: TileSigma = None,
