@@ -22,18 +22,14 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _touch_and_free(nbytes: int) -> None:
-    block = torch.empty(nbytes // 4, dtype=torch.float32)
-    block.fill_(1.0)  # every page resident
-    del block
-
-
 def test_freed_blocks_stay_in_the_heap_until_the_last_run_ends():
     with keeping_freed_memory():
         with keeping_freed_memory():  # a nested run (a tile, a pass) keeps what the outer one keeps
-            start = _rss()
-            _touch_and_free(256 * MIB)
-        kept = _rss() - start  # resident for the next block of the run
-    after = _rss()
-    assert kept > 200 * MIB
-    assert after - start < 32 * MIB
+            block = torch.empty(256 * MIB // 4, dtype=torch.float32)
+            block.fill_(1.0)  # every page resident
+            held = _rss()
+            del block
+        freed_in_run = held - _rss()
+    freed_after = held - _rss()
+    assert freed_in_run < 32 * MIB
+    assert freed_after > 200 * MIB

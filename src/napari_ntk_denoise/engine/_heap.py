@@ -22,8 +22,9 @@ from typing import Any, TypeVar
 __all__ = ["keeping_freed_memory", "keeps_freed_memory"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-#: thresholds during a run: no block of a run is this large, so none is handed back at once
-_RUN_MMAP, _RUN_TRIM = 1 << 30, 1 << 31
+#: both thresholds during a run (mallopt takes an int): no block of a run is this large, so none is
+#: handed back at once
+_RUN = 1 << 30
 #: after the last run: the ceilings glibc's dynamic thresholds reach on 64-bit systems
 _IDLE_MMAP, _IDLE_TRIM = 32 << 20, 64 << 20
 
@@ -62,7 +63,7 @@ def keeping_freed_memory() -> Iterator[None]:
     with _lock:
         _active += 1
         if _active == 1:
-            _set(libc, _RUN_MMAP, _RUN_TRIM)
+            _set(libc, _RUN, _RUN)
     try:
         yield
     finally:
