@@ -4,6 +4,7 @@ without a display (Qt aborts the whole process when it cannot open one)."""
 from __future__ import annotations
 
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -66,3 +67,24 @@ def data_dir() -> Path:
     if not DATA.is_dir():
         pytest.skip(f"shared test data not found at {DATA} (the ../shared/data folder beside the repository)")
     return DATA
+
+
+#: glibc's mallopt and malloc_trim (engine._heap) act only there
+GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+
+def resident_bytes() -> int:
+    """This process's resident set size (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def freed_block_returns(nbytes: int = 256 * 2**20) -> int:
+    """Bytes of a touched and freed ``nbytes`` block that leave the resident set at once."""
+    import torch
+
+    block = torch.empty(nbytes // 4, dtype=torch.float32)
+    block.fill_(1.0)  # every page resident
+    held = resident_bytes()
+    del block
+    return held - resident_bytes()

@@ -38,10 +38,10 @@ class EngineError(Exception):
     """
 
 
-def _guarded(func: Callable[..., Generator[Any, None, Any]], *args: Any) -> Generator[Any, None, Any]:
-    """Run ``func(*args)``, turning its ``RuntimeError`` into :class:`EngineError`."""
+def _guarded(gen: Generator[Any, None, Any]) -> Generator[Any, None, Any]:
+    """Run ``gen``, turning its ``RuntimeError`` into :class:`EngineError`."""
     try:
-        return (yield from func(*args))
+        return (yield from gen)
     except RuntimeError as exc:
         raise EngineError(str(exc)) from exc
 
@@ -147,7 +147,8 @@ class StreamRunner:
         self._pbar = progress(total=STEPS, desc=description)
         self._failure = None
         self.status.start(description, upper_bound)
-        worker = create_worker(_guarded, func, *args, _ignore_errors=True)
+        gen = func(*args)
+        worker = create_worker(_guarded, gen, _ignore_errors=True)
 
         def relay(item: PlaneEvent) -> None:
             if worker.abort_requested:
@@ -164,6 +165,7 @@ class StreamRunner:
                 on_return(value)
 
         def done() -> None:
+            gen.close()  # a stopped run is left suspended by the worker: end it, so its memory goes now
             self._finish(on_finished, worker.abort_requested)
 
         worker.yielded.connect(relay)
