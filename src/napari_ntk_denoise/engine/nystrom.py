@@ -255,7 +255,7 @@ def _top_eigh(mat: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch
     in float64 on a subspace of ``k + 32`` vectors shared by the whole batch.
 
     Up to 2048 the subspace is the leading eigenvectors of the first matrix, decomposed in float32
-    (its entries are float32 already; the full float64 decomposition costs about four times as
+    (its entries are float32 already, and the full float64 decomposition costs several times as
     much); larger matrices get it by randomised subspace iteration (Halko, Martinsson & Tropp
     2011, alg. 4.4) with three power steps.  The start block is ``k + 32`` columns of the matrix
     picked at random (for a PSD matrix with a decaying spectrum they span its leading eigenspace
