@@ -2,7 +2,7 @@
 
 The Nyström sweep frees and allocates blocks of tens of megabytes many times per pass.  glibc
 hands blocks above its ``mmap`` threshold back to the system when they are freed, and every new
-one is then paid in page faults (``benchmarks/bench_scale.py`` measures the difference).
+one is then paid in page faults, a large share of a tile's time on a CPU.
 While any run is in progress, :func:`keeping_freed_memory` raises the thresholds so that freed
 blocks stay in the heap for the next allocation; when the last run ends it sets glibc's own
 ceilings of its dynamic thresholds and returns the free memory to the system (``malloc_trim``).
@@ -46,7 +46,7 @@ def _libc() -> Any | None:
 
 
 def _set(libc: Any, mmap: int, trim: int) -> None:
-    """Set both thresholds (a glibc older than 2.26 refuses an ``mmap`` threshold above 32 MiB)."""
+    """Set both thresholds; where glibc refuses the ``mmap`` threshold, its 32 MiB ceiling instead."""
     if not libc.mallopt(_M_MMAP_THRESHOLD, mmap):
         libc.mallopt(_M_MMAP_THRESHOLD, _IDLE_MMAP)
     libc.mallopt(_M_TRIM_THRESHOLD, trim)

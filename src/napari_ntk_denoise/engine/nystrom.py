@@ -272,7 +272,7 @@ def _top_eigh(mat: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch
     if n <= 2048:
         first = mat if mat.ndim == 2 else mat.reshape(-1, n, n)[0]
         q = _orthonormalize(torch.linalg.eigh(first.float())[1][:, -width:].double(), passes=2)
-        mat = mat.double()
+        mat = mat.double()  # the Rayleigh-Ritz products in float64 for both cores alike
     else:
         pick = np.sort(np.random.default_rng(seed).choice(n, width, replace=False))
         q = _orthonormalize(mat[..., torch.as_tensor(pick, device=mat.device)], passes=1)
