@@ -9,7 +9,7 @@ Sections (all by default; pick with ``--only``):
 ``volume`` the same stack with 3-D patches (r = 5, r_z = 3, volume tiles of 16 x 128 x 128) next to
            planes with the same in-plane kernel (r = 5).
 ``tiles``  the synthetic plane (estimated noise) and the 2-D FMD planes in tiles of 512, 256, 128
-           (and 256 with smaller Nystrom sets): time against PSNR, next to scikit-image's NLM (and
+           (and 256 with the full and smaller Nystrom sets): time against PSNR, next to scikit-image's NLM (and
            BM3D when installed) after the same transform.
 ``fmd``    every plane of the FMD samples in ``../shared/data/fmd_samples`` (a single raw frame
            against the 50-frame average) through the same generalized Anscombe transform: NTK
@@ -90,8 +90,9 @@ PLANE_RUNS = [
     ("NTK, Poisson-Gaussian (estimated), tiles of 512", dict(noise_model="poisson-gaussian")),
 ]
 #: tilings of the ``tiles`` section: label, denoise_stack options
-TILE_RUNS = [  # the default (256) against 512, and the smaller Nystrom sets that fit the 60 s target
-    ("tiles of 512", dict(tile=512)), ("tiles of 256 (default)", dict(tile=256)), ("tiles of 128", dict(tile=128)),
+TILE_RUNS = [  # the default (256) against the full Nystrom set, 512, 128 and the lighter sets for every tile
+    ("tiles of 512", dict(tile=512)), ("tiles of 256 (default)", dict(tile=256)),
+    ("tiles of 256, full set (--no-adaptive)", dict(tile=256, adaptive=False)), ("tiles of 128", dict(tile=128)),
     ("tiles of 256, fraction 0.01", dict(tile=256, fraction=0.01)),
     ("tiles of 256, fraction 0.01, rank 128", dict(tile=256, fraction=0.01, rank=128)),
 ]

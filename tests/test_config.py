@@ -27,6 +27,7 @@ def test_command_line_defaults_are_the_engines():
     kw = ntk_kwargs(p.parse_args([]))
     assert kw.pop("device") is None
     assert {**DEFAULT_OPTIONS, **kw} == DEFAULT_OPTIONS
+    assert ntk_kwargs(p.parse_args(["--no-adaptive"]))["adaptive"] is False
 
 
 @pytest.mark.parametrize("options, message", [

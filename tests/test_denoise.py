@@ -136,12 +136,12 @@ def test_guided_kernel_type_serves_both_stages(draws):
     from napari_ntk_denoise.engine.twicing import twicing_factors, twicing_output
 
     noisy, _ = _noisy()
-    _, res = denoise_ntk(noisy, 0.1, guided_pilot_draws=draws, stop=5, **{**FAST, "guided": True})
-    _, same = denoise_ntk(noisy, 0.1, guided_pilot_draws=draws, guided_kernel=None, stop=5,
-                          **{**FAST, "guided": True})
+    opts = {**FAST, "guided": True, "adaptive": False}  # the full Nystrom set, as the inspector's filter
+    _, res = denoise_ntk(noisy, 0.1, guided_pilot_draws=draws, stop=5, **opts)
+    _, same = denoise_ntk(noisy, 0.1, guided_pilot_draws=draws, guided_kernel=None, stop=5, **opts)
     assert res.params["guided_kernel"] == "nngp" and same.params["guided_kernel"] == "ntk"
     for result, kind in ((res, "nngp"), (same, "ntk")):
-        plain = low_rank_filter(noisy, kernel=kind, **FAST)
+        plain = low_rank_filter(noisy, kernel=kind, **{**FAST, "adaptive": False})
         np.testing.assert_array_equal(result.stages[0].filter.eigenvalues, plain.eigenvalues)
         # the pilot: one step for both anchor draws, no later (no less smooth) than stage 1's
         t_pilot = result.params["t_pilot"][0]

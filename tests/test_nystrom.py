@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from conftest import smooth_image
+from napari_ntk_denoise.engine.denoise import denoise_ntk
 from napari_ntk_denoise.engine.kernels import CNNKernel
-from napari_ntk_denoise.engine.nystrom import LowRankFilter, iter_nystrom, sample_anchors
+from napari_ntk_denoise.engine.nystrom import LowRankFilter, iter_nystrom, light_set, sample_anchors
 from napari_ntk_denoise.engine.twicing import twicing_factors, twicing_schedule
 
 
@@ -279,3 +280,31 @@ def test_subspace_eigen_solve_keeps_the_filters_and_their_paired_change(monkeypa
     change = p_exact - w_exact
     assert float(change.norm() / w_exact.norm()) > 1e-4  # the perturbation is seen at all
     assert float(((p_sub - w_sub) - change).norm() / change.norm()) < 1e-2
+
+
+def test_light_set_only_where_the_spectrum_falls_early():
+    kern, shape = CNNKernel(kernel_size=5), (64, 64)
+    anchors = sample_anchors(shape, 400, seed=0)
+    smooth = light_set(kern, _x(shape, seed=1), anchors, rank=96)
+    assert smooth is not None
+    light_anchors, light_rank = smooth
+    np.testing.assert_array_equal(light_anchors, anchors[::2])
+    assert light_rank < 96
+    texture = torch.from_numpy(np.random.default_rng(2).random((3, *shape))).float()
+    assert light_set(kern, texture, anchors, rank=96) is None
+    assert light_set(kern, _x(shape, seed=1), anchors[:180], rank=96) is None  # half the anchors: too few
+
+
+def test_adaptive_set_halves_the_first_stage_at_the_same_quality():
+    clean = smooth_image((64, 64))
+    noisy = clean + 0.1 * np.random.default_rng(3).standard_normal(clean.shape)
+    opts = dict(fraction=0.1, rank=96, guided=False, kernel_size=5)
+    out_light, res_light = denoise_ntk(noisy, 0.1, **opts)
+    out_full, res_full = denoise_ntk(noisy, 0.1, adaptive=False, **opts)
+    assert len(res_light.filter.anchors) == len(res_full.filter.anchors[::2])
+    assert res_light.filter.rank < res_full.filter.rank
+    mse = [float(np.mean((o - clean) ** 2)) for o in (out_light, out_full)]
+    assert mse[0] < 1.1 * mse[1] < 0.3 * float(np.mean((noisy - clean) ** 2))
+    _, guided = denoise_ntk(noisy, 0.1, **{**opts, "guided": True, "guided_stage_share": 0.8})
+    n_first, n_guided = (len(stage.filter.anchors) for stage in guided.stages)
+    assert n_first == len(res_full.filter.anchors[::2]) and n_guided == int(0.8 * len(res_full.filter.anchors))

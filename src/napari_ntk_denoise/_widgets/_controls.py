@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from magicgui.widgets import ComboBox, FloatSpinBox, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, SpinBox
 
 from napari_ntk_denoise.engine.config import DEFAULT_OPTIONS
 
@@ -49,7 +49,7 @@ class FilterControls:
     Attributes
     ----------
     widgets : list of magicgui widgets
-        Depth, patch size, kernel, sampled pixels, eigenimages kept, device.
+        Depth, patch size, kernel, sampled pixels, eigenimages kept, adaptive set, device.
     """
 
     def __init__(self) -> None:
@@ -73,13 +73,19 @@ class FilterControls:
         self.rank = SpinBox(
             label="eigenimages kept", value=engine_default("rank"), min=1, max=8192,
             tooltip="Eigenimages of the filter kept (its rank). More keep finer detail, cost memory and time.")
+        self.adaptive = CheckBox(
+            value=engine_default("adaptive"), text="lighter where the image allows",
+            tooltip="Half the sampled pixels and fewer eigenimages in the first stage when the filter's spectrum "
+            "falls off early (grey images, fluorescence microscopy): about twice as fast at the same quality.")
         self.device = device_control()
-        self.widgets = [self.depth, self.kernel_size, self.kernel, self.fraction, self.rank, self.device]
+        self.widgets = [self.depth, self.kernel_size, self.kernel, self.fraction, self.rank, self.adaptive,
+                        self.device]
 
     def params(self) -> dict[str, Any]:
         """Keyword arguments of the engine's filter functions (seed 0: the same filter every time)."""
         return {
             "depth": self.depth.value, "kernel_size": self.kernel_size.value, "kernel": self.kernel.value,
-            "fraction": self.fraction.value, "rank": self.rank.value, "device": device_value(self.device),
+            "fraction": self.fraction.value, "rank": self.rank.value, "adaptive": self.adaptive.value,
+            "device": device_value(self.device),
             "seed": 0,
         }

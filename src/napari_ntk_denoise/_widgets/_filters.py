@@ -17,7 +17,7 @@ from napari_ntk_denoise import LowRankFilter
 __all__ = ["FILTER_PARAMS", "FilterCache", "filters"]
 
 #: Parameters that determine a filter (besides the image plane).
-FILTER_PARAMS = ("depth", "kernel_size", "kernel", "input", "fraction", "rank", "seed")
+FILTER_PARAMS = ("depth", "kernel_size", "kernel", "input", "fraction", "rank", "adaptive", "seed")
 
 
 class FilterCache:

@@ -82,6 +82,9 @@ def add_ntk_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fraction", type=float, default=d["fraction"],
                    help=f"fraction of pixels used as anchors (default {d['fraction']})")
     p.add_argument("--rank", type=int, default=d["rank"], help=f"number of eigenimages (default {d['rank']})")
+    p.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=d["adaptive"],
+                   help="every other anchor and a lower rank in the first stage where the kernel's spectrum "
+                   "allows (on by default, --no-adaptive for the full set)")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
     p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -131,7 +134,7 @@ def ntk_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     dict
     """
     return dict(depth=args.depth, kernel_size=args.kernel_size, kernel=args.kernel, input=args.input,
-                fraction=args.fraction, rank=args.rank, stop=args.stop, guided=args.guided,
+                fraction=args.fraction, rank=args.rank, adaptive=args.adaptive, stop=args.stop, guided=args.guided,
                 guided_kernel=args.guided_kernel, guided_pilot_share=args.guided_pilot_share,
                 guided_stage_share=args.guided_stage_share, guided_pilot_draws=args.guided_pilot_draws,
                 device=args.device, seed=args.seed)

@@ -30,11 +30,14 @@ PILOT_STEP = {"nngp": 0.7, "ntk": 1.0}
 @dataclass(frozen=True)
 class NystromConfig:
     """Nyström approximation: ``fraction`` of the pixels as anchors (``n_anchors`` overrides it)
-    and at most ``rank`` eigenimages."""
+    and at most ``rank`` eigenimages; with ``adaptive``, the first stage takes every other anchor
+    and a lower rank where the kernel's spectrum allows
+    (:func:`~napari_ntk_denoise.engine.nystrom.light_set`)."""
 
     fraction: float = 0.02
     n_anchors: int | None = None
     rank: int = 256
+    adaptive: bool = True
 
     def __post_init__(self) -> None:
         if self.n_anchors is None and not 0 < self.fraction <= 1:
@@ -105,7 +108,7 @@ class FilterConfig:
         The CNN whose kernel is the filter; flat options ``depth``, ``kernel_size``, ``kernel``
         (its ``kind``), ``volume`` (3-D patches) and ``kernel_size_z``.
     nystrom : NystromConfig
-        Flat options ``fraction``, ``n_anchors``, ``rank``.
+        Flat options ``fraction``, ``n_anchors``, ``rank``, ``adaptive``.
     stop : {"sure", "oracle"} or int
         Monte-Carlo SURE, the PSNR-optimal step given a reference, or a fixed number of steps.
     guided : GuidedConfig
@@ -157,7 +160,7 @@ class FilterConfig:
         arch = CNNKernel(depth=opts["depth"], kernel_size=opts["kernel_size"], kind=opts["kernel"],
                          ndim=3 if opts["volume"] else 2, kernel_size_z=opts["kernel_size_z"])
         return cls(architecture=arch,
-                   nystrom=NystromConfig(opts["fraction"], opts["n_anchors"], opts["rank"]),
+                   nystrom=NystromConfig(opts["fraction"], opts["n_anchors"], opts["rank"], bool(opts["adaptive"])),
                    stop=opts["stop"], guided=GuidedConfig(bool(opts["guided"]), opts["guided_kernel"],
                                                            float(opts["guided_pilot_share"]),
                                                            float(opts["guided_stage_share"]),
@@ -170,7 +173,7 @@ class FilterConfig:
         a = self.architecture
         return dict(depth=a.depth, kernel_size=a.kernel_size, kernel=a.kind, volume=a.ndim == 3,
                     kernel_size_z=a.kernel_size_z, fraction=self.nystrom.fraction, n_anchors=self.nystrom.n_anchors,
-                    rank=self.nystrom.rank, stop=self.stop, guided=self.guided.enabled,
+                    rank=self.nystrom.rank, adaptive=self.nystrom.adaptive, stop=self.stop, guided=self.guided.enabled,
                     guided_kernel=self.guided.kernel, guided_pilot_share=self.guided.pilot_share,
                     guided_stage_share=self.guided.stage_share, guided_pilot_draws=self.guided.pilot_draws,
                     input=self.input, noise_channels=self.noise_channels,

@@ -37,7 +37,7 @@ def iter_filter(
     """Compute the low-rank NTK filter of an image, streaming progress.
 
     Parameters are those of :func:`iter_denoise_ntk` (the stopping and guided options are
-    ignored).
+    ignored): the filter of the one-stage denoiser, on the adaptive set where it applies.
 
     Yields
     ------
@@ -49,7 +49,8 @@ def iter_filter(
     """
     cfg = FilterConfig.from_options(**options)
     st = setup(image, channel_axis, cfg, device, passes=1)
-    result, _ = yield from iter_nystrom(st.kernel, st.kernel_input(), st.anchors, st.rank, seed=cfg.seed)
+    result, _ = yield from iter_nystrom(st.kernel, st.kernel_input(), st.anchors, st.rank, seed=cfg.seed,
+                                        light=cfg.nystrom.adaptive and cfg.input == "image")
     return result.filter
 
 
