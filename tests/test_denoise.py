@@ -136,7 +136,7 @@ def test_guided_kernel_type_serves_both_stages(draws):
     from napari_ntk_denoise.engine.twicing import twicing_factors, twicing_output
 
     noisy, _ = _noisy()
-    opts = {**FAST, "guided": True, "adaptive": False}  # the full Nystrom set, as the inspector's filter
+    opts = {**FAST, "guided": True, "adaptive": False}  # the second draw below is computed on the full set
     _, res = denoise_ntk(noisy, 0.1, guided_pilot_draws=draws, stop=5, **opts)
     _, same = denoise_ntk(noisy, 0.1, guided_pilot_draws=draws, guided_kernel=None, stop=5, **opts)
     assert res.params["guided_kernel"] == "nngp" and same.params["guided_kernel"] == "ntk"

@@ -293,6 +293,7 @@ def test_light_set_only_where_the_spectrum_falls_early():
     texture = torch.from_numpy(np.random.default_rng(2).random((3, *shape))).float()
     assert light_set(kern, texture, anchors, rank=96) is None
     assert light_set(kern, _x(shape, seed=1), anchors[:180], rank=96) is None  # half the anchors: too few
+    assert light_set(kern, _x(shape, seed=1), anchors, rank=16) is None  # too many for one probe to speak for
 
 
 def test_adaptive_set_halves_the_first_stage_at_the_same_quality():
@@ -303,6 +304,9 @@ def test_adaptive_set_halves_the_first_stage_at_the_same_quality():
     out_full, res_full = denoise_ntk(noisy, 0.1, adaptive=False, **opts)
     assert len(res_light.filter.anchors) == len(res_full.filter.anchors[::2])
     assert res_light.filter.rank < res_full.filter.rank
+    assert (res_light.params["stage1_anchors"], res_light.params["stage1_rank"]) == (
+        len(res_light.filter.anchors), res_light.filter.rank)
+    assert res_light.params["n_anchors"] == res_full.params["stage1_anchors"] == len(res_full.filter.anchors)
     mse = [float(np.mean((o - clean) ** 2)) for o in (out_light, out_full)]
     assert mse[0] < 1.1 * mse[1] < 0.3 * float(np.mean((noisy - clean) ** 2))
     _, guided = denoise_ntk(noisy, 0.1, **{**opts, "guided": True, "guided_stage_share": 0.8})

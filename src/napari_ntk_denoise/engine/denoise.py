@@ -231,9 +231,11 @@ class _Run:
         image_out = prob.restore(final.output(final.t))
         self.timings["total"] = time.perf_counter() - t0
         a = cfg.architecture
+        first = self.stages[0].filter
         params = dict(sigma=prob.sigma, channel_axis=channel_axis, depth=a.depth, kernel_size=a.kernel_size,
                       kernel=a.kind, input=cfg.input, fraction=cfg.nystrom.fraction, n_anchors=len(prob.setup.anchors),
-                      rank=prob.setup.rank, stop=cfg.stop, guided=cfg.guided.enabled, device=str(prob.setup.device),
+                      rank=prob.setup.rank, adaptive=cfg.nystrom.adaptive, stage1_anchors=len(first.anchors),
+                      stage1_rank=first.rank, stop=cfg.stop, guided=cfg.guided.enabled, device=str(prob.setup.device),
                       seed=cfg.seed, clip_bounds=list(prob.bounds), stop_warnings=self.doubts)
         if cfg.guided.enabled:
             params.update(guided_kernel=self.kern.kind, t_pilot=self.t_pilot, guided_pilot_draws=cfg.guided.pilot_draws)

@@ -433,8 +433,9 @@ def _core_projections(cores: torch.Tensor, rank: int, seed: int) -> list[tuple]:
 def light_set(kernel: CNNKernel, x: torch.Tensor, anchors: np.ndarray, rank: int) -> tuple[np.ndarray, int] | None:
     """Every other anchor and a lower rank, when the kernel's spectrum allows them.
 
-    The Nystrom spectrum of every other anchor (thinned to about ``4 rank``) is estimated on every
-    ``LIGHT_LINE_STEP``-th image line.  When it falls below ``LIGHT_FLOOR`` times its largest
+    The Nystrom spectrum of every other anchor (every fourth where half the set exceeds ``4 rank``;
+    above ``8 rank`` the full set is kept) is estimated on every ``LIGHT_LINE_STEP``-th image line
+    (more where that gives fewer than ``4 rank`` rows).  When it falls below ``LIGHT_FLOOR`` times its largest
     eigenvalue within the first ``LIGHT_KNEE * rank`` eigenvalues (a kernel of low effective rank,
     as on grey natural images and fluorescence microscopy), the eigenimages beyond keep filter
     factors near zero unless twicing runs for ``~1 / LIGHT_FLOOR`` steps, and half the anchors
@@ -457,16 +458,19 @@ def light_set(kernel: CNNKernel, x: torch.Tensor, anchors: np.ndarray, rank: int
         ``(anchors, rank)`` of the light set, or ``None`` to keep the full set.
     """
     half = np.asarray(anchors)[::2]
-    if len(half) <= rank:
+    step = -(-len(half) // (4 * rank))
+    if len(half) <= rank or step > 2:  # a thinner probe would not speak for the half set
         return None
     d, w, dev = math.prod(x.shape[1:]), x.shape[-1], x.device
-    s = torch.as_tensor(np.ascontiguousarray(half[:: max(1, len(half) // (4 * rank))]), device=dev, dtype=torch.long)
+    s = torch.as_tensor(np.ascontiguousarray(half[::step]), device=dev, dtype=torch.long)
     n_rows, chunk = _block_sizes(kernel, len(s), d, dev)
     sides = _column_sides(kernel, x, s, kernel.diagonals(x), chunk)
-    lam, u = torch.linalg.eigh(_core(sides, kernel, x, n_rows)[0])  # float32 resolves the floor
+    lam, u = torch.linalg.eigh(_core(sides, kernel, x, n_rows)[0])  # float32: its errors only raise the tail
     keep = lam > lam[-1] * torch.finfo(torch.float32).eps
     proj_m = (u[:, keep] / lam[keep].sqrt())[:, -rank:]
-    lines = torch.arange(LIGHT_LINE_STEP // 2, d // w, LIGHT_LINE_STEP, device=dev)
+    n_lines = d // w
+    line_step = max(1, min(LIGHT_LINE_STEP, n_lines * w // (4 * rank)))  # at least ~4 rank rows
+    lines = torch.arange(line_step // 2, n_lines, line_step, device=dev)
     rows = (lines[:, None] * w + torch.arange(w, device=dev)).reshape(-1)
     gram = torch.zeros(proj_m.shape[1], proj_m.shape[1], device=dev)
     for i in range(0, len(rows), n_rows):
@@ -474,7 +478,9 @@ def light_set(kernel: CNNKernel, x: torch.Tensor, anchors: np.ndarray, rank: int
         gram += b.T @ b
     sig = torch.linalg.eigvalsh(gram)
     knee = int((sig > sig[-1] * LIGHT_FLOOR).sum())
-    return (half, min(rank, knee + OVERSAMPLE)) if knee <= LIGHT_KNEE * rank else None
+    if not sig[-1] > 0 or knee >= len(sig) or knee > LIGHT_KNEE * rank:  # never measured to fall
+        return None
+    return half, min(rank, knee + OVERSAMPLE)
 
 
 @keeps_freed_memory
@@ -541,6 +547,7 @@ def iter_nystrom(
     dev = x.device
     gemm_dtype = default_gemm_dtype(dev) if gemm_dtype is None else gemm_dtype
     if light:
+        yield Progress(stage, 0, 1, "kernel spectrum")
         anchors, rank = light_set(kernel, x, anchors, rank) or (anchors, rank)
     s = torch.as_tensor(anchors, device=dev, dtype=torch.long)
     reach = _reach(kernel, x, x_eps)
