@@ -191,6 +191,11 @@ class FilterConfig:
         return self.architecture
 
     @property
+    def light_first_stage(self) -> bool:
+        """Whether the first stage may take the adaptive (light) Nyström set: kernels of the image only."""
+        return self.nystrom.adaptive and self.input == "image"
+
+    @property
     def runs(self) -> int:
         """Nyström pipeline runs: one, or when guided the pilot's draws and the guided stage."""
         return 1 + self.guided.pilot_draws if self.guided.enabled else 1

@@ -50,7 +50,7 @@ def iter_filter(
     cfg = FilterConfig.from_options(**options)
     st = setup(image, channel_axis, cfg, device, passes=1)
     result, _ = yield from iter_nystrom(st.kernel, st.kernel_input(), st.anchors, st.rank, seed=cfg.seed,
-                                        light=cfg.nystrom.adaptive and cfg.input == "image")
+                                        light=cfg.light_first_stage)
     return result.filter
 
 

@@ -430,7 +430,8 @@ def _core_projections(cores: torch.Tensor, rank: int, seed: int) -> list[tuple]:
     return out
 
 
-def light_set(kernel: CNNKernel, x: torch.Tensor, anchors: np.ndarray, rank: int) -> tuple[np.ndarray, int] | None:
+def light_set(kernel: CNNKernel, x: torch.Tensor, anchors: np.ndarray, rank: int, diags: tuple | None = None
+              ) -> tuple[np.ndarray, int] | None:
     """Every other anchor and a lower rank, when the kernel's spectrum allows them.
 
     The Nystrom spectrum of every other anchor (every fourth where half the set exceeds ``4 rank``;
@@ -451,6 +452,8 @@ def light_set(kernel: CNNKernel, x: torch.Tensor, anchors: np.ndarray, rank: int
         The full anchor set (sorted flat indices).
     rank : int
         The requested rank.
+    diags : tuple, optional
+        ``kernel.diagonals(x)``, when the caller has them already.
 
     Returns
     -------
@@ -464,7 +467,7 @@ def light_set(kernel: CNNKernel, x: torch.Tensor, anchors: np.ndarray, rank: int
     d, w, dev = math.prod(x.shape[1:]), x.shape[-1], x.device
     s = torch.as_tensor(np.ascontiguousarray(half[::step]), device=dev, dtype=torch.long)
     n_rows, chunk = _block_sizes(kernel, len(s), d, dev)
-    sides = _column_sides(kernel, x, s, kernel.diagonals(x), chunk)
+    sides = _column_sides(kernel, x, s, kernel.diagonals(x) if diags is None else diags, chunk)
     lam, u = torch.linalg.eigh(_core(sides, kernel, x, n_rows)[0])  # float32: its errors only raise the tail
     keep = lam > lam[-1] * torch.finfo(torch.float32).eps
     proj_m = (u[:, keep] / lam[keep].sqrt())[:, -rank:]
@@ -546,14 +549,14 @@ def iter_nystrom(
     d, w = math.prod(shape), shape[-1]
     dev = x.device
     gemm_dtype = default_gemm_dtype(dev) if gemm_dtype is None else gemm_dtype
+    diags = kernel.diagonals(x)
     if light:
         yield Progress(stage, 0, 1, "kernel spectrum")
-        anchors, rank = light_set(kernel, x, anchors, rank) or (anchors, rank)
+        anchors, rank = light_set(kernel, x, anchors, rank, diags) or (anchors, rank)
     s = torch.as_tensor(anchors, device=dev, dtype=torch.long)
     reach = _reach(kernel, x, x_eps)
     if reach is not None:  # anchors the perturbation reaches first: their kernel changes are one slice
         s = s[torch.argsort((~reach[s]).to(torch.uint8), stable=True)]
-    diags = kernel.diagonals(x)
     diags_eps = None if x_eps is None else kernel.diagonals(x_eps)
     n_rows, chunk = _block_sizes(kernel, len(s), d, dev)
     n_rows = max(w, n_rows // w * w)  # whole image rows: patches unfold from a band

@@ -80,7 +80,7 @@ def _fit(
     main, pert = yield from forward_progress(iter_nystrom(  # fractions of the whole run, not of this stage
         kern, x, anchors, st.rank, project=list(named.values()), stage=stage, seed=cfg.seed, x_eps=x_eps,
         project_eps=[prob.y_eps, prob.probe], keep_basis_eps=keep_basis_eps,
-        light=cfg.nystrom.adaptive and guide is None and cfg.input == "image",
+        light=cfg.light_first_stage and guide is None,
     ), "", part=part)
     return main, pert, dict(zip(named, main.projections))
 
