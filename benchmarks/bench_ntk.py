@@ -13,11 +13,13 @@ baseline.
 over the images of ``../shared/data`` (sigma = 25/255, seed 0; PSNR on outputs clipped to [0, 1]);
 with ``--tile N`` the astronaut also goes through tiles (plain and guided) and every NTK call on
 the datasets is tiled (``denoise_tiled``, tiles of at most N pixels a
-side, each with its own SURE step; no oracle there), next to the same NLM baseline.
+side, each with its own SURE step; no oracle there), next to the same NLM baseline.  ``--tile
+auto`` takes the default side (``choose_tile``: 256, or 128 where the kernel's spectrum does not fall
+within the rank), and the astronaut also runs in tiles of 256 in the same process.
 
 Usage::
 
-    python benchmarks/bench_ntk.py [--datasets set12,mcmaster] [--tile N] [--limit N] [--device cpu|cuda]
+    python benchmarks/bench_ntk.py [--datasets set12,mcmaster] [--tile N|auto] [--limit N] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import torch
 from napari_ntk_denoise import denoise_ntk, denoise_tiled
 from napari_ntk_denoise.bench import METHODS, BenchSettings
 from napari_ntk_denoise.engine import _native
+from napari_ntk_denoise.engine.nystrom import default_gemm_dtype
 from napari_ntk_denoise.engine.stopping import psnr
 from napari_ntk_denoise.io.imageio import read_image
 from napari_ntk_denoise.io.samples import SIGMA, add_noise, clean_sample
@@ -62,10 +65,11 @@ def run_ntk(noisy, clean, axis, oracle=True, **kw):
 
 
 def run_tiled(noisy, clean, axis, tile, **kw):
-    """One tiled call (tiles of at most ``tile`` pixels a side); no oracle step."""
+    """One tiled call (tiles of at most ``tile`` pixels a side, ``"auto"``: the default); no oracle step."""
     t0 = time.perf_counter()
-    out, res = denoise_tiled(noisy, SIGMA, channel_axis=axis, tile=tile, **kw)
-    return dict(time=time.perf_counter() - t0, psnr=psnr(np.clip(out, 0, 1), clean, 1.0), oracle=np.nan, t=res.t)
+    out, res = denoise_tiled(noisy, SIGMA, channel_axis=axis, tile=None if tile == "auto" else tile, **kw)
+    return dict(time=time.perf_counter() - t0, psnr=psnr(np.clip(out, 0, 1), clean, 1.0), oracle=np.nan, t=res.t,
+                tile=res.tile)
 
 
 def run_nlm(noisy, clean, axis):
@@ -100,10 +104,11 @@ def astronaut(device, tile: int | None = None) -> None:
     print(f"| NTK, oracle t (same run) | | | {first['oracle']:.2f} | {first['oracle_t']} |")
     print(f"| NTK guided (the default), MC-SURE, no reference | {_seconds(guided['time'])} | {peak_rss_gb():.2f} | "
           f"{guided['psnr']:.2f} | {guided['t']} |")
-    if tile is not None:
+    for side in [] if tile is None else [tile, 256] if tile == "auto" else [tile]:
         for label, kw in (("NTK", {"guided": False}), ("NTK guided", {"guided": True})):
-            tiled = run_tiled(noisy, clean, -1, tile, device=device, **kw)
-            print(f"| {label}, MC-SURE, tiles of {tile} (steps {min(tiled['t'])}-{max(tiled['t'])}) | "
+            tiled = run_tiled(noisy, clean, -1, side, device=device, **kw)
+            how = f"tiles of {tiled['tile']}" + (" (auto)" if side == "auto" else "")
+            print(f"| {label}, MC-SURE, {how} (steps {min(tiled['t'])}-{max(tiled['t'])}) | "
                   f"{_seconds(tiled['time'])} | {peak_rss_gb():.2f} | {tiled['psnr']:.2f} | |")
     print(f"| skimage denoise_nl_means (fast, 5x5/13x13, h = 0.8 sigma) | {nlm['time']:.2f} | | {nlm['psnr']:.2f} | |")
     on_cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
@@ -135,7 +140,7 @@ def dataset(name: str, limit: int | None, device, tile: int | None = None) -> No
               f"{guided['psnr']:.2f} oracle {guided['oracle']:.2f} | NLM {nlm['psnr']:.2f} | "
               f"{plain['time']:.1f} s / {guided['time']:.1f} s", flush=True)
     m = np.mean(rows, axis=0)
-    tiling = "whole images" if tile is None else f"tiles of {tile}"
+    tiling = "whole images" if tile is None else "default tiles (auto)" if tile == "auto" else f"tiles of {tile}"
     print(f"\n| {name} ({len(rows)} images, {tiling}) | auto (SURE) | oracle | gap |\n|---|---|---|---|")
     print(f"| NTK | {m[0]:.2f} | {m[1]:.2f} | {m[1] - m[0]:.2f} |")
     print(f"| NTK guided | {m[2]:.2f} | {m[3]:.2f} | {m[3] - m[2]:.2f} |")
@@ -147,12 +152,14 @@ def dataset(name: str, limit: int | None, device, tile: int | None = None) -> No
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", default="", help="comma-separated: set12,mcmaster")
-    p.add_argument("--tile", type=int, default=None, help="tile the dataset images (tile side)")
+    p.add_argument("--tile", type=lambda v: v if v == "auto" else int(v), default=None,
+                   help="tile the dataset images (tile side, or auto)")
     p.add_argument("--limit", type=int, default=None, help="images per dataset")
     p.add_argument("--device", default=None)
     p.add_argument("--skip-astronaut", action="store_true")
     args = p.parse_args(argv)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"large products in {default_gemm_dtype(torch.device('cpu'))} on the CPU, "
           f"torch {torch.__version__}, python {sys.version.split()[0]}\n")
     if not args.skip_astronaut:
         astronaut(args.device, args.tile)

@@ -222,3 +222,25 @@ def test_cli_poisson_gaussian_options(tmp_path, capsys):
             run_stack_cli([*base, *gaussian_options])
     with pytest.raises(ValueError, match="Gaussian model"):
         run_stack_cli([*base, "--noise-model", "poisson-gaussian", "--sigma", "1"])
+
+
+def test_default_tile_is_chosen_on_the_middle_plane(zstack, monkeypatch):
+    """A stack without ``tile`` takes the side :func:`choose_tile` picks on its middle plane, after
+    the variance-stabilising transform where there is one."""
+    import napari_ntk_denoise.microscopy.stacks as stacks
+
+    _, noisy = zstack
+    seen = []
+
+    def choose(image, channel_axis=None, device=None, **options):
+        seen.append(image)
+        return 24
+
+    monkeypatch.setattr(stacks, "choose_tile", choose)
+    opts = {k: v for k, v in FAST.items() if k != "tile"}
+    out = denoise_stack(noisy, 0.1, axes="ZYX", **opts)
+    np.testing.assert_array_equal(seen[0], noisy[1])
+    np.testing.assert_allclose(out, denoise_stack(noisy, 0.1, axes="ZYX", tile=24, **opts), atol=1e-6)
+    counts = 100 * np.abs(noisy) + 10
+    denoise_stack(counts, axes="ZYX", noise_model="poisson-gaussian", noise=PoissonGaussian(1.0, 1.0), **opts)
+    assert np.abs(seen[-1] - counts[1]).max() > 1  # the transformed plane, not the counts

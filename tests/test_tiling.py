@@ -149,3 +149,35 @@ def test_memory_guard_refuses_and_suggests_tiles(smooth_noisy, monkeypatch):
         denoise_tiled(noisy, 0.1, tile=48, **FAST)
     with pytest.raises(MemoryError, match="denoise in tiles"):
         denoise_ntk(noisy, 0.1, **FAST)
+
+
+def test_default_tile_follows_the_kernel_spectrum():
+    """``choose_tile``: ``TILE_FINE`` where the spectrum on tiles of ``TILE["2d"]`` does not fall
+    within the rank (a colour texture), ``TILE["2d"]`` where it falls early (a smooth plane) or
+    cannot be measured (too few anchors), ``TILE["3d"]`` for volumes."""
+    rng = np.random.default_rng(1)
+    texture = rng.random((300, 300, 3))
+    yy, xx = np.mgrid[:300, :300] / 300
+    smooth = 0.3 + 0.4 * xx + 0.2 * np.sin(6 * yy) + 0.02 * rng.standard_normal((300, 300))
+    assert tiling.choose_tile(texture, -1) == tiling.TILE_FINE
+    assert tiling.choose_tile(smooth) == tiling.TILE["2d"]
+    assert tiling.choose_tile(texture[:64, :64], -1) == tiling.TILE["2d"]
+    assert tiling.choose_tile(np.stack([smooth[:64, :64]] * 4), volume=True) == tiling.TILE["3d"]
+
+
+def test_tiles_default_to_the_chosen_side(smooth_noisy, monkeypatch):
+    """Without ``tile`` the tiled denoiser takes :func:`choose_tile`'s side for the image it denoises
+    and reports it; a given ``tile`` is never second-guessed."""
+    _, noisy = smooth_noisy
+    seen = []
+
+    def choose(image, channel_axis=None, device=None, **options):
+        seen.append((image.shape, options["rank"]))
+        return 48
+
+    monkeypatch.setattr(tiling, "choose_tile", choose)
+    out, res = denoise_tiled(noisy, 0.1, overlap=16, **FAST)
+    assert seen == [((N, N, 1), FAST["rank"])] and res.tile == 48 and len(res.tiles) == 9
+    assert res.metadata()["tile"] == 48
+    np.testing.assert_array_equal(out, denoise_tiled(noisy, 0.1, tile=48, overlap=16, **FAST)[0])
+    assert len(seen) == 1

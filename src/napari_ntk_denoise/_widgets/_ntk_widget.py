@@ -30,7 +30,7 @@ from napari.utils.notifications import show_info
 from napari_ntk_denoise import NTKResult, TiledResult, TwicingStep, iter_denoise_ntk, iter_denoise_tiled
 from napari_ntk_denoise.engine.stopping import estimate_noise_sigma
 from napari_ntk_denoise.microscopy.noise_estimation import noise_report, stabilised_sigma
-from napari_ntk_denoise.microscopy.tiling import TILE, TILE_Z, check_tiled_request
+from napari_ntk_denoise.microscopy.tiling import TILE, TILE_FINE, TILE_Z, check_tiled_request, choose_tile
 from napari_ntk_denoise.microscopy.vst import PoissonGaussian, gat_forward, gat_inverse
 
 from ._base import ImageRunWidget
@@ -158,7 +158,8 @@ def _denoise_planes(
     sigma: float | None, noise: PoissonGaussian | str | None, tile: int, params: dict[str, Any],
     source: ImageSource, reference: ImageSource | None,
 ) -> Generator[PlaneEvent, None, dict[tuple[int, ...], PlaneResult]]:
-    """Generator of :class:`PlaneEvent` denoising every plane; ``noise="estimate"`` estimates the
+    """Generator of :class:`PlaneEvent` denoising every plane (in tiles of ``tile``, 0 for
+    :func:`choose_tile`'s); ``noise="estimate"`` estimates the
     Poisson-Gaussian parameters from three planes first (announced as a ``PlaneEvent`` of them)."""
     if noise == "estimate":
         planes = [np.moveaxis(p, -1, 0) if source.rgb else p for p in source.sample_planes()]
@@ -167,6 +168,9 @@ def _denoise_planes(
         if report.blur > 0:  # spatially correlated noise: SURE's probe coloured alike
             params = {**params, "noise_blur": report.blur}
         yield PlaneEvent((), 0, noise)
+    if not tile:  # auto: from the middle plane, as the filter will see it
+        sample = source.plane(source.indices[len(source.indices) // 2])
+        tile = choose_tile(sample if noise is None else gat_forward(sample, noise), source.channel_axis, **params)
     spatial = source.spatial_shape
     tiled = max(spatial[-2:]) > tile or (source.volume and spatial[0] > TILE_Z)
     pixels, stages = math.prod(spatial), 1 + params["guided"]
@@ -231,10 +235,13 @@ class NTKFilterWidget(ImageRunWidget):
                                 "instead of each plane on its own: better when neighbouring planes are alike.")
         self._kernel_size_z = SpinBox(label="patch depth (planes)", value=engine_default("kernel_size"), min=1,
                                       max=31, step=2, visible=False, tooltip="Patch size along Z, in planes (odd).")
-        self._tile = SpinBox(label="tile size (px)", value=TILE["2d"], min=64, max=16384, step=64,
+        self._tile = SpinBox(label="tile size (px)", value=0, min=0, max=16384, step=64,
                              tooltip="Planes larger than this are denoised in overlapping tiles, each with its own "
-                             "filter and smoothing step: faster, and usually sharper than one filter for the whole "
-                             "plane. Larger tiles need more memory.")
+                             f"filter and smoothing step: faster, and usually sharper than one filter for the whole "
+                             f"plane. Larger tiles need more memory. 'auto': {TILE['2d']}, or {TILE_FINE} where the "
+                             f"filter's spectrum shows more detail than its rank can hold (colour photographs); "
+                             f"{TILE['3d']} for 3-D patches.")
+        self._tile.native.setSpecialValueText("auto")
         self._t = Slider(
             label="smoothing step", min=0, max=0, value=0, enabled=False,
             tooltip="Moves the result away from the automatic choice: 0 shows every plane at the step SURE "

@@ -18,7 +18,7 @@ from ..engine.config import DEFAULT_OPTIONS
 from ..engine.events import Progress
 from ..microscopy.noise_estimation import NoiseReport
 from ..microscopy.stacks import stack_noise_report
-from ..microscopy.tiling import TILE
+from ..microscopy.tiling import TILE, TILE_FINE
 from ..microscopy.vst import PoissonGaussian
 from ._progress import ProgressBar
 
@@ -114,7 +114,8 @@ def add_stack_options(p: argparse.ArgumentParser, *, axes_required: bool) -> Non
                    help="2d: every Y-X plane on its own; 3d: Z-Y-X volumes with 3-D patches (needs Z)")
     p.add_argument("--kernel-size-z", type=int, default=None, help="patch depth along Z with --patches 3d")
     p.add_argument("--tile", type=int, default=None,
-                   help=f"tile side along Y, X (default {TILE['2d']}, {TILE['3d']} with 3d)")
+                   help=f"tile side along Y, X (default {TILE['2d']}, or {TILE_FINE} where the kernel's spectrum "
+                   f"does not fall within the rank; {TILE['3d']} with 3d)")
     p.add_argument("--overlap", type=int, default=None, help="tile overlap (default twice the receptive field)")
     p.add_argument("--tile-z", type=int, default=None, help="tile side along Z with --patches 3d (default 16)")
     p.add_argument("--overlap-z", type=int, default=None,
@@ -161,7 +162,7 @@ def _tiling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
          if v is not None}
     if z and args.patches != "3d":
         raise ValueError("--kernel-size-z, --tile-z and --overlap-z need --patches 3d")
-    return dict(tile=tile_side(args), overlap=args.overlap, **z)
+    return dict(tile=args.tile, overlap=args.overlap, **z)
 
 
 def noise_from_args(args: argparse.Namespace, data: Any, axes: str) -> PoissonGaussian | NoiseReport | None:

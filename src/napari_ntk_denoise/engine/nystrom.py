@@ -27,7 +27,8 @@ from .kernel_ops import fused_op
 from .kernels import CNNKernel
 from .twicing import twicing_factors, twicing_output
 
-__all__ = ["LowRankFilter", "sample_anchors", "iter_nystrom", "light_set", "NystromPass", "estimate_bytes"]
+__all__ = ["LowRankFilter", "sample_anchors", "iter_nystrom", "light_set", "spectrum_knee", "falls_early",
+           "NystromPass", "estimate_bytes"]
 
 #: bytes of the largest temporary kernel block (rows x anchors, float32) computed at once on a CPU
 BLOCK_BYTES = 48 * 2**20
@@ -430,17 +431,13 @@ def _core_projections(cores: torch.Tensor, rank: int, seed: int) -> list[tuple]:
     return out
 
 
-def light_set(kernel: CNNKernel, x: torch.Tensor, anchors: np.ndarray, rank: int, diags: tuple | None = None
-              ) -> tuple[np.ndarray, int] | None:
-    """Every other anchor and a lower rank, when the kernel's spectrum allows them.
+def spectrum_knee(kernel: CNNKernel, x: torch.Tensor, anchors: np.ndarray, rank: int, diags: tuple | None = None
+                  ) -> int | None:
+    """Where the kernel's Nystrom spectrum falls below ``LIGHT_FLOOR`` times its largest eigenvalue.
 
-    The Nystrom spectrum of every other anchor (every fourth where half the set exceeds ``4 rank``;
-    above ``8 rank`` the full set is kept) is estimated on every ``LIGHT_LINE_STEP``-th image line
-    (more where that gives fewer than ``4 rank`` rows).  When it falls below ``LIGHT_FLOOR`` times its largest
-    eigenvalue within the first ``LIGHT_KNEE * rank`` eigenvalues (a kernel of low effective rank,
-    as on grey natural images and fluorescence microscopy), the eigenimages beyond keep filter
-    factors near zero unless twicing runs for ``~1 / LIGHT_FLOOR`` steps, and half the anchors
-    still outnumber the eigenimages that matter: the light set keeps them and ``OVERSAMPLE`` more.
+    The spectrum of every other anchor (every fourth where half the set exceeds ``4 rank``) is
+    estimated on every ``LIGHT_LINE_STEP``-th image line (more where that gives fewer than ``4 rank``
+    rows).
 
     Parameters
     ----------
@@ -457,12 +454,14 @@ def light_set(kernel: CNNKernel, x: torch.Tensor, anchors: np.ndarray, rank: int
 
     Returns
     -------
-    tuple or None
-        ``(anchors, rank)`` of the light set, or ``None`` to keep the full set.
+    int or None
+        The number of eigenvalues above the floor; ``rank`` where the spectrum is not measured to
+        fall below it; ``None`` where the half set cannot speak for the whole (no more anchors
+        than ``rank``, or more than ``8 rank``).
     """
     half = np.asarray(anchors)[::2]
     step = -(-len(half) // (4 * rank))
-    if len(half) <= rank or step > 2:  # a thinner probe would not speak for the half set
+    if len(half) <= rank or step > 2:
         return None
     d, w, dev = math.prod(x.shape[1:]), x.shape[-1], x.device
     s = torch.as_tensor(np.ascontiguousarray(half[::step]), device=dev, dtype=torch.long)
@@ -481,9 +480,35 @@ def light_set(kernel: CNNKernel, x: torch.Tensor, anchors: np.ndarray, rank: int
         gram += b.T @ b
     sig = torch.linalg.eigvalsh(gram)
     knee = int((sig > sig[-1] * LIGHT_FLOOR).sum())
-    if not sig[-1] > 0 or knee >= len(sig) or knee > LIGHT_KNEE * rank:  # never measured to fall
+    return knee if sig[-1] > 0 and knee < len(sig) else rank
+
+
+def falls_early(knee: int | None, rank: int) -> bool:
+    """Whether a :func:`spectrum_knee` says the spectrum falls within ``LIGHT_KNEE`` of the rank."""
+    return knee is not None and knee <= LIGHT_KNEE * rank
+
+
+def light_set(kernel: CNNKernel, x: torch.Tensor, anchors: np.ndarray, rank: int, diags: tuple | None = None
+              ) -> tuple[np.ndarray, int] | None:
+    """Every other anchor and a lower rank, when the kernel's spectrum allows them.
+
+    When the spectrum (:func:`spectrum_knee`) falls below ``LIGHT_FLOOR`` times its largest
+    eigenvalue within the first ``LIGHT_KNEE * rank`` eigenvalues (a kernel of low effective rank,
+    as on grey natural images and fluorescence microscopy), the eigenimages beyond keep filter
+    factors near zero unless twicing runs for ``~1 / LIGHT_FLOOR`` steps, and half the anchors
+    still outnumber the eigenimages that matter: the light set keeps them and ``OVERSAMPLE`` more.
+
+    Parameters are those of :func:`spectrum_knee`.
+
+    Returns
+    -------
+    tuple or None
+        ``(anchors, rank)`` of the light set, or ``None`` to keep the full set.
+    """
+    knee = spectrum_knee(kernel, x, anchors, rank, diags)
+    if not falls_early(knee, rank):
         return None
-    return half, min(rank, knee + OVERSAMPLE)
+    return np.asarray(anchors)[::2], min(rank, knee + OVERSAMPLE)
 
 
 @keeps_freed_memory

@@ -13,6 +13,7 @@ generalized Anscombe transform (:mod:`napari_ntk_denoise.microscopy.vst`).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import sys
 from collections.abc import Generator
@@ -26,7 +27,7 @@ from ..engine._heap import keeps_freed_memory
 from ..engine.events import Progress, drain, forward_progress
 from ..engine.stopping import estimate_noise_sigma
 from .noise_estimation import NoiseReport, noise_report, stabilised_sigma
-from .tiling import TILE, TileGrid, TileSigma, check_tiled_request, iter_denoise_tile, iter_denoise_tiled
+from .tiling import TILE, TileGrid, TileSigma, check_tiled_request, choose_tile, iter_denoise_tile, iter_denoise_tiled
 from .vst import PoissonGaussian, gat_forward, gat_inverse
 
 __all__ = ["AXES", "StackOptions", "check_axes", "plane_order", "estimate_stack_noise", "estimate_stack_sigma",
@@ -151,8 +152,10 @@ class StackOptions:
         ``"2d"``: every Y-X plane on its own; ``"3d"``: every Z-Y-X volume with the kernel of 3-D
         patches (``kernel_size_z`` sets their depth; needs a ``Z`` axis).
     tile : int, optional
-        Longest tile side along Y and X (default 256 for planes, 128 for volumes, whose tiles are
-        also cut along Z at ``tile_z = 16``); see
+        Longest tile side along Y and X: by default, for planes, what
+        :func:`~napari_ntk_denoise.microscopy.tiling.choose_tile` picks on the middle plane (256,
+        or 128 where its kernel's spectrum does not fall within the rank); 128 for volumes, whose
+        tiles are also cut along Z at ``tile_z = 16``.  See
         :func:`~napari_ntk_denoise.microscopy.tiling.iter_denoise_tiled` for ``overlap``,
         ``tile_z`` and ``overlap_z``.
     """
@@ -200,10 +203,25 @@ class _Plan:
         """The noise level of a tile: ``sigma``, or after the transform the one it leaves in the tile."""
         return self.sigma if self.noise is None else partial(stabilised_sigma, noise=self.noise)
 
+    def with_tile(self, unit: np.ndarray) -> _Plan:
+        """The plan with the tile side :func:`choose_tile` picks for ``unit`` (one plane of the stack)."""
+        options = dict(self.ntk)
+        tile = choose_tile(self.stabilise(unit), self.channel_axis, options.pop("device", None), **options)
+        tiling = {**self.tiling, "tile": tile}
+        shape = unit.shape if self.colour else unit.shape + (1,)
+        return dataclasses.replace(self, tiling=tiling, grid=check_tiled_request(shape, **tiling))
+
     @property
     def ntk(self) -> dict[str, Any]:
         """The engine options of one tile: :attr:`tiling` without the tile geometry."""
         return {k: v for k, v in self.tiling.items() if k not in ("tile", "overlap", "tile_z", "overlap_z")}
+
+
+def _middle_unit(array: Any, plan: _Plan) -> np.ndarray:
+    """The middle plane (or volume) of the stack, in the plan's layout."""
+    moved = np.transpose(array, plan.order)
+    loop = moved.shape[: plan.n_loop]
+    return np.asarray(moved[np.unravel_index(int(np.prod(loop)) // 2, loop)] if loop else moved)
 
 
 def _plan(array: Any, sigma: float | None, options: dict[str, Any]) -> _Plan:
@@ -217,8 +235,8 @@ def _plan(array: Any, sigma: float | None, options: dict[str, Any]) -> _Plan:
     shape = tuple(array.shape[i] for i in order[n_loop:])
     colour = channels == "colour" and "C" in ax
     volume = patches == "3d"
-    tiling = dict(kwargs, tile=TILE[patches] if tile is None else tile, volume=volume)
-    grid = check_tiled_request(shape if colour else shape + (1,), **tiling)
+    tiling = dict(kwargs, tile=TILE["3d"] if tile is None and volume else tile, volume=volume)
+    grid = check_tiled_request(shape if colour else shape + (1,), **{**tiling, "tile": tiling["tile"] or TILE["2d"]})
     if noise_model == "poisson-gaussian" and not isinstance(noise, PoissonGaussian):
         report = stack_noise_report(array, ax) if noise is None else noise
         noise = report.noise
@@ -226,7 +244,8 @@ def _plan(array: Any, sigma: float | None, options: dict[str, Any]) -> _Plan:
             tiling["noise_blur"] = report.blur
     if noise_model == "gaussian" and sigma is None:
         sigma = estimate_stack_sigma(array, ax)
-    return _Plan(ax, order, n_loop, colour, sigma, noise, tiling, grid)
+    plan = _Plan(ax, order, n_loop, colour, sigma, noise, tiling, grid)
+    return plan if tiling["tile"] is not None else plan.with_tile(_middle_unit(array, plan))
 
 
 @keeps_freed_memory

@@ -24,16 +24,24 @@ from ..engine._input import ImageLayout, check_memory, prepare_image, resolve_de
 from ..engine.config import FilterConfig
 from ..engine.denoise import NTKResult, iter_denoise_ntk
 from ..engine.events import Progress, TwicingStep, drain, forward_progress
-from ..engine.nystrom import estimate_bytes
+from ..engine.nystrom import estimate_bytes, falls_early, spectrum_knee
+from ..engine.problem import setup
 from ..engine.stopping import estimate_noise_sigma
 
 __all__ = [
-    "TILE", "TILE_Z", "TiledResult", "TileFilters", "TileGrid", "tile_cores", "blend_window", "check_tiled_request",
-    "iter_denoise_tiled", "denoise_tiled",
+    "TILE", "TILE_FINE", "TILE_Z", "TiledResult", "TileFilters", "TileGrid", "tile_cores", "blend_window",
+    "check_tiled_request", "choose_tile", "iter_denoise_tiled", "denoise_tiled",
 ]
 
 #: default longest tile side along Y and X, for planes ("2d") and for volumes ("3d")
 TILE = {"2d": 256, "3d": 128}
+
+#: the plane tile side where the kernel's spectrum on tiles of ``TILE["2d"]`` does not fall within the
+#: rank (:func:`choose_tile`)
+TILE_FINE = 128
+
+#: tiles of ``TILE["2d"]`` whose spectrum :func:`choose_tile` measures
+PROBE_TILES = 3
 
 #: default side of volume tiles along Z (``volume=True``)
 TILE_Z = 16
@@ -63,6 +71,8 @@ class TiledResult:
         Why a tile's SURE stop is doubtful (``"tile k: reason"``), empty when every stop holds.
     filters : TileFilters or None
         Every tile's filter, to re-render other steps (``keep_filters=True``).
+    tile : int or None
+        The longest tile side along Y and X (given, or :func:`choose_tile`'s).
     """
 
     image: np.ndarray
@@ -74,6 +84,7 @@ class TiledResult:
     tile_sigma: list[float] = field(default_factory=list)
     stop_warnings: list[str] = field(default_factory=list)
     filters: TileFilters | None = field(default=None, repr=False)
+    tile: int | None = None
 
     def offsets(self) -> tuple[int, int]:
         """Lowest and highest offsets (grid steps from each tile's chosen step) that move some tile."""
@@ -95,7 +106,7 @@ class TiledResult:
     def metadata(self) -> dict[str, Any]:
         """JSON-friendly summary."""
         return {"method": "ntk-nystrom-twicing-tiled", "sigma": self.sigma, "sigma_estimated": self.sigma_estimated,
-                "n_tiles": len(self.tiles), "t": list(self.t), "overlap": list(self.overlap),
+                "n_tiles": len(self.tiles), "tile": self.tile, "t": list(self.t), "overlap": list(self.overlap),
                 "tile_sigma": list(self.tile_sigma), "stop_warnings": list(self.stop_warnings)}
 
 
@@ -295,6 +306,53 @@ def check_tiled_request(
     return grid
 
 
+def choose_tile(image: np.ndarray, channel_axis: int | None = None, device: str | None = None,
+                **options: Any) -> int:
+    """The default tile side for ``image``: ``TILE["2d"]``, or ``TILE_FINE`` where its kernel's
+    spectrum does not fall within the rank.
+
+    The Nyström spectrum (:func:`~napari_ntk_denoise.engine.nystrom.spectrum_knee`) is measured on
+    up to ``PROBE_TILES`` tiles of ``TILE["2d"]`` spread over the image.  Where, on the median
+    tile, it has not fallen by ``LIGHT_KNEE`` of the rank (colour photographs), the rank cannot hold
+    the detail of a tile that large: smaller tiles give every pixel more eigenimages, at less cost
+    (``bench_ntk.py --tile auto``).  Where it falls early (fluorescence planes, grey images), the
+    larger tiles keep more similar patches to average and take the light Nyström set.  Volumes, and
+    kernels of noise, get ``TILE["3d"]`` or ``TILE["2d"]`` unprobed.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        One plane (or volume), with ``channel_axis``; in the domain it will be filtered in (after a
+        variance-stabilising transform, where one is used).
+    channel_axis : int, optional
+        Colour axis.
+    device : str, optional
+        Compute device of the probes.
+    **options
+        The filter's options (:class:`~napari_ntk_denoise.engine.config.FilterConfig`).
+
+    Returns
+    -------
+    int
+    """
+    cfg = FilterConfig.from_options(**options)
+    if cfg.architecture.ndim == 3:
+        return TILE["3d"]
+    if cfg.input != "image":
+        return TILE["2d"]
+    y, _ = prepare_image(image, channel_axis, spatial=2)
+    tiles = check_tiled_request(y.shape, tile=TILE["2d"], device=device, **options).tiles()
+    picks = np.unique(np.linspace(0, len(tiles) - 1, min(PROBE_TILES, len(tiles))).round().astype(int))
+    knees = []
+    for k in picks:
+        st = setup(y[tiles[k][0]], -1, cfg, device, passes=1)
+        knees.append(spectrum_knee(cfg.stage_kernel, st.kernel_input(), st.anchors, st.rank))
+    measured = [k for k in knees if k is not None]
+    if not measured or falls_early(int(np.median(measured)), st.rank):
+        return TILE["2d"]
+    return TILE_FINE
+
+
 #: a noise level, or a function of a tile and its ``channel_axis`` keyword that gives the tile's
 TileSigma = Union[float, None, Callable[..., float]]
 
@@ -316,7 +374,7 @@ def iter_denoise_tiled(
     image: np.ndarray,
     sigma: TileSigma = None,
     *,
-    tile: int = TILE["2d"],
+    tile: int | None = None,
     overlap: int | None = None,
     tile_z: int = TILE_Z,
     overlap_z: int | None = None,
@@ -335,8 +393,9 @@ def iter_denoise_tiled(
     sigma : float or callable, optional
         Noise level; estimated once from the whole image when omitted, so every tile uses the same;
         a callable gives each tile's own (see :func:`iter_denoise_tile`).
-    tile : int
-        Longest tile side along Y and X in pixels.
+    tile : int, optional
+        Longest tile side along Y and X in pixels; by default :func:`choose_tile`'s (``TILE_FINE``
+        or ``TILE["2d"]`` for planes, ``TILE["3d"]`` for volumes).
     overlap : int, optional
         Overlap of neighbouring tiles along Y and X; default twice the receptive field.  Must be at
         least the receptive field ``(r - 1)(L - 1) + 1`` and smaller than ``tile``; an odd overlap
@@ -382,6 +441,8 @@ def iter_denoise_tiled(
         raise ValueError("reference is not supported by the tiled denoiser; compare the blended output instead")
     cfg = FilterConfig.from_options(**options)
     y, layout = prepare_image(image, channel_axis, spatial=cfg.architecture.ndim)
+    if tile is None:
+        tile = choose_tile(y, -1, device, **options)
     grid = check_tiled_request(y.shape, tile=tile, overlap=overlap, tile_z=tile_z, overlap_z=overlap_z, device=device,
                                **options)
     sigma_estimated = sigma is None
@@ -403,7 +464,7 @@ def iter_denoise_tiled(
     filters = TileFilters(y.shape, tiles, kept, layout) if keep_filters else None
     return TiledResult(image=layout.restore(blend.result()), sigma=float(np.sqrt(np.mean(np.square(sigmas)))),
                        sigma_estimated=sigma_estimated, tiles=[sl for sl, _ in tiles], t=steps, overlap=grid.overlap,
-                       tile_sigma=sigmas, stop_warnings=doubts, filters=filters)
+                       tile_sigma=sigmas, stop_warnings=doubts, filters=filters, tile=tile)
 
 
 def denoise_tiled(image: np.ndarray, sigma: float | None = None, **kwargs: Any) -> tuple[np.ndarray, TiledResult]:
