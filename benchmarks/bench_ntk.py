@@ -84,7 +84,7 @@ def _seconds(t: float) -> str:
     return f"{t:.3f}" if t < 1 else f"{t:.2f}"
 
 
-def astronaut(device, tile: int | None = None) -> None:
+def astronaut(device, tile: int | str | None = None) -> None:
     clean = clean_sample("astronaut")
     noisy = add_noise(clean, SIGMA, seed=0)
     print(f"## 512x512 RGB astronaut, sigma = 25/255, default settings, MC-SURE ({device or 'auto'})\n")
@@ -104,7 +104,8 @@ def astronaut(device, tile: int | None = None) -> None:
     print(f"| NTK, oracle t (same run) | | | {first['oracle']:.2f} | {first['oracle_t']} |")
     print(f"| NTK guided (the default), MC-SURE, no reference | {_seconds(guided['time'])} | {peak_rss_gb():.2f} | "
           f"{guided['psnr']:.2f} | {guided['t']} |")
-    for side in [] if tile is None else [tile, 256] if tile == "auto" else [tile]:
+    sides = {None: [], "auto": ["auto", 256]}.get(tile, [tile])  # auto: tiles of 256 as its baseline
+    for side in sides:
         for label, kw in (("NTK", {"guided": False}), ("NTK guided", {"guided": True})):
             tiled = run_tiled(noisy, clean, -1, side, device=device, **kw)
             how = f"tiles of {tiled['tile']}" + (" (auto)" if side == "auto" else "")
@@ -118,7 +119,7 @@ def astronaut(device, tile: int | None = None) -> None:
           f"{({k: round(v, 2) for k, v in res.timings.items()})}, fused ops: {ops}\n")
 
 
-def dataset(name: str, limit: int | None, device, tile: int | None = None) -> None:
+def dataset(name: str, limit: int | None, device, tile: int | str | None = None) -> None:
     folder = DATA / name
     if not folder.is_dir():
         print(f"skipping {name}: {folder} not found (../shared/data beside the repository)")

@@ -160,9 +160,15 @@ def test_default_tile_follows_the_kernel_spectrum():
     yy, xx = np.mgrid[:300, :300] / 300
     smooth = 0.3 + 0.4 * xx + 0.2 * np.sin(6 * yy) + 0.02 * rng.standard_normal((300, 300))
     assert tiling.choose_tile(texture, -1) == tiling.TILE_FINE
+    assert tiling.choose_tile(np.moveaxis(texture, -1, 0), 0) == tiling.TILE_FINE
     assert tiling.choose_tile(smooth) == tiling.TILE["2d"]
-    assert tiling.choose_tile(texture[:64, :64], -1) == tiling.TILE["2d"]
+    # no measurement: one tile of TILE["2d"] holds the plane, the overlap leaves no room for
+    # TILE_FINE, a kernel of noise, a volume
+    assert tiling.choose_tile(texture[:256, :256], -1) == tiling.TILE["2d"]
+    assert tiling.choose_tile(texture, -1, overlap=tiling.TILE_FINE) == tiling.TILE["2d"]
+    assert tiling.choose_tile(texture, -1, input="noise") == tiling.TILE["2d"]
     assert tiling.choose_tile(np.stack([smooth[:64, :64]] * 4), volume=True) == tiling.TILE["3d"]
+    assert tiling.fixed_tile((300, 300)) is None and tiling.fixed_tile((300, 300), 126) is None
 
 
 def test_tiles_default_to_the_chosen_side(smooth_noisy, monkeypatch):
@@ -171,13 +177,13 @@ def test_tiles_default_to_the_chosen_side(smooth_noisy, monkeypatch):
     _, noisy = smooth_noisy
     seen = []
 
-    def choose(image, channel_axis=None, device=None, **options):
-        seen.append((image.shape, options["rank"]))
+    def choose(image, channel_axis=None, device=None, overlap=None, **options):
+        seen.append((image.shape, overlap, options["rank"]))
         return 48
 
     monkeypatch.setattr(tiling, "choose_tile", choose)
     out, res = denoise_tiled(noisy, 0.1, overlap=16, **FAST)
-    assert seen == [((N, N, 1), FAST["rank"])] and res.tile == 48 and len(res.tiles) == 9
+    assert seen == [((N, N, 1), 16, FAST["rank"])] and res.tile == 48 and len(res.tiles) == 9
     assert res.metadata()["tile"] == 48
     np.testing.assert_array_equal(out, denoise_tiled(noisy, 0.1, tile=48, overlap=16, **FAST)[0])
     assert len(seen) == 1

@@ -289,6 +289,31 @@ def test_dask_stack_is_read_plane_by_plane_tiled_and_streamed(qtbot, viewer, ope
     assert widget._t_label.value.startswith(f"tiled plane: smoothing step per tile {kept.step_at(widget._t.min)}")
 
 
+def test_auto_tile_is_chosen_on_the_middle_plane(qtbot, viewer, open_widget, small, monkeypatch) -> None:
+    """With the tile size at *auto*, the side is :func:`choose_tile`'s on the middle plane, and
+    every plane is denoised in tiles of it."""
+    rng = np.random.default_rng(3)
+    stack = rng.random((3, 80, 80)).astype(np.float32)
+    viewer.add_image(stack, name="stack")
+    widget = small(open_widget("NTK Filter"))
+    widget._image.value = viewer.layers["stack"]
+    assert widget._tile.value == 0 and widget._tile.native.specialValueText() == "auto"
+    seen = []
+
+    def choose(image, channel_axis=None, device=None, **options):
+        seen.append(image)
+        return 64
+
+    monkeypatch.setattr(_ntk_widget, "fixed_tile", lambda *args, **options: None)  # 80 fits in one tile
+    monkeypatch.setattr(_ntk_widget, "choose_tile", choose)
+    with qtbot.waitSignal(widget.run().finished, timeout=TIMEOUT):
+        pass
+    assert len(seen) == 1
+    np.testing.assert_array_equal(seen[0], stack[1])
+    planes = viewer.layers["stack [NTK]"].metadata["planes"]
+    assert all(planes[z]["tile"] == 64 and planes[z]["n_tiles"] == 4 for z in range(3))
+
+
 def test_poisson_gaussian_model_estimates_and_inverts(qtbot, viewer, open_widget, small) -> None:
     """Poisson-Gaussian data: parameters estimated, the GAT inverted for streamed, final and slider images."""
     from napari_ntk_denoise.microscopy.vst import gat_inverse

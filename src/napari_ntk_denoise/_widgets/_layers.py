@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from napari_ntk_denoise.microscopy.stacks import spread_indices
+from napari_ntk_denoise.microscopy.tiling import spread_indices
 
 if TYPE_CHECKING:
     import napari

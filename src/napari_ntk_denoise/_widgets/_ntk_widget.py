@@ -30,7 +30,7 @@ from napari.utils.notifications import show_info
 from napari_ntk_denoise import NTKResult, TiledResult, TwicingStep, iter_denoise_ntk, iter_denoise_tiled
 from napari_ntk_denoise.engine.stopping import estimate_noise_sigma
 from napari_ntk_denoise.microscopy.noise_estimation import noise_report, stabilised_sigma
-from napari_ntk_denoise.microscopy.tiling import TILE, TILE_FINE, TILE_Z, check_tiled_request, choose_tile
+from napari_ntk_denoise.microscopy.tiling import TILE, TILE_FINE, TILE_Z, check_tiled_request, choose_tile, fixed_tile
 from napari_ntk_denoise.microscopy.vst import PoissonGaussian, gat_forward, gat_inverse
 
 from ._base import ImageRunWidget
@@ -168,10 +168,15 @@ def _denoise_planes(
         if report.blur > 0:  # spatially correlated noise: SURE's probe coloured alike
             params = {**params, "noise_blur": report.blur}
         yield PlaneEvent((), 0, noise)
-    if not tile:  # auto: from the middle plane, as the filter will see it
-        sample = source.plane(source.indices[len(source.indices) // 2])
-        tile = choose_tile(sample if noise is None else gat_forward(sample, noise), source.channel_axis, **params)
     spatial = source.spatial_shape
+    if not tile:  # auto: measured on the middle plane, as the filter will see it, where it must be
+        options = dict(params)
+        device = options.pop("device", None)
+        tile = fixed_tile(spatial, **options)
+        if tile is None:
+            sample = source.plane(source.indices[len(source.indices) // 2])
+            sample = sample if noise is None else gat_forward(sample, noise)
+            tile = choose_tile(sample, source.channel_axis, device, **options)
     tiled = max(spatial[-2:]) > tile or (source.volume and spatial[0] > TILE_Z)
     pixels, stages = math.prod(spatial), 1 + params["guided"]
     if tiled:  # the tiles overlap: count every tile's pixels; a tile keeps its final stage only

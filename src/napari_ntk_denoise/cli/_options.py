@@ -142,7 +142,8 @@ def ntk_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def tile_side(args: argparse.Namespace) -> int:
-    """``--tile``, or its default for the kind of patches.
+    """``--tile``, or the largest default side for the kind of patches (``--stop oracle``'s bound on
+    an untiled image).
 
     Parameters
     ----------

@@ -456,8 +456,8 @@ def spectrum_knee(kernel: CNNKernel, x: torch.Tensor, anchors: np.ndarray, rank:
     -------
     int or None
         The number of eigenvalues above the floor; ``rank`` where the spectrum is not measured to
-        fall below it; ``None`` where the half set cannot speak for the whole (no more anchors
-        than ``rank``, or more than ``8 rank``).
+        fall below it; ``None`` where half the anchors cannot speak for the whole set (half of
+        them no more than ``rank``, or more than ``8 rank``).
     """
     half = np.asarray(anchors)[::2]
     step = -(-len(half) // (4 * rank))

@@ -27,7 +27,17 @@ from ..engine._heap import keeps_freed_memory
 from ..engine.events import Progress, drain, forward_progress
 from ..engine.stopping import estimate_noise_sigma
 from .noise_estimation import NoiseReport, noise_report, stabilised_sigma
-from .tiling import TILE, TileGrid, TileSigma, check_tiled_request, choose_tile, iter_denoise_tile, iter_denoise_tiled
+from .tiling import (
+    TILE,
+    TileGrid,
+    TileSigma,
+    check_tiled_request,
+    choose_tile,
+    fixed_tile,
+    iter_denoise_tile,
+    iter_denoise_tiled,
+    spread_indices,
+)
 from .vst import PoissonGaussian, gat_forward, gat_inverse
 
 __all__ = ["AXES", "StackOptions", "check_axes", "plane_order", "estimate_stack_noise", "estimate_stack_sigma",
@@ -67,11 +77,6 @@ def plane_order(axes: str, channels: str, patches: str = "2d") -> tuple[list[int
     inner = list("ZYX" if patches == "3d" else "YX") + (["C"] if colour else [])
     loop = [i for i, a in enumerate(axes) if a not in inner]
     return loop + [axes.index(a) for a in inner], len(loop)
-
-
-def spread_indices(n: int, count: int) -> np.ndarray:
-    """Up to ``count`` distinct evenly spaced indices in ``[0, n)``, first and last included."""
-    return np.unique(np.round(np.linspace(0, n - 1, min(count, n))).astype(int))
 
 
 def _sample_planes(array: np.ndarray | Any, axes: str, count: int = 3) -> np.ndarray:
@@ -203,13 +208,19 @@ class _Plan:
         """The noise level of a tile: ``sigma``, or after the transform the one it leaves in the tile."""
         return self.sigma if self.noise is None else partial(stabilised_sigma, noise=self.noise)
 
-    def with_tile(self, unit: np.ndarray) -> _Plan:
-        """The plan with the tile side :func:`choose_tile` picks for ``unit`` (one plane of the stack)."""
+    def with_default_tile(self, array: Any) -> _Plan:
+        """The plan with the default tile side: :func:`fixed_tile`'s, or what :func:`choose_tile`
+        picks on the middle plane of ``array`` (read only then)."""
         options = dict(self.ntk)
-        tile = choose_tile(self.stabilise(unit), self.channel_axis, options.pop("device", None), **options)
+        device, overlap = options.pop("device", None), self.tiling.get("overlap")
+        shape = tuple(array.shape[i] for i in self.order[self.n_loop :])
+        tile = fixed_tile(shape[:-1] if self.colour else shape, overlap, **options)
+        if tile is None:
+            unit = self.stabilise(_middle_unit(array, self))
+            tile = choose_tile(unit, self.channel_axis, device, overlap, **options)
         tiling = {**self.tiling, "tile": tile}
-        shape = unit.shape if self.colour else unit.shape + (1,)
-        return dataclasses.replace(self, tiling=tiling, grid=check_tiled_request(shape, **tiling))
+        return dataclasses.replace(self, tiling=tiling,
+                                   grid=check_tiled_request(shape if self.colour else shape + (1,), **tiling))
 
     @property
     def ntk(self) -> dict[str, Any]:
@@ -235,8 +246,9 @@ def _plan(array: Any, sigma: float | None, options: dict[str, Any]) -> _Plan:
     shape = tuple(array.shape[i] for i in order[n_loop:])
     colour = channels == "colour" and "C" in ax
     volume = patches == "3d"
-    tiling = dict(kwargs, tile=TILE["3d"] if tile is None and volume else tile, volume=volume)
-    grid = check_tiled_request(shape if colour else shape + (1,), **{**tiling, "tile": tiling["tile"] or TILE["2d"]})
+    tiling = dict(kwargs, tile=tile, volume=volume)
+    grid = check_tiled_request(shape if colour else shape + (1,),  # the largest default side until one is chosen
+                               **{**tiling, "tile": TILE["2d"] if tile is None else tile})
     if noise_model == "poisson-gaussian" and not isinstance(noise, PoissonGaussian):
         report = stack_noise_report(array, ax) if noise is None else noise
         noise = report.noise
@@ -245,7 +257,7 @@ def _plan(array: Any, sigma: float | None, options: dict[str, Any]) -> _Plan:
     if noise_model == "gaussian" and sigma is None:
         sigma = estimate_stack_sigma(array, ax)
     plan = _Plan(ax, order, n_loop, colour, sigma, noise, tiling, grid)
-    return plan if tiling["tile"] is not None else plan.with_tile(_middle_unit(array, plan))
+    return plan if tile is not None else plan.with_default_tile(array)
 
 
 @keeps_freed_memory
@@ -357,7 +369,8 @@ def denoise_stack(array: Any, sigma: float | None = None, **options: Any) -> Any
     -----
     The noise level (``sigma``, or the Poisson-Gaussian parameters) is estimated once, eagerly,
     from up to three planes when not given, so every task uses the same; the memory guard also
-    runs eagerly, on this machine's memory, before the graph is built.
+    runs eagerly, on this machine's memory, before the graph is built, and so does the choice of
+    the tile side when ``tile`` is not given (it reads the middle plane).
 
     Examples
     --------

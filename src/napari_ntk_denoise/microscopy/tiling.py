@@ -30,7 +30,7 @@ from ..engine.stopping import estimate_noise_sigma
 
 __all__ = [
     "TILE", "TILE_FINE", "TILE_Z", "TiledResult", "TileFilters", "TileGrid", "tile_cores", "blend_window",
-    "check_tiled_request", "choose_tile", "iter_denoise_tiled", "denoise_tiled",
+    "check_tiled_request", "choose_tile", "fixed_tile", "spread_indices", "iter_denoise_tiled", "denoise_tiled",
 ]
 
 #: default longest tile side along Y and X, for planes ("2d") and for volumes ("3d")
@@ -306,18 +306,50 @@ def check_tiled_request(
     return grid
 
 
+def spread_indices(n: int, count: int) -> np.ndarray:
+    """Up to ``count`` distinct evenly spaced indices in ``[0, n)``, first and last included."""
+    return np.unique(np.round(np.linspace(0, n - 1, min(count, n))).astype(int))
+
+
+def fixed_tile(spatial: tuple[int, ...], overlap: int | None = None, **options: Any) -> int | None:
+    """The default tile side where no spectrum needs measuring, else ``None`` (see :func:`choose_tile`).
+
+    Parameters
+    ----------
+    spatial : tuple of int
+        ``(H, W)`` of a plane (``(Z, H, W)`` of a volume).
+    overlap : int, optional
+        The tiles' overlap along Y and X (default twice the receptive field).
+    **options
+        The filter's options (:class:`~napari_ntk_denoise.engine.config.FilterConfig`).
+
+    Returns
+    -------
+    int or None
+        ``TILE["3d"]`` for volumes; ``TILE["2d"]`` for kernels of noise, planes that fit in one
+        tile of ``TILE["2d"]`` and overlaps that leave no room for ``TILE_FINE``; else ``None``.
+    """
+    cfg = FilterConfig.from_options(**options)
+    if cfg.architecture.ndim == 3:
+        return TILE["3d"]
+    o = 2 * cfg.architecture.receptive_fields[-1] if overlap is None else int(overlap)
+    if cfg.input != "image" or max(spatial[-2:]) <= TILE["2d"] or TILE_FINE <= o + o % 2:
+        return TILE["2d"]
+    return None
+
+
 def choose_tile(image: np.ndarray, channel_axis: int | None = None, device: str | None = None,
-                **options: Any) -> int:
+                overlap: int | None = None, **options: Any) -> int:
     """The default tile side for ``image``: ``TILE["2d"]``, or ``TILE_FINE`` where its kernel's
     spectrum does not fall within the rank.
 
     The Nyström spectrum (:func:`~napari_ntk_denoise.engine.nystrom.spectrum_knee`) is measured on
     up to ``PROBE_TILES`` tiles of ``TILE["2d"]`` spread over the image.  Where, on the median
     tile, it has not fallen by ``LIGHT_KNEE`` of the rank (colour photographs), the rank cannot hold
-    the detail of a tile that large: smaller tiles give every pixel more eigenimages, at less cost
-    (``bench_ntk.py --tile auto``).  Where it falls early (fluorescence planes, grey images), the
-    larger tiles keep more similar patches to average and take the light Nyström set.  Volumes, and
-    kernels of noise, get ``TILE["3d"]`` or ``TILE["2d"]`` unprobed.
+    the detail of a tile that large: smaller tiles give every pixel more eigenimages, at less cost.
+    Where it falls early (fluorescence planes, grey images), the larger tiles keep more similar
+    patches to average and take the light Nyström set.  :func:`fixed_tile` gives the cases that
+    need no measurement (volumes, kernels of noise, planes that fit in one tile).
 
     Parameters
     ----------
@@ -328,6 +360,8 @@ def choose_tile(image: np.ndarray, channel_axis: int | None = None, device: str 
         Colour axis.
     device : str, optional
         Compute device of the probes.
+    overlap : int, optional
+        The tiles' overlap along Y and X, as for :func:`iter_denoise_tiled`.
     **options
         The filter's options (:class:`~napari_ntk_denoise.engine.config.FilterConfig`).
 
@@ -336,19 +370,18 @@ def choose_tile(image: np.ndarray, channel_axis: int | None = None, device: str 
     int
     """
     cfg = FilterConfig.from_options(**options)
-    if cfg.architecture.ndim == 3:
-        return TILE["3d"]
-    if cfg.input != "image":
-        return TILE["2d"]
-    y, _ = prepare_image(image, channel_axis, spatial=2)
-    tiles = check_tiled_request(y.shape, tile=TILE["2d"], device=device, **options).tiles()
-    picks = np.unique(np.linspace(0, len(tiles) - 1, min(PROBE_TILES, len(tiles))).round().astype(int))
+    y, _ = prepare_image(image, channel_axis, spatial=cfg.architecture.ndim)
+    fixed = fixed_tile(y.shape[:-1], overlap, **options)
+    if fixed is not None:
+        return fixed
+    tiles = check_tiled_request(y.shape, tile=TILE["2d"], overlap=overlap, device=device, **options).tiles()
+    rank = min(cfg.nystrom.rank, cfg.nystrom.anchors_for(math.prod(y[tiles[0][0]].shape[:-1])))
     knees = []
-    for k in picks:
+    for k in spread_indices(len(tiles), PROBE_TILES):
         st = setup(y[tiles[k][0]], -1, cfg, device, passes=1)
         knees.append(spectrum_knee(cfg.stage_kernel, st.kernel_input(), st.anchors, st.rank))
     measured = [k for k in knees if k is not None]
-    if not measured or falls_early(int(np.median(measured)), st.rank):
+    if not measured or falls_early(int(np.median(measured)), rank):
         return TILE["2d"]
     return TILE_FINE
 
@@ -442,7 +475,8 @@ def iter_denoise_tiled(
     cfg = FilterConfig.from_options(**options)
     y, layout = prepare_image(image, channel_axis, spatial=cfg.architecture.ndim)
     if tile is None:
-        tile = choose_tile(y, -1, device, **options)
+        yield Progress("tiles", 0, 1, "choosing the tile size")
+        tile = choose_tile(y, -1, device, overlap, **options)
     grid = check_tiled_request(y.shape, tile=tile, overlap=overlap, tile_z=tile_z, overlap_z=overlap_z, device=device,
                                **options)
     sigma_estimated = sigma is None
