@@ -312,3 +312,24 @@ def test_adaptive_set_halves_the_first_stage_at_the_same_quality():
     _, guided = denoise_ntk(noisy, 0.1, **{**opts, "guided": True, "guided_stage_share": 0.8})
     n_first, n_guided = (len(stage.filter.anchors) for stage in guided.stages)
     assert n_first == len(res_full.filter.anchors[::2]) and n_guided == int(0.8 * len(res_full.filter.anchors))
+
+
+def test_filter_outputs_before_and_after_forming_the_eigenimages():
+    """Outputs from the rows and the transform equal those from the formed eigenimages; the
+    eigenimages are formed once, in the rows' memory, and dropping them keeps the spectrum."""
+    x = _x((24, 24), channels=3)
+    first, _ = _drain(iter_nystrom(CNNKernel(kernel_size=3), x, sample_anchors((24, 24), 120), rank=64,
+                                   project=[x.reshape(3, -1).T.contiguous()]))
+    f = first.filter
+    assert f.transform is not None
+    y = np.moveaxis(x.numpy(), 0, -1)
+    coeffs, lazy = f.coefficients(y), f.apply(y, t=5)
+    torch.testing.assert_close(coeffs, first.projections[0], rtol=1e-4, atol=1e-4)
+    rows = f.rows
+    q = f.basis
+    assert f.transform is None and q.data_ptr() == rows.data_ptr() and q.shape == (576, f.rank)
+    torch.testing.assert_close(q.double().T @ q.double(), torch.eye(f.rank, dtype=torch.float64), atol=1e-3, rtol=0)
+    np.testing.assert_allclose(f.apply(y, t=5), lazy, atol=1e-4)
+    torch.testing.assert_close(f.coefficients(y), coeffs, rtol=1e-4, atol=1e-4)
+    bare = f.without_eigenimages()
+    assert bare.rows is None and bare.rank == f.rank

@@ -10,10 +10,10 @@ eigenvalues ``Sigma``.  ``C`` is never stored: it is produced in row blocks that
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from .events import Progress
 from .fast_blocks import ColumnSide, MovedColumns, SplitBlock, block_fast, columns, patch_basis
 from .kernel_ops import fused_op
 from .kernels import CNNKernel
-from .twicing import twicing_factors, twicing_output
+from .twicing import twicing_factors
 
 __all__ = ["LowRankFilter", "sample_anchors", "iter_nystrom", "light_set", "spectrum_knee", "falls_early",
            "NystromPass", "estimate_bytes"]
@@ -233,8 +233,8 @@ class _Accumulator:
         if self.basis is not None:
             self.basis[i0:i1] = brows
 
-    def finish(self, shape: tuple[int, ...], anchors: np.ndarray, n_rows: int) -> NystromPass:
-        """Eigendecompose ``B^T B = V S V^T``; eigenimages ``Q = B V S^{-1/2}`` (in place)."""
+    def finish(self, shape: tuple[int, ...], anchors: np.ndarray) -> NystromPass:
+        """Eigendecompose ``B^T B = V S V^T``; eigenimages ``Q = B V S^{-1/2}`` (kept as ``B`` and the transform)."""
         gram, bt_v = self.gram, self.bt_v
         if self.fold is not None:
             gram, bt_v = self.fold.T @ gram @ self.fold, self.fold.T @ bt_v
@@ -243,14 +243,12 @@ class _Accumulator:
         good = sig > sig[0] * 1e-10
         sig, vec = sig[good], vec[:, good]
         transform = vec / sig.sqrt()  # k x k'
-        basis = torch.empty(0, transform.shape[1])
-        if self.basis is not None:
+        rows, tr = None, None
+        if self.basis is not None:  # Q = B (fold) V S^{-1/2}, formed only when the eigenimages themselves are asked for
+            rows = self.basis
             tr = transform if self.fold is None else self.fold @ transform
-            basis, tr = self.basis, tr.to(self.basis.dtype)
-            for i0 in range(0, basis.shape[0], n_rows):
-                basis[i0 : i0 + n_rows, : tr.shape[1]] = basis[i0 : i0 + n_rows] @ tr
-            basis = basis[:, : tr.shape[1]]
-        filt = LowRankFilter(basis=basis, eigenvalues=sig.cpu().numpy(), shape=shape, anchors=np.asarray(anchors))
+        filt = LowRankFilter(rows=rows, transform=tr, eigenvalues=sig.cpu().numpy(), shape=shape,
+                             anchors=np.asarray(anchors))
         return NystromPass(filter=filt, projections=list((transform.T @ bt_v).split(self.widths, dim=1)))
 
 
@@ -302,26 +300,63 @@ def _orthonormalize(q: torch.Tensor, passes: int = 2) -> torch.Tensor:
     return q64.to(q.dtype)
 
 
-@dataclass
+@dataclasses.dataclass
 class LowRankFilter:
     """Low-rank non-local filter ``W = Q diag(lam / lam_max) Q^T`` of an image.
 
+    The eigenimages ``Q = R T`` may be kept as rows ``R`` ``(d, k)`` and a small transform ``T``
+    ``(k, k')``: filter outputs then cost ``d k`` per image, and ``Q`` itself (``d k k'``) is formed
+    only when :attr:`basis` is read.
+
     Attributes
     ----------
-    basis : torch.Tensor
-        Orthonormal eigenimages as columns, ``(d, k)`` with ``d = prod(shape)``.
+    rows : torch.Tensor or None
+        ``R``, ``(d, k)`` with ``d = prod(shape)``: the eigenimages when ``transform`` is ``None``
+        (``None`` where they were dropped).
+    transform : torch.Tensor or None
+        ``T``, ``(k, k')``, or ``None`` where ``rows`` are the orthonormal eigenimages.
     eigenvalues : numpy.ndarray
-        Kernel eigenvalues in descending order, ``(k,)``.
+        Kernel eigenvalues in descending order, ``(k',)``.
     shape : tuple of int
         Image shape ``(H, W)`` (or volume shape ``(Z, H, W)``).
     anchors : numpy.ndarray
         Flat indices of the Nyström anchors.
     """
 
-    basis: torch.Tensor
+    rows: torch.Tensor | None
     eigenvalues: np.ndarray
     shape: tuple[int, ...]
     anchors: np.ndarray
+    transform: torch.Tensor | None = None
+
+    @property
+    def basis(self) -> torch.Tensor:
+        """Orthonormal eigenimages as columns, ``(d, k')`` (formed once, in place of the rows)."""
+        if self.transform is not None:
+            rows, tr, step = self.rows, self.transform, 4096
+            for i0 in range(0, rows.shape[0], step):  # in place, block by block: no second d x k array
+                rows[i0 : i0 + step, : tr.shape[1]] = rows[i0 : i0 + step] @ tr.to(rows.dtype)
+            self.rows, self.transform = rows[:, : tr.shape[1]], None
+        return self.rows
+
+    def expand(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """``Q c`` for coefficients ``c`` ``(k', C)``: an image ``(d, C)`` in the eigenimages' dtype."""
+        c = coeffs if self.transform is None else self.transform @ coeffs.to(self.transform.dtype)
+        return self.rows @ c.to(self.rows.dtype)
+
+    def output(self, coeffs: torch.Tensor, t: float) -> torch.Tensor:
+        """Twicing output ``z(t) = Q (f(t) * c)`` from coefficients ``c = Q^T y`` ``(k', C)``."""
+        f = torch.as_tensor(twicing_factors(self.normalized_eigenvalues, t), dtype=coeffs.dtype, device=coeffs.device)
+        return self.expand(f[:, None] * coeffs)
+
+    def on_host(self) -> LowRankFilter:
+        """A copy in host memory."""
+        return dataclasses.replace(self, rows=self.rows.cpu(),
+                                   transform=None if self.transform is None else self.transform.cpu())
+
+    def without_eigenimages(self) -> LowRankFilter:
+        """A copy without the ``d x k`` eigenimages (eigenvalues and anchors kept)."""
+        return dataclasses.replace(self, rows=None, transform=None)
 
     @property
     def rank(self) -> int:
@@ -357,17 +392,18 @@ class LowRankFilter:
         """Coefficients ``Q^T y`` of an image of :attr:`shape`, with or without a trailing channel
         axis: ``(k, C)`` float64."""
         yt = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
-        yt = yt.to(self.basis.device, self.basis.dtype).reshape(math.prod(self.shape), -1)
-        return (self.basis.T @ yt).double()
+        yt = yt.to(self.rows.device, self.rows.dtype).reshape(math.prod(self.shape), -1)
+        c = (self.rows.T @ yt).double()
+        return c if self.transform is None else self.transform.T.double() @ c
 
     def apply(self, y: np.ndarray, t: float = 1.0) -> np.ndarray:
         """Twicing output ``z(t)`` of ``y`` (:attr:`shape`, optionally with channels last); ``t = 1`` is ``W y``."""
         y = np.asarray(y)
-        z = twicing_output(self.basis, self.coefficients(y), twicing_factors(self.normalized_eigenvalues, t))
+        z = self.output(self.coefficients(y), t)
         return z.reshape(y.shape).cpu().numpy().astype(np.result_type(y.dtype, np.float32), copy=False)
 
 
-@dataclass
+@dataclasses.dataclass
 class NystromPass:
     """Result of one Nyström pass: the filter and projections ``Q^T v`` of requested images.
 
@@ -597,15 +633,15 @@ def iter_nystrom(
         sweep.add_rows(kernel, x, i0, i1, moved)
         yield Progress(stage, b + 2, total, f"kernel rows {i1}/{d}")
     main, pert = sweep.main, sweep.pert
-    first = main.finish(shape, anchors, n_rows)
+    first = main.finish(shape, anchors)
     if pert is None:
         return first, None
-    second = pert.finish(shape, anchors, n_rows)
+    second = pert.finish(shape, anchors)
     second.perturbed_pixels = sum(i1 - i0 for i0, i1, moved in blocks if moved)
     return first, second
 
 
-@dataclass
+@dataclasses.dataclass
 class _Sweep:
     """The row sweep: every block of kernel rows ``C`` becomes ``B = C M`` in the accumulator
     (and, with a perturbed input, ``B_eps`` from ``B`` and the kernel's change)."""

@@ -23,7 +23,6 @@ from .nystrom import NystromPass, iter_nystrom
 from .problem import Problem
 from .results import PilotBlend, StageResult
 from .stopping import ORACLE, FixedStep, PilotTerms, SureCurve, mc_sure_curve, mse_curve, pilot_blend
-from .twicing import twicing_factors, twicing_output
 
 __all__ = ["Guide", "PilotEstimate", "StageFit", "iter_stage", "pilot_estimate"]
 
@@ -168,7 +167,7 @@ def pilot_estimate(result: StageResult, pert: NystromPass | None, coeffs_eps: to
     t = 0 if result.t == 0 else int(ts[int(np.argmin(np.abs(np.log(ts) - np.log(fraction * result.t))))])
     z_eps = None
     if pert is not None:
-        z_eps = twicing_output(pert.filter.basis, coeffs_eps, twicing_factors(pert.filter.normalized_eigenvalues, t))
+        z_eps = pert.filter.output(coeffs_eps, t)
     div = None if curve is None else float(curve.divergence[np.searchsorted(ts, t)])
     return PilotEstimate(t, result.output(t), z_eps, div)
 

@@ -12,7 +12,6 @@ import torch
 from ._input import ImageLayout
 from .nystrom import LowRankFilter
 from .stopping import SureCurve
-from .twicing import twicing_factors, twicing_output
 
 __all__ = ["NTKResult", "PilotBlend", "StageResult"]
 
@@ -79,7 +78,7 @@ class StageResult:
 
     def output(self, t: float) -> torch.Tensor:
         """``z(t)`` as ``(d, C)`` (averaged with the pilot when the stage has a :class:`PilotBlend`)."""
-        z = twicing_output(self.filter.basis, self.coeffs, twicing_factors(self.filter.normalized_eigenvalues, t))
+        z = self.filter.output(self.coeffs, t)
         if self.blend is None:
             return z
         return torch.lerp(z, self.blend.pilot.to(z.dtype), self.blend.weight_at(t))
@@ -163,11 +162,11 @@ class NTKResult:
         metadata kept); with ``keep_final`` the final stage keeps them, in host memory, which is
         all :meth:`render` needs."""
         def bare(st: StageResult) -> StageResult:
-            return dataclasses.replace(st, filter=dataclasses.replace(st.filter, basis=None),
+            return dataclasses.replace(st, filter=st.filter.without_eigenimages(),
                                        blend=st.blend and dataclasses.replace(st.blend, pilot=None))
 
         def on_host(st: StageResult) -> StageResult:
-            return dataclasses.replace(st, filter=dataclasses.replace(st.filter, basis=st.filter.basis.cpu()),
+            return dataclasses.replace(st, filter=st.filter.on_host(),
                                        coeffs=st.coeffs.cpu(),
                                        blend=st.blend and dataclasses.replace(st.blend, pilot=st.blend.pilot.cpu()))
 
