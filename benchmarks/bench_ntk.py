@@ -6,14 +6,14 @@ loading the native fused ops -- or compiling them, once per machine, with the C 
 or tracing them with ``torch.compile`` where there is neither; the clean image goes in as the
 reference for the PSNR curve and the oracle step) and a second call without a reference (as
 napari calls it), peak RSS, PSNR at the SURE step and at the oracle step; then the default guided
-filter without a reference; scikit-image's ``denoise_nl_means`` timed in the same run as the
-baseline.
+filter without a reference; scikit-image's ``denoise_nl_means`` and, when the ``bm3d`` package is
+installed, BM3D (CBM3D for colour) timed in the same run as the baselines.
 
 ``--datasets set12,mcmaster`` adds the mean PSNR (auto-stopped and oracle, unguided and guided)
 over the images of ``../shared/data`` (sigma = 25/255, seed 0; PSNR on outputs clipped to [0, 1]);
 with ``--tile N`` the astronaut also goes through tiles (plain and guided) and every NTK call on
 the datasets is tiled (``denoise_tiled``, tiles of at most N pixels a
-side, each with its own SURE step; no oracle there), next to the same NLM baseline.  ``--tile
+side, each with its own SURE step; no oracle there), next to the same baselines.  ``--tile
 auto`` takes the default side (``choose_tile``: 256, or 128 where the kernel's spectrum does not fall
 within the rank), and the astronaut also runs in tiles of 256 in the same process.
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import platform
 import resource
 import sys
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 
 from napari_ntk_denoise import denoise_ntk, denoise_tiled
-from napari_ntk_denoise.bench import METHODS, BenchSettings
+from napari_ntk_denoise.bench import BASELINES, METHODS, BenchSettings
 from napari_ntk_denoise.engine import _native
 from napari_ntk_denoise.engine.nystrom import default_gemm_dtype
 from napari_ntk_denoise.engine.stopping import psnr
@@ -72,10 +73,19 @@ def run_tiled(noisy, clean, axis, tile, **kw):
                 tile=res.tile)
 
 
-def run_nlm(noisy, clean, axis):
-    """scikit-image NLM with the parameters of ``ntk-denoise bench`` (``bench.NLM_PARAMS``)."""
+#: the baselines as ``ntk-denoise bench`` runs them (NLM with ``bench.NLM_PARAMS``; CBM3D for colour)
+BASELINE_LABELS = {"nlm": "skimage denoise_nl_means (fast, 5x5/13x13, h = 0.8 sigma)", "bm3d": "BM3D (bm3d package)"}
+
+
+def baselines() -> list[str]:
+    """NLM, and BM3D where the ``bm3d`` package is installed."""
+    return [m for m in BASELINE_LABELS if m not in BASELINES or importlib.util.find_spec(BASELINES[m]) is not None]
+
+
+def run_baseline(method, noisy, clean, axis):
+    """One baseline of ``ntk-denoise bench`` (:data:`BASELINE_LABELS`), timed."""
     t0 = time.perf_counter()
-    out = METHODS["nlm"](noisy, clean, axis, BenchSettings(sigma=SIGMA * 255)).image
+    out = METHODS[method](noisy, clean, axis, BenchSettings(sigma=SIGMA * 255)).image
     return dict(time=time.perf_counter() - t0, psnr=psnr(np.clip(out, 0, 1), clean, 1.0))
 
 
@@ -93,7 +103,7 @@ def astronaut(device, tile: int | str | None = None) -> None:
     second = run_ntk(noisy, clean, -1, oracle=False, device=device, guided=False)  # as napari calls it
     guided = run_ntk(noisy, clean, -1, oracle=False, device=device, guided=True)
     res = first["res"]
-    nlm = run_nlm(noisy, clean, -1)
+    base = {m: run_baseline(m, noisy, clean, -1) for m in baselines()}
     print("| method | wall time (s) | peak RSS (GB) | PSNR (dB) | t |")
     print("|---|---|---|---|---|")
     print(f"| noisy input | | | {psnr(noisy, clean, 1.0):.2f} | |")
@@ -111,7 +121,8 @@ def astronaut(device, tile: int | str | None = None) -> None:
             how = f"tiles of {tiled['tile']}" + (" (auto)" if side == "auto" else "")
             print(f"| {label}, MC-SURE, {how} (steps {min(tiled['t'])}-{max(tiled['t'])}) | "
                   f"{_seconds(tiled['time'])} | {peak_rss_gb():.2f} | {tiled['psnr']:.2f} | |")
-    print(f"| skimage denoise_nl_means (fast, 5x5/13x13, h = 0.8 sigma) | {nlm['time']:.2f} | | {nlm['psnr']:.2f} | |")
+    for m, b in base.items():
+        print(f"| {BASELINE_LABELS[m]} | {b['time']:.2f} | | {b['psnr']:.2f} | |")
     on_cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
     backend = _native.backend() if on_cpu else None
     ops = {"c": f"C ({_native.library()._name})", "numba": "numba"}.get(backend, "torch.compile")
@@ -134,20 +145,22 @@ def dataset(name: str, limit: int | None, device, tile: int | str | None = None)
         run = run_ntk if tile is None else functools.partial(run_tiled, tile=tile)
         plain = run(noisy, clean, axis, device=device, guided=False)
         guided = run(noisy, clean, axis, device=device, guided=True)
-        nlm = run_nlm(noisy, clean, axis)
-        rows.append((plain["psnr"], plain["oracle"], guided["psnr"], guided["oracle"], nlm["psnr"],
-                     plain["time"], guided["time"]))
+        base = {m: run_baseline(m, noisy, clean, axis)["psnr"] for m in baselines()}
+        rows.append((plain["psnr"], plain["oracle"], guided["psnr"], guided["oracle"], plain["time"], guided["time"],
+                     *base.values()))
         print(f"{name}/{path.name}: auto {plain['psnr']:.2f} oracle {plain['oracle']:.2f} | guided auto "
-              f"{guided['psnr']:.2f} oracle {guided['oracle']:.2f} | NLM {nlm['psnr']:.2f} | "
-              f"{plain['time']:.1f} s / {guided['time']:.1f} s", flush=True)
+              f"{guided['psnr']:.2f} oracle {guided['oracle']:.2f} | "
+              + " | ".join(f"{m.upper()} {v:.2f}" for m, v in base.items())
+              + f" | {plain['time']:.1f} s / {guided['time']:.1f} s", flush=True)
     m = np.mean(rows, axis=0)
     tiling = "whole images" if tile is None else "default tiles (auto)" if tile == "auto" else f"tiles of {tile}"
     print(f"\n| {name} ({len(rows)} images, {tiling}) | auto (SURE) | oracle | gap |\n|---|---|---|---|")
     print(f"| NTK | {m[0]:.2f} | {m[1]:.2f} | {m[1] - m[0]:.2f} |")
     print(f"| NTK guided | {m[2]:.2f} | {m[3]:.2f} | {m[3] - m[2]:.2f} |")
     print(f"| guided - unguided | {m[2] - m[0]:+.2f} | {m[3] - m[1]:+.2f} | |")
-    print(f"| skimage NLM | {m[4]:.2f} | | |")
-    print(f"\nmean seconds per image: {m[5]:.1f} (unguided), {m[6]:.1f} (guided)\n")
+    for method, value in zip(baselines(), m[6:]):
+        print(f"| {BASELINE_LABELS[method]} | {value:.2f} | | |")
+    print(f"\nmean seconds per image: {m[4]:.1f} (unguided), {m[5]:.1f} (guided)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
