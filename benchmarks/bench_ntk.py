@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import platform
 import resource
 import sys
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 
 from napari_ntk_denoise import denoise_ntk, denoise_tiled
-from napari_ntk_denoise.bench import BASELINES, METHODS, BenchSettings
+from napari_ntk_denoise.bench import METHODS, BenchSettings, _missing
 from napari_ntk_denoise.engine import _native
 from napari_ntk_denoise.engine.nystrom import default_gemm_dtype
 from napari_ntk_denoise.engine.stopping import psnr
@@ -79,7 +78,7 @@ BASELINE_LABELS = {"nlm": "skimage denoise_nl_means (fast, 5x5/13x13, h = 0.8 si
 
 def baselines() -> list[str]:
     """NLM, and BM3D where the ``bm3d`` package is installed."""
-    return [m for m in BASELINE_LABELS if m not in BASELINES or importlib.util.find_spec(BASELINES[m]) is not None]
+    return [m for m in BASELINE_LABELS if _missing(m) is None]
 
 
 def run_baseline(method, noisy, clean, axis):
@@ -136,7 +135,7 @@ def dataset(name: str, limit: int | None, device, tile: int | str | None = None)
         print(f"skipping {name}: {folder} not found (../shared/data beside the repository)")
         return
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".tif", ".tiff"))[:limit]
-    rows = []
+    rows, methods = [], baselines()
     for path in files:
         img = read_image(path)
         clean = img.astype(np.float64) / (255.0 if img.dtype == np.uint8 else float(np.iinfo(img.dtype).max))
@@ -145,7 +144,7 @@ def dataset(name: str, limit: int | None, device, tile: int | str | None = None)
         run = run_ntk if tile is None else functools.partial(run_tiled, tile=tile)
         plain = run(noisy, clean, axis, device=device, guided=False)
         guided = run(noisy, clean, axis, device=device, guided=True)
-        base = {m: run_baseline(m, noisy, clean, axis)["psnr"] for m in baselines()}
+        base = {m: run_baseline(m, noisy, clean, axis)["psnr"] for m in methods}
         rows.append((plain["psnr"], plain["oracle"], guided["psnr"], guided["oracle"], plain["time"], guided["time"],
                      *base.values()))
         print(f"{name}/{path.name}: auto {plain['psnr']:.2f} oracle {plain['oracle']:.2f} | guided auto "
@@ -158,7 +157,7 @@ def dataset(name: str, limit: int | None, device, tile: int | str | None = None)
     print(f"| NTK | {m[0]:.2f} | {m[1]:.2f} | {m[1] - m[0]:.2f} |")
     print(f"| NTK guided | {m[2]:.2f} | {m[3]:.2f} | {m[3] - m[2]:.2f} |")
     print(f"| guided - unguided | {m[2] - m[0]:+.2f} | {m[3] - m[1]:+.2f} | |")
-    for method, value in zip(baselines(), m[6:]):
+    for method, value in zip(methods, m[6:]):
         print(f"| {BASELINE_LABELS[method]} | {value:.2f} | | |")
     print(f"\nmean seconds per image: {m[4]:.1f} (unguided), {m[5]:.1f} (guided)\n")
 

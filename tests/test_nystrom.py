@@ -324,12 +324,16 @@ def test_filter_outputs_before_and_after_forming_the_eigenimages():
     assert f.transform is not None
     y = np.moveaxis(x.numpy(), 0, -1)
     coeffs, lazy = f.coefficients(y), f.apply(y, t=5)
+    images, weights = f.eigenimages(5), f.weights((3, 7))  # from the rows and the transform
+    assert f.transform is not None
     torch.testing.assert_close(coeffs, first.projections[0], rtol=1e-4, atol=1e-4)
     rows = f.rows
     q = f.basis
     assert f.transform is None and q.data_ptr() == rows.data_ptr() and q.shape == (576, f.rank)
     torch.testing.assert_close(q.double().T @ q.double(), torch.eye(f.rank, dtype=torch.float64), atol=1e-3, rtol=0)
     np.testing.assert_allclose(f.apply(y, t=5), lazy, atol=1e-4)
+    np.testing.assert_allclose(f.eigenimages(5), images, atol=1e-6)
+    np.testing.assert_allclose(f.weights((3, 7)), weights, atol=1e-6)
     torch.testing.assert_close(f.coefficients(y), coeffs, rtol=1e-4, atol=1e-4)
     bare = f.without_eigenimages()
     assert bare.rows is None and bare.rank == f.rank

@@ -25,7 +25,7 @@ from .events import Progress
 from .fast_blocks import ColumnSide, MovedColumns, SplitBlock, block_fast, columns, patch_basis
 from .kernel_ops import fused_op
 from .kernels import CNNKernel
-from .twicing import twicing_factors
+from .twicing import twicing_factors, twicing_output
 
 __all__ = ["LowRankFilter", "sample_anchors", "iter_nystrom", "light_set", "spectrum_knee", "falls_early",
            "NystromPass", "estimate_bytes"]
@@ -333,25 +333,19 @@ class LowRankFilter:
     def basis(self) -> torch.Tensor:
         """Orthonormal eigenimages as columns, ``(d, k')`` (formed once, in place of the rows)."""
         if self.transform is not None:
-            rows, tr, step = self.rows, self.transform, 4096
+            rows, tr, step = self.rows, self.transform.to(self.rows.dtype), 4096
             for i0 in range(0, rows.shape[0], step):  # in place, block by block: no second d x k array
-                rows[i0 : i0 + step, : tr.shape[1]] = rows[i0 : i0 + step] @ tr.to(rows.dtype)
+                rows[i0 : i0 + step, : tr.shape[1]] = rows[i0 : i0 + step] @ tr
             self.rows, self.transform = rows[:, : tr.shape[1]], None
         return self.rows
 
-    def expand(self, coeffs: torch.Tensor) -> torch.Tensor:
-        """``Q c`` for coefficients ``c`` ``(k', C)``: an image ``(d, C)`` in the eigenimages' dtype."""
-        c = coeffs if self.transform is None else self.transform @ coeffs.to(self.transform.dtype)
-        return self.rows @ c.to(self.rows.dtype)
-
     def output(self, coeffs: torch.Tensor, t: float) -> torch.Tensor:
         """Twicing output ``z(t) = Q (f(t) * c)`` from coefficients ``c = Q^T y`` ``(k', C)``."""
-        f = torch.as_tensor(twicing_factors(self.normalized_eigenvalues, t), dtype=coeffs.dtype, device=coeffs.device)
-        return self.expand(f[:, None] * coeffs)
+        return twicing_output(self.rows, coeffs, twicing_factors(self.normalized_eigenvalues, t), self.transform)
 
     def on_host(self) -> LowRankFilter:
         """A copy in host memory."""
-        return dataclasses.replace(self, rows=self.rows.cpu(),
+        return dataclasses.replace(self, rows=None if self.rows is None else self.rows.cpu(),
                                    transform=None if self.transform is None else self.transform.cpu())
 
     def without_eigenimages(self) -> LowRankFilter:
@@ -371,7 +365,8 @@ class LowRankFilter:
     def eigenimages(self, n: int | None = None) -> np.ndarray:
         """Leading ``n`` eigenimages (all by default) as an ``(n, *shape)`` float32 array."""
         n = self.rank if n is None else min(int(n), self.rank)
-        return self.basis[:, :n].T.reshape(n, *self.shape).float().cpu().numpy()
+        q = self.rows[:, :n] if self.transform is None else self.rows @ self.transform[:, :n].to(self.rows.dtype)
+        return q.T.reshape(n, *self.shape).float().cpu().numpy()
 
     def weights(self, pixel: tuple[int, ...]) -> np.ndarray:
         """Filter weights of one pixel: row ``W[i, :]`` of the normalised filter, of the image's shape.
@@ -384,8 +379,10 @@ class LowRankFilter:
         pos = tuple(int(v) for v in pixel)
         if len(pos) != len(self.shape) or not all(0 <= p < n for p, n in zip(pos, self.shape)):
             raise ValueError(f"pixel {pixel} is outside the image of shape {self.shape}")
-        lam = torch.as_tensor(self.normalized_eigenvalues, dtype=self.basis.dtype, device=self.basis.device)
-        row = self.basis @ (lam * self.basis[int(np.ravel_multi_index(pos, self.shape))])
+        q_pixel = self.rows[int(np.ravel_multi_index(pos, self.shape))]  # Q's row of the pixel: Q (lam * Q[p])
+        if self.transform is not None:
+            q_pixel = q_pixel.to(self.transform.dtype) @ self.transform
+        row = twicing_output(self.rows, q_pixel[:, None], self.normalized_eigenvalues, self.transform)
         return row.reshape(self.shape).float().cpu().numpy()
 
     def coefficients(self, y: np.ndarray | torch.Tensor) -> torch.Tensor:

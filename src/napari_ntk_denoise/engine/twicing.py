@@ -43,10 +43,16 @@ def twicing_factors(lam: np.ndarray, t: float | np.ndarray) -> np.ndarray:
     return -np.expm1(expo)
 
 
-def twicing_output(basis: torch.Tensor, coeffs: torch.Tensor, factors: np.ndarray) -> torch.Tensor:
-    """``z = Q (f * c)`` for coefficients ``c = Q^T y`` of shape ``(k, C)``; returns ``(d, C)``."""
+def twicing_output(
+    basis: torch.Tensor, coeffs: torch.Tensor, factors: np.ndarray, transform: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``z = Q (f * c)`` for coefficients ``c = Q^T y`` of shape ``(k, C)``; returns ``(d, C)``.
+    ``Q`` is ``basis``, or ``basis @ transform`` (applied to ``f * c`` first, never formed)."""
     f = torch.as_tensor(factors, dtype=coeffs.dtype, device=coeffs.device)
-    return basis @ (f[:, None] * coeffs).to(basis.dtype)
+    c = f[:, None] * coeffs
+    if transform is not None:
+        c = transform @ c.to(transform.dtype)
+    return basis @ c.to(basis.dtype)
 
 
 def twicing_schedule(t_final: int, n: int = 12) -> list[int]:
