@@ -10,12 +10,10 @@ which is also gradient descent on a wide CNN (eq. 9) in the NTK regime.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-
 import numpy as np
 import torch
 
-__all__ = ["twicing_factors", "twicing_output", "iter_twicing", "twicing_schedule"]
+__all__ = ["twicing_factors", "twicing_output", "twicing_schedule"]
 
 
 def twicing_factors(lam: np.ndarray, t: float | np.ndarray) -> np.ndarray:
@@ -65,10 +63,3 @@ def twicing_schedule(t_final: int, n: int = 12) -> list[int]:
     steps = np.unique(np.round(np.geomspace(1, t_final, n)).astype(int))
     return [int(s) for s in steps]
 
-
-def iter_twicing(
-    basis: torch.Tensor, lam: np.ndarray, coeffs: torch.Tensor, steps: Iterable[int]
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield ``(t, z(t))`` for each step, in closed form (no recomputation of the filter)."""
-    for t in steps:
-        yield int(t), twicing_output(basis, coeffs, twicing_factors(lam, t))
