@@ -473,7 +473,8 @@ def markdown_table(records: Sequence[Record]) -> str:
 
     Figure-6 records (with a depth) get one column per method and depth (``nystrom L=2``...), and
     Figure-4 records (with a width) one per method and width (``adam c=64``...); DIP records add
-    the mean weight changes.
+    the mean weight changes ("–" where undefined, as the hidden-layer change of a network with one
+    hidden layer).
     """
     columns = list(dict.fromkeys(_column(r) for r in records))
     images = list(dict.fromkeys(r.image for r in records))
@@ -482,7 +483,8 @@ def markdown_table(records: Sequence[Record]) -> str:
 
     def mean(c: str, key: str, fmt: str = ".2f") -> str:
         vals = [v for r in records if _column(r) == c and (v := getattr(r, key)) is not None]
-        return f"{np.mean(vals):{fmt}}" if vals else ""
+        finite = [v for v in vals if np.isfinite(v)]
+        return f"{np.mean(finite):{fmt}}" if finite else ("–" if vals else "")
 
     def row(head: str, key: str, fmt: str = ".2f") -> str:
         return f"| {head} | | " + " | ".join(mean(c, key, fmt) for c in columns) + " |"
