@@ -177,3 +177,13 @@ def test_figure4_trains_the_ntk_autoencoder_from_noise_at_each_width(folder, tmp
 def test_figure4_and_figure6_exclude_each_other(folder, tmp_path):
     with pytest.raises(SystemExit):
         _bench(["--images", str(folder), "--figure4", "--figure6", "--json", str(tmp_path / "x.json")])
+
+
+def test_figure6_plot_takes_images_missing_a_depth(tmp_path):
+    """The per-image lines of the Figure-6 plot leave a gap where an image lacks a depth."""
+    records = [bench.Record(image=i, method=m, psnr=20.0 + d + (i == "b"), ssim=0.5, stop="oracle", t=1,
+                            seconds=0.1, device="cpu", noisy_psnr=18.0, depth=d)
+               for i in "ab" for m in ("nystrom", "gd") for d in (2, 3, 4) if (i, d) != ("b", 3)]
+    out = tmp_path / "fig6.png"
+    bench.plot_figure6(out, records)
+    assert out.read_bytes()[:4] == b"\x89PNG"

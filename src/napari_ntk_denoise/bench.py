@@ -538,15 +538,21 @@ def plot_curves(path: str | Path, image: str, curves: dict[str, tuple[np.ndarray
 
 
 def plot_figure6(path: str | Path, records: Sequence[Record]) -> None:
-    """Mean PSNR against depth, one line per method (the paper's Figure 6)."""
+    """PSNR against depth per method: the mean over images (bold) and each image (thin), so that the
+    trend shows beside its spread over images (the paper's Figure 6)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 4))
+    images = list(dict.fromkeys(r.image for r in records))
     for method in dict.fromkeys(r.method for r in records):
         depths = sorted({r.depth for r in records if r.method == method})
-        means = [np.mean([r.psnr for r in records if r.method == method and r.depth == d]) for d in depths]
-        ax.plot(depths, means, "-o", label=method)
+        psnr = {(r.image, r.depth): r.psnr for r in records if r.method == method}
+        (line,) = ax.plot(depths, [np.mean([psnr[i, d] for i in images if (i, d) in psnr]) for d in depths],
+                          "-o", lw=2, label=f"{method} (mean)")
+        for image in images:
+            ax.plot(depths, [psnr.get((image, d), np.nan) for d in depths], "-", lw=0.8, alpha=0.4,
+                    color=line.get_color())
     ax.set_xlabel("depth L (receptive field 13 x 13)")
-    ax.set_ylabel("mean PSNR (dB)")
+    ax.set_ylabel("PSNR (dB); thin: one image each")
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
