@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from napari_ntk_denoise import denoise_ntk, denoise_tiled
-from napari_ntk_denoise.bench import METHODS, BenchSettings, _missing
+from napari_ntk_denoise.bench import METHODS, BenchSettings, missing_package
 from napari_ntk_denoise.engine import _native
 from napari_ntk_denoise.engine.nystrom import default_gemm_dtype
 from napari_ntk_denoise.engine.stopping import psnr
@@ -78,7 +78,7 @@ BASELINE_LABELS = {"nlm": "skimage denoise_nl_means (fast, 5x5/13x13, h = 0.8 si
 
 def baselines() -> list[str]:
     """NLM, and BM3D where the ``bm3d`` package is installed."""
-    return [m for m in BASELINE_LABELS if _missing(m) is None]
+    return [m for m in BASELINE_LABELS if missing_package(m) is None]
 
 
 def run_baseline(method, noisy, clean, axis):

@@ -46,7 +46,8 @@ from .io.samples import add_noise
 __all__ = [
     "BASELINES", "FIGURE4_WIDTHS", "FIGURE6_DEPTHS", "IMAGE_SUFFIXES", "METHODS", "NLM_PARAMS", "BenchRun",
     "BenchSettings", "Outcome", "Record", "Skip", "iter_bench", "iter_figure4", "iter_figure6", "list_images",
-    "load_clean", "machine_info", "markdown_table", "plot_curves", "plot_figure4", "plot_figure6", "write_json",
+    "load_clean", "machine_info", "markdown_table", "missing_package", "plot_curves", "plot_figure4", "plot_figure6",
+    "write_json",
 ]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
@@ -288,7 +289,8 @@ def _score(method: str, fn: Method, name: str, noisy: np.ndarray, clean: np.ndar
     return rec, out
 
 
-def _missing(method: str) -> str | None:
+def missing_package(method: str) -> str | None:
+    """Why ``method`` cannot run here (its optional package, :data:`BASELINES`, is not installed), or ``None``."""
     module = BASELINES.get(method)
     if module is not None and importlib.util.find_spec(module) is None:
         return f"{method} skipped: the '{module}' package is not installed (pip install {module})"
@@ -334,7 +336,7 @@ def iter_bench(
     run = BenchRun(settings=asdict(settings) | {"methods": list(methods), "images": [Path(p).name for p in paths]})
     active = []
     for m in methods:
-        reason = _missing(m)
+        reason = missing_package(m)
         if reason is None:
             active.append(m)
         else:
